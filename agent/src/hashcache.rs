@@ -1,0 +1,420 @@
+//! The hash cache: a file's SHA-256, computed once and remembered across backups.
+//!
+//! SSTables never change once written and snapshot files are hard links to them, so the hash of
+//! an inode stays valid as long as the inode holds the same bytes. Entries are keyed by
+//! (device, inode, size, mtime with nanoseconds): a rewrite changes the mtime or size, a new file
+//! gets a new inode or mtime. A second backup of an unchanged node therefore reads no data file.
+//!
+//! Why not ctime, too: `link(2)` and `unlink(2)` update the ctime of the inode, so every snapshot
+//! (hard links in) and every snapshot cleanup (links out) changes the ctime of every live SSTable.
+//! A ctime-keyed cache would miss on every backup. The ctime is still stored, and
+//! [`HashCacheConfig::strict_ctime`] turns it into part of the key for file systems where
+//! mtime cannot be trusted. Blobs are also protected independently: every byte uploaded is hashed
+//! on the way and the upload is abandoned if it does not match the cached hash.
+//!
+//! The file holds fixed-size records, each with its own CRC32, behind a small header. Loading
+//! skips damaged records (and ignores a torn tail), so a damaged file costs re-hashing only the
+//! files whose records were lost; the next save rewrites the file whole (temp file, fsync,
+//! rename). The cache is bounded: least recently used entries go first.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cassette_common::ids::BlobHash;
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 4] = b"CSHC";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 16;
+/// dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns, last_used, hash, crc32.
+const RECORD_LEN: usize = 8 + 8 + 8 + 8 + 4 + 8 + 4 + 4 + 32 + 4;
+
+/// Configuration of the hash cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HashCacheConfig {
+    /// Where the cache is kept. In memory only when unset.
+    pub path: Option<PathBuf>,
+    /// Most entries kept; about 90 bytes each in memory. A node with 10,000 SSTables has about 80,000 files.
+    pub max_entries: usize,
+    /// Also require an unchanged ctime. Off by default because snapshots change the ctime of
+    /// every SSTable (see the module documentation).
+    pub strict_ctime: bool,
+}
+
+impl Default for HashCacheConfig {
+    fn default() -> Self {
+        Self { path: None, max_entries: 500_000, strict_ctime: false }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_s: i64,
+    mtime_ns: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    ctime_s: i64,
+    ctime_ns: u32,
+    last_used: u32,
+    hash: BlobHash,
+}
+
+impl FileKey {
+    fn of(m: &Metadata) -> Self {
+        Self { dev: m.dev(), ino: m.ino(), size: m.size(), mtime_s: m.mtime(), mtime_ns: m.mtime_nsec() as u32 }
+    }
+}
+
+/// Counters, for progress and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HashCacheStats {
+    /// Entries in memory.
+    pub entries: usize,
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that needed hashing.
+    pub misses: u64,
+    /// Records dropped while loading because they were damaged.
+    pub damaged_records: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    map: HashMap<FileKey, Entry>,
+    dirty: bool,
+    stats: HashCacheStats,
+    last_save: Option<Instant>,
+}
+
+/// A persistent map from file identity to SHA-256.
+#[derive(Debug)]
+pub struct HashCache {
+    cfg: HashCacheConfig,
+    inner: Mutex<Inner>,
+}
+
+fn now_secs() -> u32 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)).unwrap_or(0)
+}
+
+impl HashCache {
+    /// An empty cache that lives in memory only.
+    pub fn in_memory() -> Self {
+        Self::open(HashCacheConfig::default())
+    }
+
+    /// Loads the cache from `cfg.path`. Never fails: a missing file means an empty cache, a
+    /// damaged one keeps its good records and is rewritten at the next save.
+    pub fn open(cfg: HashCacheConfig) -> Self {
+        let mut inner = Inner::default();
+        if let Some(path) = &cfg.path {
+            match std::fs::read(path) {
+                Ok(bytes) => load(&bytes, path, &mut inner),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the hash cache; starting empty");
+                    inner.dirty = true;
+                }
+            }
+        }
+        inner.stats.entries = inner.map.len();
+        Self { cfg, inner: Mutex::new(inner) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves a consistent map (every mutation is a single
+        // insert or remove), so a poisoned lock is safe to use.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The cached hash of the file described by `meta`, if it is known and still valid.
+    pub fn lookup(&self, meta: &Metadata) -> Option<BlobHash> {
+        let key = FileKey::of(meta);
+        let strict = self.cfg.strict_ctime;
+        let mut inner = self.lock();
+        let found = match inner.map.get_mut(&key) {
+            Some(e) if !strict || (e.ctime_s == meta.ctime() && e.ctime_ns == meta.ctime_nsec() as u32) => {
+                e.last_used = now_secs();
+                Some(e.hash)
+            }
+            _ => None,
+        };
+        match found {
+            Some(_) => inner.stats.hits += 1,
+            None => inner.stats.misses += 1,
+        }
+        inner.dirty |= found.is_some();
+        found
+    }
+
+    /// Remembers that the file described by `meta` hashes to `hash`.
+    pub fn insert(&self, meta: &Metadata, hash: BlobHash) {
+        let entry = Entry { ctime_s: meta.ctime(), ctime_ns: meta.ctime_nsec() as u32, last_used: now_secs(), hash };
+        let mut inner = self.lock();
+        inner.map.insert(FileKey::of(meta), entry);
+        inner.dirty = true;
+        if inner.map.len() > self.cfg.max_entries {
+            evict(&mut inner.map, self.cfg.max_entries);
+        }
+        inner.stats.entries = inner.map.len();
+    }
+
+    /// Forgets the file described by `meta` (its content turned out to differ).
+    pub fn remove(&self, meta: &Metadata) {
+        let mut inner = self.lock();
+        if inner.map.remove(&FileKey::of(meta)).is_some() {
+            inner.dirty = true;
+        }
+        inner.stats.entries = inner.map.len();
+    }
+
+    /// Counters since the cache was opened.
+    pub fn stats(&self) -> HashCacheStats {
+        self.lock().stats
+    }
+
+    /// Writes the cache to its file if anything changed: temp file, fsync, rename, so a crash
+    /// leaves either the old or the new file.
+    pub fn save(&self) -> io::Result<()> {
+        let Some(path) = &self.cfg.path else { return Ok(()) };
+        let bytes = {
+            let mut inner = self.lock();
+            if !inner.dirty {
+                return Ok(());
+            }
+            inner.dirty = false;
+            inner.last_save = Some(Instant::now());
+            serialize(&inner.map)
+        };
+        let result = write_atomically(path, &bytes);
+        if result.is_err() {
+            self.lock().dirty = true;
+        }
+        result
+    }
+
+    /// [`save`](Self::save), but at most once per `interval`: for long operations that want to
+    /// keep their hashing work across a crash without rewriting the file constantly.
+    pub fn save_if_due(&self, interval: Duration) -> io::Result<()> {
+        let due = self.lock().last_save.is_none_or(|t| t.elapsed() >= interval);
+        if due { self.save() } else { Ok(()) }
+    }
+}
+
+/// Drops the least recently used entries down to 90 % of `max`.
+fn evict(map: &mut HashMap<FileKey, Entry>, max: usize) {
+    let keep = max - max / 10;
+    let excess = map.len().saturating_sub(keep);
+    if excess == 0 {
+        return;
+    }
+    let mut by_age: Vec<(u32, FileKey)> = map.iter().map(|(k, e)| (e.last_used, *k)).collect();
+    by_age.select_nth_unstable_by_key(excess - 1, |(t, _)| *t);
+    for (_, k) in &by_age[..excess] {
+        map.remove(k);
+    }
+}
+
+fn load(bytes: &[u8], path: &Path, inner: &mut Inner) {
+    let header_ok = bytes.len() >= HEADER_LEN
+        && &bytes[..4] == MAGIC
+        && bytes[4..8] == VERSION.to_le_bytes()
+        && bytes[8..12] == (RECORD_LEN as u32).to_le_bytes();
+    if !header_ok {
+        tracing::warn!(path = %path.display(), "hash cache file has an unknown or damaged header; starting empty (hashes will be recomputed)");
+        inner.dirty = true;
+        return;
+    }
+    let body = &bytes[HEADER_LEN..];
+    let mut damaged = 0u64;
+    for rec in body.chunks(RECORD_LEN) {
+        if rec.len() < RECORD_LEN {
+            damaged += 1; // torn tail
+            break;
+        }
+        let (data, crc) = rec.split_at(RECORD_LEN - 4);
+        if crc32fast::hash(data).to_le_bytes() != crc {
+            damaged += 1;
+            continue;
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap_or_default());
+        let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap_or_default());
+        let key = FileKey {
+            dev: u64_at(0),
+            ino: u64_at(8),
+            size: u64_at(16),
+            mtime_s: u64_at(24) as i64,
+            mtime_ns: u32_at(32),
+        };
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&data[52..84]);
+        let entry = Entry {
+            ctime_s: u64_at(36) as i64,
+            ctime_ns: u32_at(44),
+            last_used: u32_at(48),
+            hash: BlobHash::from_bytes(hash),
+        };
+        inner.map.insert(key, entry);
+    }
+    if damaged > 0 {
+        tracing::warn!(path = %path.display(), damaged, "hash cache file had damaged records; they were dropped and the file will be rewritten");
+        inner.dirty = true;
+    }
+    inner.stats.damaged_records = damaged;
+}
+
+fn serialize(map: &HashMap<FileKey, Entry>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + map.len() * RECORD_LEN);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(RECORD_LEN as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for (k, e) in map {
+        let start = out.len();
+        out.extend_from_slice(&k.dev.to_le_bytes());
+        out.extend_from_slice(&k.ino.to_le_bytes());
+        out.extend_from_slice(&k.size.to_le_bytes());
+        out.extend_from_slice(&k.mtime_s.to_le_bytes());
+        out.extend_from_slice(&k.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&e.ctime_s.to_le_bytes());
+        out.extend_from_slice(&e.ctime_ns.to_le_bytes());
+        out.extend_from_slice(&e.last_used.to_le_bytes());
+        out.extend_from_slice(e.hash.as_bytes());
+        let crc = crc32fast::hash(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+    out
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("hashcache"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cassette_common::hash::sha256;
+
+    fn cfg(path: &Path) -> HashCacheConfig {
+        HashCacheConfig { path: Some(path.to_owned()), ..HashCacheConfig::default() }
+    }
+
+    #[test]
+    fn survives_restart_and_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nb-1-big-Data.db");
+        std::fs::write(&file, b"sstable bytes").unwrap();
+        let cache_path = dir.path().join("cache/hashes");
+        let h = sha256(b"sstable bytes");
+
+        let cache = HashCache::open(cfg(&cache_path));
+        assert_eq!(cache.lookup(&std::fs::metadata(&file).unwrap()), None);
+        cache.insert(&std::fs::metadata(&file).unwrap(), h);
+        cache.save().unwrap();
+
+        // A snapshot hard-links the file (changing its ctime) and is later removed.
+        std::thread::sleep(Duration::from_millis(20));
+        let link = dir.path().join("snapshot-link");
+        std::fs::hard_link(&file, &link).unwrap();
+        let reopened = HashCache::open(cfg(&cache_path));
+        assert_eq!(reopened.lookup(&std::fs::metadata(&link).unwrap()), Some(h), "hard link hits the cache");
+        std::fs::remove_file(&link).unwrap();
+        assert_eq!(reopened.lookup(&std::fs::metadata(&file).unwrap()), Some(h));
+        assert_eq!(reopened.stats().hits, 2);
+
+        // Strict mode treats the changed ctime as a change.
+        let strict = HashCache::open(HashCacheConfig { strict_ctime: true, ..cfg(&cache_path) });
+        assert_eq!(strict.lookup(&std::fs::metadata(&file).unwrap()), None);
+    }
+
+    #[test]
+    fn a_rewritten_file_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"aaaa").unwrap();
+        let cache = HashCache::in_memory();
+        cache.insert(&std::fs::metadata(&file).unwrap(), sha256(b"aaaa"));
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&file, b"bbbb").unwrap(); // same size, new mtime
+        assert_eq!(cache.lookup(&std::fs::metadata(&file).unwrap()), None);
+    }
+
+    #[test]
+    fn damaged_records_are_dropped_and_the_file_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_path = dir.path().join("hashes");
+        let files: Vec<PathBuf> = (0..5)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i}"));
+                std::fs::write(&p, format!("content {i}")).unwrap();
+                p
+            })
+            .collect();
+        let cache = HashCache::open(cfg(&cache_path));
+        for (i, f) in files.iter().enumerate() {
+            cache.insert(&std::fs::metadata(f).unwrap(), sha256(format!("content {i}").as_bytes()));
+        }
+        cache.save().unwrap();
+
+        // Flip a byte in the second record and cut the last record in half.
+        let mut bytes = std::fs::read(&cache_path).unwrap();
+        bytes[HEADER_LEN + RECORD_LEN + 10] ^= 0xff;
+        bytes.truncate(bytes.len() - RECORD_LEN / 2);
+        std::fs::write(&cache_path, &bytes).unwrap();
+
+        let reopened = HashCache::open(cfg(&cache_path));
+        assert_eq!(reopened.stats().damaged_records, 2);
+        assert_eq!(reopened.stats().entries, 3);
+        let hits = files.iter().filter(|f| reopened.lookup(&std::fs::metadata(f).unwrap()).is_some()).count();
+        assert_eq!(hits, 3);
+        reopened.save().unwrap();
+        assert_eq!(std::fs::read(&cache_path).unwrap().len(), HEADER_LEN + 3 * RECORD_LEN, "rewritten whole");
+
+        // Garbage instead of a cache file: empty cache, no panic, rewritten on save.
+        std::fs::write(&cache_path, b"not a cache").unwrap();
+        let garbage = HashCache::open(cfg(&cache_path));
+        assert_eq!(garbage.stats().entries, 0);
+        garbage.save().unwrap();
+        assert_eq!(&std::fs::read(&cache_path).unwrap()[..4], MAGIC);
+    }
+
+    #[test]
+    fn stays_bounded_by_evicting_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = HashCache::open(HashCacheConfig { max_entries: 10, ..HashCacheConfig::default() });
+        for i in 0..25 {
+            let p = dir.path().join(format!("f{i}"));
+            std::fs::write(&p, [i as u8]).unwrap();
+            cache.insert(&std::fs::metadata(&p).unwrap(), sha256(&[i as u8]));
+            assert!(cache.stats().entries <= 10);
+        }
+    }
+}

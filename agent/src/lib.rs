@@ -1,0 +1,14 @@
+//! The Cassette agent: runs on every Cassandra host.
+//!
+//! # Layout
+//! - [`storage`]: the storage engine (content-addressed, verified transfers).
+//! - [`hashcache`]: the persistent per-file SHA-256 cache.
+
+pub mod hashcache;
+pub mod storage;
+
+/// Installs the process-wide rustls crypto provider (aws-lc-rs). Call first thing in `main`;
+/// calling it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,0 +1,340 @@
+//! Uploads: hash (or look up), check whether the blob exists, send only what is missing.
+//!
+//! Integrity: the blob key is the SHA-256 of the bytes sent. Small files are read once into
+//! memory, hashed, and sent from that same buffer. Large files are hashed (or found in the hash
+//! cache), then streamed as a multipart upload; before the upload is completed the file is
+//! checked to be unchanged (same inode, size and mtime as when it was hashed), and when the hash
+//! came from the cache the streamed bytes are hashed again and compared. A mismatch aborts the
+//! upload, so a wrong blob is never made visible.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cassette_common::hash::{Hasher, sha256};
+use cassette_common::ids::BlobHash;
+use cassette_common::layout;
+use futures::stream::{FuturesUnordered, StreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{PutMultipartOptions, PutPayload};
+use serde::Serialize;
+
+use super::{FileFailure, TransferEngine, same_file};
+use crate::storage::error::StoreError;
+use crate::storage::progress::TransferStats;
+use crate::storage::retry::PartRetryPolicy;
+
+/// One file handled by an upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UploadedFile {
+    /// The local path.
+    pub path: PathBuf,
+    /// SHA-256 of its content.
+    pub sha256: BlobHash,
+    /// Size in bytes.
+    pub size: u64,
+    /// True if bytes were sent; false if the blob was already stored.
+    pub uploaded: bool,
+}
+
+/// What an upload did.
+#[derive(Debug)]
+pub struct UploadReport {
+    /// Files stored (sent or already present), in no particular order.
+    pub files: Vec<UploadedFile>,
+    /// Files that could not be stored.
+    pub failures: Vec<FileFailure>,
+    /// Counters.
+    pub stats: TransferStats,
+}
+
+impl UploadReport {
+    /// The first failure, for callers that stop at any failure.
+    pub fn into_result(self) -> Result<(Vec<UploadedFile>, TransferStats), StoreError> {
+        match self.failures.into_iter().next() {
+            Some(f) => Err(f.error),
+            None => Ok((self.files, self.stats)),
+        }
+    }
+}
+
+/// How the hash of a file was obtained.
+enum Hashed {
+    /// Read into memory and hashed; the buffer is sent as is.
+    InMemory(Bytes, tokio::sync::OwnedSemaphorePermit),
+    /// Hashed by streaming the file now.
+    Fresh,
+    /// Taken from the hash cache.
+    Cached,
+}
+
+impl TransferEngine {
+    /// Stores every file of `paths` as a blob, sending only those not yet stored.
+    ///
+    /// Files are processed `concurrency` at a time. A failure of one file does not stop the
+    /// others (so a rerun has less to do), except a permanent storage error (denied, missing
+    /// bucket), which stops scheduling new files.
+    pub async fn upload_files(&self, paths: Vec<PathBuf>) -> UploadReport {
+        let mut sizes = 0u64;
+        for p in &paths {
+            sizes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        }
+        self.progress.add_total(paths.len() as u64, sizes);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let results: Vec<(PathBuf, Result<UploadedFile, StoreError>)> = futures::stream::iter(paths)
+            .map(|path| {
+                let stop = &stop;
+                async move {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return (path, Err(StoreError::Cancelled));
+                    }
+                    let r = self.upload_file(&path).await;
+                    if let Err(
+                        StoreError::Denied { .. } | StoreError::MissingBucket { .. } | StoreError::Config { .. },
+                    ) = &r
+                    {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    (path, r)
+                }
+            })
+            .buffer_unordered(self.cfg.concurrency)
+            .collect()
+            .await;
+        if let Err(e) = self.cache.save() {
+            tracing::warn!(error = %e, "could not save the hash cache; hashes will be recomputed next time");
+        }
+        let mut report = UploadReport { files: Vec::new(), failures: Vec::new(), stats: TransferStats::default() };
+        for (path, r) in results {
+            match r {
+                Ok(f) => report.files.push(f),
+                Err(error) => report.failures.push(FileFailure { path, error }),
+            }
+        }
+        report.stats = self.stats();
+        report
+    }
+
+    /// Stores one file as a blob (with retries).
+    pub async fn upload_file(&self, path: &Path) -> Result<UploadedFile, StoreError> {
+        let what = format!("upload {}", path.display());
+        let r = self.backoff.run(&what, |_| self.upload_attempt(path)).await;
+        if let Ok(f) = &r {
+            self.progress.file_finished(path, f.size, !f.uploaded);
+        }
+        self.cache.save_if_due(std::time::Duration::from_secs(60)).ok();
+        r
+    }
+
+    async fn upload_attempt(&self, path: &Path) -> Result<UploadedFile, StoreError> {
+        let meta = tokio::fs::metadata(path).await.map_err(|e| StoreError::local("stat", path, e))?;
+        if !meta.is_file() {
+            return Err(StoreError::local(
+                "upload",
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            ));
+        }
+        let size = meta.len();
+        let (hash, hashed) = self.hash_for_upload(path, &meta).await?;
+
+        let lock = self.lock_blob(hash);
+        let result = async {
+            let _guard = lock.lock().await;
+            if self.is_present(&hash) {
+                return Ok(false);
+            }
+            match self.repo.blob_size(&hash).await? {
+                Some(stored) if stored == size => {
+                    self.mark_present(hash);
+                    return Ok(false);
+                }
+                Some(stored) => {
+                    return Err(StoreError::SizeMismatch {
+                        what: format!(
+                            "blob {} in {} (for {}) is damaged: remove it so it can be uploaded again",
+                            hash,
+                            self.repo.loc(),
+                            path.display()
+                        ),
+                        expected: size,
+                        actual: stored,
+                    });
+                }
+                None => {}
+            }
+            let sent = match hashed {
+                Hashed::InMemory(data, _permit) => self.put_small(path, hash, data).await?,
+                Hashed::Fresh => self.put_multipart(path, &meta, hash, false).await?,
+                Hashed::Cached => self.put_multipart(path, &meta, hash, true).await?,
+            };
+            self.mark_present(hash);
+            Ok(sent)
+        }
+        .await;
+        self.release_blob(hash, lock);
+        let uploaded = result?;
+        Ok(UploadedFile { path: path.to_owned(), sha256: hash, size, uploaded })
+    }
+
+    /// The file's hash: small files are read and hashed in memory (and the buffer kept for
+    /// sending); large ones come from the hash cache or are hashed by streaming.
+    async fn hash_for_upload(&self, path: &Path, meta: &std::fs::Metadata) -> Result<(BlobHash, Hashed), StoreError> {
+        let size = meta.len();
+        if size <= self.cfg.multipart_threshold.0 {
+            let permit = self.budget.reserve(size).await;
+            let data = Bytes::from(tokio::fs::read(path).await.map_err(|e| StoreError::local("read", path, e))?);
+            let data_for_hash = data.clone();
+            let hash = tokio::task::spawn_blocking(move || sha256(&data_for_hash))
+                .await
+                .map_err(|e| StoreError::local("hash", path, std::io::Error::other(e)))?;
+            if data.len() as u64 != size {
+                return Err(self.changed(path, hash, hash));
+            }
+            self.progress.hashed(size);
+            // Small files are always hashed from the bytes that will be sent, so the cache is
+            // only refreshed here (later readers such as dry runs use it).
+            self.cache.insert(meta, hash);
+            return Ok((hash, Hashed::InMemory(data, permit)));
+        }
+        if let Some(hash) = self.cache.lookup(meta) {
+            return Ok((hash, Hashed::Cached));
+        }
+        let (hash, len) = self.hash_file(path).await?;
+        let after = tokio::fs::metadata(path).await.map_err(|e| StoreError::local("stat", path, e))?;
+        if len != size || !same_file(meta, &after) {
+            return Err(self.changed(path, hash, hash));
+        }
+        self.cache.insert(meta, hash);
+        Ok((hash, Hashed::Fresh))
+    }
+
+    fn changed(&self, path: &Path, expected: BlobHash, actual: BlobHash) -> StoreError {
+        StoreError::ChangedDuringUpload { path: path.to_owned(), expected, actual }
+    }
+
+    /// One request, create-only. Returns whether bytes were sent (false if a concurrent writer
+    /// stored the same blob first).
+    async fn put_small(&self, path: &Path, hash: BlobHash, data: Bytes) -> Result<bool, StoreError> {
+        let key = layout::blob_key(&hash);
+        let len = data.len() as u64;
+        match self.repo.put_create(&key, PutPayload::from(data)).await {
+            Ok(()) => {
+                self.progress.transferred(len);
+                Ok(true)
+            }
+            Err(e) if e.is_already_exists() => match self.repo.blob_size(&hash).await? {
+                Some(s) if s == len => Ok(false),
+                other => Err(StoreError::SizeMismatch {
+                    what: format!("blob {hash} stored concurrently for {}", path.display()),
+                    expected: len,
+                    actual: other.unwrap_or(0),
+                }),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A multipart upload with `parts_per_file` parts in flight, completed only after the
+    /// content was shown to match `hash`.
+    async fn put_multipart(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        hash: BlobHash,
+        rehash: bool,
+    ) -> Result<bool, StoreError> {
+        let key = layout::blob_key(&hash);
+        let loc = self.repo.loc().to_owned();
+        let opts = PutMultipartOptions::default().with_retry_policy(Arc::new(PartRetryPolicy(self.backoff.clone())));
+        let mut upload = self
+            .repo
+            .store()
+            .put_multipart_opts(&ObjectPath::from(key.as_str()), opts)
+            .await
+            .map_err(|e| StoreError::remote("start upload", key.clone(), &loc, e))?;
+        let size = meta.len();
+        let part_size = self.cfg.part_size_for(size);
+        let file = Arc::new(std::fs::File::open(path).map_err(|e| StoreError::local("open", path, e))?);
+
+        let sent: Result<(), StoreError> = async {
+            let mut hasher = rehash.then(Hasher::new);
+            let mut inflight = FuturesUnordered::new();
+            let mut offset = 0u64;
+            while offset < size {
+                let len = part_size.min(size - offset);
+                let permit = self.budget.reserve(len).await;
+                let (data, h) = read_part(Arc::clone(&file), offset, len, hasher.take())
+                    .await
+                    .map_err(|e| StoreError::local("read", path, e))?;
+                hasher = h;
+                offset += len;
+                while inflight.len() >= self.cfg.parts_per_file {
+                    if let Some(r) = inflight.next().await {
+                        self.progress.transferred(part_result(r, &key, &loc)?);
+                    }
+                }
+                let part = upload.put_part(PutPayload::from(data));
+                inflight.push(async move {
+                    let r = part.await;
+                    drop(permit);
+                    r.map(|()| len)
+                });
+            }
+            while let Some(r) = inflight.next().await {
+                self.progress.transferred(part_result(r, &key, &loc)?);
+            }
+            if let Some(h) = hasher {
+                let actual = h.finish();
+                if actual != hash {
+                    self.cache.remove(meta);
+                    return Err(self.changed(path, hash, actual));
+                }
+            }
+            let after = tokio::fs::metadata(path).await.map_err(|e| StoreError::local("stat", path, e))?;
+            if !same_file(meta, &after) {
+                self.cache.remove(meta);
+                return Err(self.changed(path, hash, hash));
+            }
+            Ok(())
+        }
+        .await;
+
+        match sent {
+            Ok(()) => {
+                upload.complete().await.map_err(|e| StoreError::remote("complete upload", key, &loc, e))?;
+                Ok(true)
+            }
+            Err(e) => {
+                if let Err(abort) = upload.abort().await {
+                    tracing::warn!(%key, error = %abort, "could not abort the multipart upload; the store's lifecycle rule will remove it");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn part_result(r: object_store::Result<u64>, key: &str, loc: &str) -> Result<u64, StoreError> {
+    r.map_err(|e| StoreError::remote("upload part", key, loc, e))
+}
+
+/// Reads `len` bytes at `offset` on a blocking thread, feeding `hasher` if given.
+async fn read_part(
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: u64,
+    mut hasher: Option<Hasher>,
+) -> std::io::Result<(Bytes, Option<Hasher>)> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; usize::try_from(len).map_err(std::io::Error::other)?];
+        file.read_exact_at(&mut buf, offset)?;
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf);
+        }
+        Ok((Bytes::from(buf), hasher))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}

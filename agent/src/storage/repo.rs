@@ -1,0 +1,303 @@
+//! The repository: a storage location seen through the remote layout.
+//!
+//! It owns the marker check, blob existence, and create-only JSON documents (markers,
+//! manifests, index entries). Bulk transfers live in [`super::engine`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cassette_common::ids::BlobHash;
+use cassette_common::layout::{self, LayoutMarker};
+use cassette_common::location::{Provider, StorageLocation};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::backend::{Environment, build_store};
+use super::config::{StorageConfig, TransferConfig};
+use super::error::StoreError;
+use super::limits::{BandwidthLimiter, ThrottledStore};
+
+/// Largest marker this build reads.
+const MAX_MARKER_BYTES: u64 = 64 << 10;
+
+/// A repository at a storage location.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    store: Arc<dyn ObjectStore>,
+    location: StorageLocation,
+    display: String,
+}
+
+/// The result of writing a create-only document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The document was created.
+    Created,
+    /// An identical document was already there (a retried write that had succeeded).
+    AlreadyPresent,
+}
+
+impl Repository {
+    /// Wraps an existing store (already scoped to the location's prefix).
+    pub fn new(location: StorageLocation, store: Arc<dyn ObjectStore>) -> Self {
+        let display = location.to_string();
+        Self { store, location, display }
+    }
+
+    /// Builds the client for `location`, throttled to `transfer.bandwidth` if set. No network I/O.
+    pub fn connect(
+        location: &StorageLocation,
+        storage: &StorageConfig,
+        transfer: &TransferConfig,
+        env: &Environment,
+    ) -> Result<Self, StoreError> {
+        let mut store = build_store(location, storage, env)?;
+        if let Some(rate) = transfer.bandwidth {
+            store = Arc::new(ThrottledStore::new(store, Arc::new(BandwidthLimiter::new(rate))));
+        }
+        Ok(Self::new(location.clone(), store))
+    }
+
+    /// The location.
+    pub fn location(&self) -> &StorageLocation {
+        &self.location
+    }
+
+    /// The underlying store, scoped to the repository root.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub(crate) fn loc(&self) -> &str {
+        &self.display
+    }
+
+    /// Makes the location ready for writing: creates the marker if there is none, and refuses a
+    /// repository with a newer or foreign layout.
+    pub async fn init(&self) -> Result<LayoutMarker, StoreError> {
+        if let Some(marker) = self.read_marker().await? {
+            return Ok(marker);
+        }
+        self.check_bucket().await?;
+        let marker = LayoutMarker::new(cassette_common::build_id("cassette-agent"));
+        let body = serde_json::to_vec_pretty(&marker).map_err(|e| self.bad_doc(layout::MARKER_KEY, e.to_string()))?;
+        match self.put_create(layout::MARKER_KEY, body.into()).await {
+            Ok(()) => {
+                tracing::info!(location = %self.display, "created repository marker");
+                Ok(marker)
+            }
+            // Someone else initialised it at the same moment: use theirs, after checking it.
+            Err(e) if e.is_already_exists() => match self.read_marker().await? {
+                Some(m) => Ok(m),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks that the location holds a repository this build can read.
+    pub async fn open_existing(&self) -> Result<LayoutMarker, StoreError> {
+        match self.read_marker().await? {
+            Some(m) => Ok(m),
+            None => {
+                self.check_bucket().await?;
+                Err(StoreError::NotARepository { location: self.display.clone() })
+            }
+        }
+    }
+
+    async fn read_marker(&self) -> Result<Option<LayoutMarker>, StoreError> {
+        let marker: LayoutMarker = match self.get_json(layout::MARKER_KEY, MAX_MARKER_BYTES).await {
+            Ok(m) => m,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        marker.check().map_err(|source| StoreError::Layout { location: self.display.clone(), source })?;
+        Ok(Some(marker))
+    }
+
+    /// Lists the root once, to tell "no such bucket" from "empty bucket".
+    async fn check_bucket(&self) -> Result<(), StoreError> {
+        match self.store.list_with_delimiter(None).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Err(self.missing_bucket()),
+            Err(e) => Err(StoreError::remote("list", "/", &self.display, e)),
+        }
+    }
+
+    fn missing_bucket(&self) -> StoreError {
+        let b = self.location.bucket();
+        let (what, hint) = match self.location.provider() {
+            Provider::S3 => (
+                "bucket",
+                format!("create it first, e.g. `aws s3 mb s3://{b}` (add --endpoint-url for S3-compatible stores)"),
+            ),
+            Provider::Azure => ("container", format!("create it first, e.g. `az storage container create --name {b}`")),
+            Provider::Gcs => ("bucket", format!("create it first, e.g. `gcloud storage buckets create gs://{b}`")),
+            Provider::File => {
+                ("directory", format!("create it (mkdir -p {b}) or check that its file system is mounted"))
+            }
+        };
+        StoreError::MissingBucket { location: self.display.clone(), what, hint }
+    }
+
+    /// Size of the blob with this hash, or `None` if it is not stored.
+    pub async fn blob_size(&self, hash: &BlobHash) -> Result<Option<u64>, StoreError> {
+        let key = layout::blob_key(hash);
+        match self.store.head(&Path::from(key.as_str())).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StoreError::remote("check blob", key, &self.display, e)),
+        }
+    }
+
+    /// Writes `body` at `key` unless an object already exists there.
+    pub(crate) async fn put_create(&self, key: &str, body: PutPayload) -> Result<(), StoreError> {
+        let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.store.put_opts(&Path::from(key), body, opts).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Err(self.missing_bucket()),
+            Err(e) => Err(StoreError::remote("put", key, &self.display, e)),
+        }
+    }
+
+    /// Writes a JSON document that must never be overwritten. If the key exists already with
+    /// identical content (a retried write that had in fact succeeded), that is success;
+    /// different content is an error.
+    pub async fn put_json_create<T: Serialize>(&self, key: &str, value: &T) -> Result<Written, StoreError> {
+        let body = Bytes::from(serde_json::to_vec_pretty(value).map_err(|e| self.bad_doc(key, e.to_string()))?);
+        match self.put_create(key, body.clone().into()).await {
+            Ok(()) => Ok(Written::Created),
+            Err(e) if e.is_already_exists() => {
+                let existing = self.get_bytes(key, body.len() as u64 + 1).await?;
+                if existing == body {
+                    Ok(Written::AlreadyPresent)
+                } else {
+                    Err(self.bad_doc(
+                        key,
+                        "a different document already exists at this key; refusing to overwrite it".into(),
+                    ))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads an object of at most `max_bytes` (larger objects are refused before downloading).
+    pub async fn get_bytes(&self, key: &str, max_bytes: u64) -> Result<Bytes, StoreError> {
+        let path = Path::from(key);
+        let meta = self.store.head(&path).await.map_err(|e| StoreError::remote("read", key, &self.display, e))?;
+        if meta.size > max_bytes {
+            return Err(self.bad_doc(
+                key,
+                format!(
+                    "{} bytes is larger than the {max_bytes}-byte limit for this document; refusing to read it",
+                    meta.size
+                ),
+            ));
+        }
+        let result = self.store.get(&path).await.map_err(|e| StoreError::remote("read", key, &self.display, e))?;
+        let bytes = result.bytes().await.map_err(|e| StoreError::remote("read", key, &self.display, e))?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(self.bad_doc(key, format!("grew past the {max_bytes}-byte limit while being read")));
+        }
+        Ok(bytes)
+    }
+
+    /// Reads and parses a JSON document of at most `max_bytes`.
+    pub async fn get_json<T: DeserializeOwned>(&self, key: &str, max_bytes: u64) -> Result<T, StoreError> {
+        let bytes = self.get_bytes(key, max_bytes).await?;
+        serde_json::from_slice(&bytes).map_err(|e| self.bad_doc(key, format!("not valid JSON for this document: {e}")))
+    }
+
+    /// Every object under `prefix` (recursively), in the store's listing order.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let p = Path::from(prefix);
+        self.store.list(Some(&p)).try_collect().await.map_err(|e| StoreError::remote("list", prefix, &self.display, e))
+    }
+
+    /// Objects under `prefix` whose key sorts after `offset` (a full key): time-ordered indexes
+    /// use this to read only the window they need.
+    pub async fn list_after(&self, prefix: &str, offset: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let p = Path::from(prefix);
+        self.store
+            .list_with_offset(Some(&p), &Path::from(offset))
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::remote("list", prefix, &self.display, e))
+    }
+
+    /// The names of the "directories" directly under `prefix`.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let p = Path::from(prefix);
+        let result = self
+            .store
+            .list_with_delimiter(Some(&p))
+            .await
+            .map_err(|e| StoreError::remote("list", prefix, &self.display, e))?;
+        Ok(result.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_owned)).collect())
+    }
+
+    fn bad_doc(&self, key: &str, message: String) -> StoreError {
+        StoreError::BadDocument { key: key.to_owned(), location: self.display.clone(), message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn repo() -> Repository {
+        Repository::new("s3://bkt/p".parse().unwrap(), Arc::new(InMemory::new()))
+    }
+
+    #[tokio::test]
+    async fn init_creates_the_marker_once_and_refuses_newer_layouts() {
+        let r = repo();
+        let m1 = r.init().await.unwrap();
+        let m2 = r.init().await.unwrap();
+        assert_eq!(m1, m2, "the second init reads the existing marker");
+        assert_eq!(r.open_existing().await.unwrap(), m1);
+
+        let newer = LayoutMarker { layout_version: layout::LAYOUT_VERSION + 1, ..m1 };
+        r.store().put(&Path::from(layout::MARKER_KEY), serde_json::to_vec(&newer).unwrap().into()).await.unwrap();
+        let e = r.init().await.unwrap_err().to_string();
+        assert!(e.contains("layout version 2") && e.contains("upgrade"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn open_existing_needs_a_marker() {
+        let e = repo().open_existing().await.unwrap_err().to_string();
+        assert!(e.contains("holds no Cassette repository"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn create_only_documents_are_never_overwritten() {
+        let r = repo();
+        #[derive(Serialize)]
+        struct Doc {
+            v: u32,
+        }
+        assert_eq!(r.put_json_create("d.json", &Doc { v: 1 }).await.unwrap(), Written::Created);
+        assert_eq!(r.put_json_create("d.json", &Doc { v: 1 }).await.unwrap(), Written::AlreadyPresent);
+        let e = r.put_json_create("d.json", &Doc { v: 2 }).await.unwrap_err().to_string();
+        assert!(e.contains("refusing to overwrite"), "{e}");
+        let back: serde_json::Value = r.get_json("d.json", 1024).await.unwrap();
+        assert_eq!(back["v"], 1);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_malformed_documents_are_refused() {
+        let r = repo();
+        r.store().put(&Path::from("big.json"), vec![b' '; 2048].into()).await.unwrap();
+        let e = r.get_bytes("big.json", 1024).await.unwrap_err().to_string();
+        assert!(e.contains("2048 bytes") && e.contains("1024-byte limit"), "{e}");
+        r.store().put(&Path::from("bad.json"), b"{not json".to_vec().into()).await.unwrap();
+        let e = r.get_json::<serde_json::Value>("bad.json", 1024).await.unwrap_err().to_string();
+        assert!(e.contains("bad.json") && e.contains("not valid JSON"), "{e}");
+    }
+}

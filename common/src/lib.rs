@@ -1,0 +1,26 @@
+//! Cassette's shared domain types.
+//!
+//! Everything here is pure (no I/O beyond hashing a file) and used by both the agent and the
+//! coordinator.
+//!
+//! # Layout
+//! - [`ids`]: newtypes for blob hashes, backup ids, host ids.
+//! - [`location`]: `s3://`, `azure://`, `gs://`, `file://` storage locations.
+//! - [`layout`]: object keys in a repository (documented in `docs/layout.md`).
+//! - [`manifest`]: node and cluster manifests, commit-log index entries.
+//! - [`sstable`]: SSTable component file names.
+//! - [`hash`]: SHA-256 helpers.
+//! - [`units`]: sizes and rates such as `100MiB/s`.
+
+pub mod hash;
+pub mod ids;
+pub mod layout;
+pub mod location;
+pub mod manifest;
+pub mod sstable;
+pub mod units;
+
+/// `cassette <version>` for markers, logs and `--version`.
+pub fn build_id(program: &str) -> String {
+    format!("{program} {}", env!("CARGO_PKG_VERSION"))
+}

@@ -1,0 +1,415 @@
+//! Manifest schema ("backupspec"): what a backup contains.
+//!
+//! Manifests are JSON with a `format` version. Writers add fields freely; readers ignore
+//! fields they do not know (no `deny_unknown_fields` here, on purpose) and refuse a `format`
+//! newer than they understand. A node manifest is written only after every blob it names
+//! exists, so its presence means that node's backup is complete; the cluster manifest is
+//! written after every node manifest.
+//!
+//! A manifest read back from storage is untrusted input: [`NodeManifest::validate`] checks
+//! every path before anything is written to disk.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BackupId, BlobHash, HostId};
+use crate::sstable::{SstableIdentity, SstableName};
+
+/// Format version of node manifests written by this build.
+pub const NODE_MANIFEST_FORMAT: u32 = 1;
+/// Format version of cluster manifests written by this build.
+pub const CLUSTER_MANIFEST_FORMAT: u32 = 1;
+/// Format version of commit-log index entries written by this build.
+pub const COMMITLOG_ENTRY_FORMAT: u32 = 1;
+
+/// One node's backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeManifest {
+    /// Schema version of this document.
+    pub format: u32,
+    /// The backup this node belongs to.
+    pub backup_id: BackupId,
+    /// Operator-chosen label, if any.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// The Cassandra snapshot tag the files were read from.
+    pub snapshot_tag: String,
+    /// Who the node is.
+    pub node: NodeInfo,
+    /// When the backup of this node started.
+    pub started_at: DateTime<Utc>,
+    /// When the snapshot was taken.
+    pub snapshot_at: DateTime<Utc>,
+    /// When the last blob was confirmed stored.
+    pub finished_at: DateTime<Utc>,
+    /// Tables in the backup, with the schema Cassandra wrote for each.
+    #[serde(default)]
+    pub tables: Vec<TableEntry>,
+    /// Every file in the backup.
+    pub files: Vec<FileEntry>,
+}
+
+/// Identity and topology of a node at backup time. Keyed by host id, never by hostname.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Cassandra host id.
+    pub host_id: HostId,
+    /// Cluster name as Cassandra reports it.
+    pub cluster: String,
+    /// Datacenter.
+    pub datacenter: String,
+    /// Rack.
+    pub rack: String,
+    /// Tokens owned by the node (decimal strings).
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Cassandra release version (`4.1.7`).
+    pub cassandra_version: String,
+    /// Schema version UUID at snapshot time, when known.
+    #[serde(default)]
+    pub schema_version: Option<String>,
+    /// Address or hostname at backup time: informational only.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The node's data directories at backup time; [`FileEntry::data_dir`] indexes this list.
+    pub data_dirs: Vec<String>,
+}
+
+/// A table in a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableEntry {
+    /// Keyspace name.
+    pub keyspace: String,
+    /// Table name.
+    pub table: String,
+    /// 32 lowercase hex digits of the table id (the table directory suffix), when known.
+    #[serde(default)]
+    pub table_id: Option<String>,
+    /// The `schema.cql` Cassandra wrote into the snapshot, verbatim.
+    #[serde(default)]
+    pub schema_cql: Option<String>,
+}
+
+/// One file of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to its data directory, as the live file would be:
+    /// `<keyspace>/<table>-<id>/<component file>` or `<keyspace>/<table>-<id>/.<index>/<component file>`.
+    pub path: String,
+    /// Index into [`NodeInfo::data_dirs`] of the directory the file came from.
+    #[serde(default)]
+    pub data_dir: u16,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the content: the blob's name.
+    pub sha256: BlobHash,
+    /// SSTable identity, when the file name is an SSTable component.
+    #[serde(default)]
+    pub sstable: Option<SstableIdentity>,
+}
+
+impl FileEntry {
+    /// An entry for `path`, filling in the SSTable identity from the file name when it parses.
+    pub fn new(path: String, data_dir: u16, size: u64, sha256: BlobHash) -> Self {
+        let file_name = path.rsplit('/').next().unwrap_or(&path);
+        let sstable = SstableName::parse(file_name).ok().map(|n| n.identity());
+        Self { path, data_dir, size, sha256, sstable }
+    }
+}
+
+/// A manifest that must not be acted on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// Written by a newer Cassette.
+    #[error("{what} has format {found}, newer than the {supported} this build reads: upgrade Cassette")]
+    NewerFormat {
+        /// Which document.
+        what: &'static str,
+        /// Its format.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// A file path that could escape the data directory or is malformed.
+    #[error("manifest file entry {path:?} is unsafe or malformed: {reason}")]
+    UnsafePath {
+        /// The offending path.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A file entry that points at a data directory the manifest does not list.
+    #[error("manifest file entry {path:?} names data directory #{index}, but the manifest lists only {count}")]
+    BadDataDir {
+        /// The offending path.
+        path: String,
+        /// The index given.
+        index: u16,
+        /// How many directories the manifest lists.
+        count: usize,
+    },
+    /// The same path twice.
+    #[error("manifest lists {path:?} twice (data directory #{data_dir})")]
+    Duplicate {
+        /// The duplicated path.
+        path: String,
+        /// Its data directory index.
+        data_dir: u16,
+    },
+    /// More entries than the configured limit.
+    #[error("manifest lists {count} files, more than the limit of {limit}: raise the limit if this backup is genuine")]
+    TooManyFiles {
+        /// How many entries.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Checks a manifest-relative path: `<keyspace>/<table dir>/[.<index>/]<file>`, nothing else.
+///
+/// Rejects absolute paths, `..`, `.`, empty segments, backslashes, NUL and other control
+/// characters, so that joining the path to a data directory can never leave it.
+pub fn validate_relative_path(path: &str) -> Result<(), ManifestError> {
+    let err = |reason| ManifestError::UnsafePath { path: path.to_owned(), reason };
+    if path.is_empty() {
+        return Err(err("it is empty"));
+    }
+    if path.starts_with('/') {
+        return Err(err("it is absolute"));
+    }
+    if path.chars().any(|c| c == '\\' || c.is_control()) {
+        return Err(err("it contains a backslash or a control character"));
+    }
+    let segments: Vec<&str> = path.split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(err("it contains an empty segment"));
+    }
+    if segments.iter().any(|s| *s == "." || *s == "..") {
+        return Err(err("it contains a '.' or '..' segment"));
+    }
+    match segments.len() {
+        3 => {}
+        4 if segments[2].starts_with('.') => {}
+        _ => return Err(err("expected <keyspace>/<table dir>/[.<index>/]<file>")),
+    }
+    if segments[0].starts_with('.')
+        || segments[1].starts_with('.')
+        || segments.last().is_some_and(|f| f.starts_with('.'))
+    {
+        return Err(err("keyspace, table directory and file names cannot start with '.'"));
+    }
+    Ok(())
+}
+
+impl NodeManifest {
+    /// Checks everything a restore relies on before it touches the disk.
+    pub fn validate(&self, max_files: usize) -> Result<(), ManifestError> {
+        if self.format > NODE_MANIFEST_FORMAT {
+            return Err(ManifestError::NewerFormat {
+                what: "node manifest",
+                found: self.format,
+                supported: NODE_MANIFEST_FORMAT,
+            });
+        }
+        if self.files.len() > max_files {
+            return Err(ManifestError::TooManyFiles { count: self.files.len(), limit: max_files });
+        }
+        let mut seen = BTreeSet::new();
+        for f in &self.files {
+            validate_relative_path(&f.path)?;
+            if usize::from(f.data_dir) >= self.node.data_dirs.len() {
+                return Err(ManifestError::BadDataDir {
+                    path: f.path.clone(),
+                    index: f.data_dir,
+                    count: self.node.data_dirs.len(),
+                });
+            }
+            if !seen.insert((f.data_dir, f.path.as_str())) {
+                return Err(ManifestError::Duplicate { path: f.path.clone(), data_dir: f.data_dir });
+            }
+        }
+        Ok(())
+    }
+
+    /// Total bytes of all files.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Distinct blobs, with their sizes.
+    pub fn blobs(&self) -> impl Iterator<Item = (BlobHash, u64)> + '_ {
+        let mut seen = BTreeSet::new();
+        self.files.iter().filter(move |f| seen.insert(f.sha256)).map(|f| (f.sha256, f.size))
+    }
+}
+
+/// A whole cluster's backup: written after every node manifest it lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterManifest {
+    /// Schema version of this document.
+    pub format: u32,
+    /// The backup.
+    pub backup_id: BackupId,
+    /// Operator-chosen label, if any.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Cluster name.
+    pub cluster: String,
+    /// When the backup started.
+    pub started_at: DateTime<Utc>,
+    /// When the cluster manifest was written.
+    pub finished_at: DateTime<Utc>,
+    /// Time between the first and the last node's snapshot, in milliseconds.
+    #[serde(default)]
+    pub snapshot_skew_ms: Option<u64>,
+    /// Nodes whose manifests are part of this backup.
+    pub nodes: Vec<ClusterNodeEntry>,
+    /// Nodes of the ring that the backup lacks (a partial backup), with their tokens.
+    #[serde(default)]
+    pub missing_nodes: Vec<ClusterNodeEntry>,
+}
+
+/// One node in a cluster manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNodeEntry {
+    /// Host id (the node manifest's key).
+    pub host_id: HostId,
+    /// Datacenter.
+    pub datacenter: String,
+    /// Rack.
+    pub rack: String,
+    /// Tokens.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Files in the node's manifest.
+    #[serde(default)]
+    pub files: u64,
+    /// Bytes in the node's manifest.
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+/// One archived commit-log segment; stored under [`crate::layout::commitlog_entry_key`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitLogEntry {
+    /// Schema version of this document.
+    pub format: u32,
+    /// Segment file name (`CommitLog-7-1699285478684.log`).
+    pub segment: String,
+    /// Commit-log format version from the header.
+    pub version: u32,
+    /// Segment id from the header; ordering by id is write order.
+    pub segment_id: u64,
+    /// Host id of the node that wrote it.
+    pub host_id: HostId,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the content: the blob's name.
+    pub sha256: BlobHash,
+    /// When the segment was closed (file modification time): no mutation in it is later.
+    pub closed_at: DateTime<Utc>,
+    /// When it was archived.
+    pub archived_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(files: Vec<FileEntry>) -> NodeManifest {
+        let t = DateTime::parse_from_rfc3339("2026-11-23T21:41:00Z").unwrap().to_utc();
+        NodeManifest {
+            format: NODE_MANIFEST_FORMAT,
+            backup_id: "20261123T214100Z-3fa9c2d1".parse().unwrap(),
+            tag: Some("nightly".into()),
+            snapshot_tag: "cassette-20261123T214100Z-3fa9c2d1".into(),
+            node: NodeInfo {
+                host_id: "1b1c2ce9-e5ab-4b1e-a2cf-0f5cd9f8b1c3".parse().unwrap(),
+                cluster: "Test Cluster".into(),
+                datacenter: "dc1".into(),
+                rack: "rack1".into(),
+                tokens: vec!["-9223372036854775808".into()],
+                cassandra_version: "4.1.7".into(),
+                schema_version: None,
+                address: Some("10.0.0.1".into()),
+                data_dirs: vec!["/var/lib/cassandra/data".into(), "/data2".into()],
+            },
+            started_at: t,
+            snapshot_at: t,
+            finished_at: t,
+            tables: vec![],
+            files,
+        }
+    }
+
+    fn file(path: &str, dir: u16) -> FileEntry {
+        FileEntry::new(
+            path.into(),
+            dir,
+            10,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn round_trips_and_ignores_unknown_fields() {
+        let m = manifest(vec![file("ks/t-0123456789abcdef0123456789abcdef/nb-1-big-Data.db", 1)]);
+        let mut v = serde_json::to_value(&m).unwrap();
+        v["some_future_field"] = serde_json::json!({"x": 1});
+        v["files"][0]["future"] = serde_json::json!(true);
+        let back: NodeManifest = serde_json::from_value(v).unwrap();
+        assert_eq!(back, m);
+        let id = back.files[0].sstable.as_ref().unwrap();
+        assert_eq!((id.version.as_str(), id.generation.as_str(), id.format.as_str()), ("nb", "1", "big"));
+        assert_eq!(id.component, "Data.db");
+        assert!(back.validate(100).is_ok());
+    }
+
+    #[test]
+    fn validate_refuses_paths_that_could_escape_or_are_malformed() {
+        for bad in [
+            "/etc/passwd",
+            "../ks/t/nb-1-big-Data.db",
+            "ks/../../etc/x",
+            "ks/t/../nb-1-big-Data.db",
+            "ks/t/./nb-1-big-Data.db",
+            "ks//nb-1-big-Data.db",
+            "ks/t",
+            "ks/t/a/b/c",
+            "ks/t/idx/nb-1-big-Data.db",
+            "ks\\t\\x",
+            "ks/t/nb-1\0",
+            ".ks/t/nb-1-big-Data.db",
+            "ks/t/.hidden",
+            "",
+        ] {
+            let err = manifest(vec![file(bad, 0)]).validate(100).unwrap_err();
+            assert!(matches!(err, ManifestError::UnsafePath { .. }), "{bad:?}: {err}");
+        }
+        assert!(manifest(vec![file("ks/t-1/.idx/nb-1-big-Data.db", 0)]).validate(100).is_ok());
+    }
+
+    #[test]
+    fn validate_checks_format_data_dirs_duplicates_and_size() {
+        let mut m = manifest(vec![file("ks/t/nb-1-big-Data.db", 2)]);
+        assert!(matches!(m.validate(10), Err(ManifestError::BadDataDir { index: 2, count: 2, .. })));
+        m.files = vec![file("ks/t/nb-1-big-Data.db", 0), file("ks/t/nb-1-big-Data.db", 0)];
+        assert!(matches!(m.validate(10), Err(ManifestError::Duplicate { .. })));
+        m.files = vec![file("ks/t/nb-1-big-Data.db", 0), file("ks/t/nb-1-big-Data.db", 1)];
+        assert!(m.validate(10).is_ok(), "the same path on two data directories is legal");
+        assert!(matches!(m.validate(1), Err(ManifestError::TooManyFiles { count: 2, limit: 1 })));
+        m.format = NODE_MANIFEST_FORMAT + 1;
+        let e = m.validate(10).unwrap_err().to_string();
+        assert!(e.contains("upgrade"), "{e}");
+    }
+
+    #[test]
+    fn blobs_are_deduplicated() {
+        let m = manifest(vec![file("ks/t/nb-1-big-TOC.txt", 0), file("ks/t/nb-2-big-TOC.txt", 0)]);
+        assert_eq!(m.blobs().count(), 1);
+        assert_eq!(m.total_bytes(), 20);
+    }
+}

@@ -4,6 +4,8 @@
 //! - [`storage`]: the storage engine (content-addressed, verified transfers).
 //! - [`hashcache`]: the persistent per-file SHA-256 cache.
 
+#![forbid(unsafe_code)]
+
 pub mod hashcache;
 pub mod storage;
 

@@ -12,6 +12,8 @@
 //! - [`hash`]: SHA-256 helpers.
 //! - [`units`]: sizes and rates such as `100MiB/s`.
 
+#![forbid(unsafe_code)]
+
 pub mod hash;
 pub mod ids;
 pub mod layout;

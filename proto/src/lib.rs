@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`v1`]: the `cassette.v1` package.
 
+#![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::all, unreachable_pub, missing_debug_implementations)]
 
 /// The `cassette.v1` package.

@@ -77,7 +77,7 @@ pub fn build_store(
                 .build()
                 .map_err(|e| config_error(location, format!("Azure client: {e}")))?,
         ),
-        Provider::Gcs => Arc::new(gcs_builder(location, cfg, env).build().map_err(|e| {
+        Provider::Gcs => Arc::new(gcs_builder(location, cfg, env)?.build().map_err(|e| {
             config_error(
                 location,
                 format!("GCS client: {e} (check GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT_PATH)"),
@@ -92,15 +92,28 @@ fn config_error(location: &StorageLocation, message: String) -> StoreError {
     StoreError::Config { location: location.to_string(), message }
 }
 
+/// Client options shared by all providers. They replace whatever the environment loop set on
+/// the builder, so everything the environment may say about the client is folded in here.
 fn client_options(
     location: &StorageLocation,
     cfg: &StorageConfig,
     env: &Environment,
+    endpoint: Option<&str>,
 ) -> Result<ClientOptions, StoreError> {
+    let env_allows_http = ["AWS_ALLOW_HTTP", "AZURE_ALLOW_HTTP", "GOOGLE_ALLOW_HTTP"]
+        .iter()
+        .any(|k| env.get(k).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1"));
+    let http_endpoint = endpoint.is_some_and(|e| e.starts_with("http://"));
+    if http_endpoint {
+        tracing::warn!(
+            endpoint = endpoint.unwrap_or_default(),
+            "storage endpoint uses plain HTTP: traffic is not encrypted"
+        );
+    }
     let mut opts = ClientOptions::new()
         .with_timeout(cfg.request_timeout)
         .with_connect_timeout(cfg.connect_timeout)
-        .with_allow_http(cfg.allow_http);
+        .with_allow_http(cfg.allow_http || env_allows_http || http_endpoint);
     if let Some(proxy) = &cfg.proxy {
         opts = opts.with_proxy_url(proxy);
     }
@@ -170,10 +183,6 @@ pub fn s3_builder(
         .or_else(|| env.get("AWS_ENDPOINT").map(str::to_owned));
     if let Some(e) = &endpoint {
         b = b.with_endpoint(e).with_virtual_hosted_style_request(cfg.s3_virtual_hosted_style);
-        if e.starts_with("http://") {
-            tracing::warn!(endpoint = %e, "S3 endpoint uses plain HTTP: traffic is not encrypted");
-            b = b.with_allow_http(true);
-        }
     }
     b = match cfg.s3_checksum {
         S3Checksum::Crc64nvme => b.with_checksum_algorithm(Checksum::CRC64NVME),
@@ -181,7 +190,7 @@ pub fn s3_builder(
         S3Checksum::None => b,
     };
     Ok(b.with_unsigned_payload(!cfg.s3_sign_payload)
-        .with_client_options(client_options(location, cfg, env)?)
+        .with_client_options(client_options(location, cfg, env, endpoint.as_deref())?)
         .with_retry(retry_config(cfg)))
 }
 
@@ -370,12 +379,15 @@ pub fn azure_builder(
         if let Some(sas) = &c.sas {
             b = b.with_config(AzureConfigKey::SasKey, sas);
         }
-        if let Some(e) = &c.endpoint {
-            b = b.with_endpoint(e.clone());
-            if e.starts_with("http://") {
-                b = b.with_allow_http(true);
-            }
-        }
+    }
+    let endpoint = cfg
+        .azure_endpoint
+        .clone()
+        .or_else(|| env.get("AZURE_STORAGE_ENDPOINT").map(str::to_owned))
+        .or_else(|| env.get("AZURE_ENDPOINT").map(str::to_owned))
+        .or_else(|| conn.as_ref().and_then(|c| c.endpoint.clone()));
+    if let Some(e) = &endpoint {
+        b = b.with_endpoint(e.clone());
     }
     match (&account, emulator) {
         (Some(a), _) => b = b.with_account(a),
@@ -391,12 +403,16 @@ pub fn azure_builder(
         b = b.with_use_emulator(true);
     }
     Ok(b.with_container_name(location.bucket())
-        .with_client_options(client_options(location, cfg, env)?)
+        .with_client_options(client_options(location, cfg, env, endpoint.as_deref())?)
         .with_retry(retry_config(cfg)))
 }
 
 /// The GCS builder.
-pub fn gcs_builder(location: &StorageLocation, cfg: &StorageConfig, env: &Environment) -> GoogleCloudStorageBuilder {
+pub fn gcs_builder(
+    location: &StorageLocation,
+    cfg: &StorageConfig,
+    env: &Environment,
+) -> Result<GoogleCloudStorageBuilder, StoreError> {
     let mut b = GoogleCloudStorageBuilder::new();
     for (k, v) in env.with_prefix("GOOGLE_") {
         if let Ok(key) = k.to_ascii_lowercase().parse::<GoogleConfigKey>() {
@@ -406,16 +422,8 @@ pub fn gcs_builder(location: &StorageLocation, cfg: &StorageConfig, env: &Enviro
     if let Some(path) = env.get("SERVICE_ACCOUNT") {
         b = b.with_service_account_path(path);
     }
-    // GCS has no proxy CA or bundle variable of its own; the client options carry timeouts and proxy.
-    let opts = ClientOptions::new()
-        .with_timeout(cfg.request_timeout)
-        .with_connect_timeout(cfg.connect_timeout)
-        .with_allow_http(cfg.allow_http);
-    let opts = match &cfg.proxy {
-        Some(p) => opts.with_proxy_url(p),
-        None => opts,
-    };
-    b.with_bucket_name(location.bucket()).with_client_options(opts).with_retry(retry_config(cfg))
+    let opts = client_options(location, cfg, env, env.get("GOOGLE_BASE_URL"))?;
+    Ok(b.with_bucket_name(location.bucket()).with_client_options(opts).with_retry(retry_config(cfg)))
 }
 
 fn local_store(location: &StorageLocation) -> Result<Arc<dyn ObjectStore>, StoreError> {
@@ -562,6 +570,18 @@ mod tests {
             Some("https://acct.blob.core.windows.net")
         );
 
+        let cfg = StorageConfig {
+            azure_endpoint: Some("http://127.0.0.1:10000/devstoreaccount1".into()),
+            ..StorageConfig::default()
+        };
+        let env = Environment::from_pairs([("AZURE_STORAGE_ACCOUNT_NAME", "devstoreaccount1")]);
+        let b = azure_builder(&loc("azure://backups"), &cfg, &env).unwrap();
+        assert_eq!(
+            b.get_config_value(&AzureConfigKey::Endpoint).as_deref(),
+            Some("http://127.0.0.1:10000/devstoreaccount1")
+        );
+        assert!(build_store(&loc("azure://backups"), &cfg, &env).is_ok(), "an http endpoint allows http");
+
         let c = AzureConnectionString::parse(
             "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;AccountName=devstoreaccount1;SharedAccessSignature=sv=2021&sig=a=b",
         )
@@ -577,7 +597,7 @@ mod tests {
         let key = dir.path().join("sa.json");
         std::fs::write(&key, "{}").unwrap();
         let env = Environment::from_pairs([("GOOGLE_SERVICE_ACCOUNT_PATH", key.to_str().unwrap())]);
-        let b = gcs_builder(&loc("gs://my-bucket/p"), &StorageConfig::default(), &env);
+        let b = gcs_builder(&loc("gs://my-bucket/p"), &StorageConfig::default(), &env).unwrap();
         assert_eq!(b.get_config_value(&GoogleConfigKey::Bucket).as_deref(), Some("my-bucket"));
         assert_eq!(b.get_config_value(&GoogleConfigKey::ServiceAccount).as_deref(), key.to_str());
 

@@ -41,7 +41,12 @@ pub struct StorageConfig {
     pub s3_sign_payload: bool,
     /// Azure storage account. Defaults to `AZURE_STORAGE_ACCOUNT_NAME` / `AZURE_STORAGE_ACCOUNT`.
     pub azure_account: Option<String>,
-    /// Talk to the Azurite emulator (development and tests only).
+    /// Blob service endpoint for Azure Stack, sovereign clouds or an emulator, e.g.
+    /// `https://acct.blob.core.chinacloudapi.cn` or `http://127.0.0.1:10000/devstoreaccount1`.
+    /// Defaults to `AZURE_STORAGE_ENDPOINT`, then `https://<account>.blob.core.windows.net`.
+    pub azure_endpoint: Option<String>,
+    /// Talk to the Azurite emulator at `AZURITE_BLOB_STORAGE_URL` with its well-known account
+    /// (development only).
     pub azure_use_emulator: bool,
     /// HTTP(S) proxy for all providers, e.g. `http://proxy:3128`. Defaults to `HTTPS_PROXY`.
     pub proxy: Option<String>,
@@ -67,6 +72,7 @@ impl Default for StorageConfig {
             s3_checksum: S3Checksum::default(),
             s3_sign_payload: false,
             azure_account: None,
+            azure_endpoint: None,
             azure_use_emulator: false,
             proxy: None,
             allow_http: false,

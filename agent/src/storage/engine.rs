@@ -19,7 +19,7 @@ use cassette_common::hash::{HASH_BUFFER, Hasher};
 use cassette_common::ids::BlobHash;
 use serde::Serialize;
 
-pub use download::{DownloadItem, DownloadReport, DownloadedFile};
+pub use download::{DownloadItem, DownloadReport, DownloadedFile, temp_path_for};
 pub use upload::{UploadReport, UploadedFile};
 
 use super::config::TransferConfig;

@@ -200,6 +200,11 @@ impl StoreError {
         }
     }
 
+    /// The HTTP status the provider answered with, when the error carries one.
+    pub fn http_status(&self) -> Option<u16> {
+        self.provider_error().and_then(http_status)
+    }
+
     /// Whether the provider reported that the object does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self.provider_error(), Some(object_store::Error::NotFound { .. }))
@@ -227,6 +232,29 @@ fn classify_remote(e: &object_store::Error) -> Retry {
         // timeouts: all transient. The attempt limit bounds the cost of a wrong guess.
         _ => Retry::Backoff,
     }
+}
+
+/// The HTTP status in a provider error. object_store maps some responses to typed variants
+/// (404 on GET/HEAD to `NotFound`) but reports others, such as a 404 on a listing, only as text
+/// ("… status code: 404 Not Found …"), and its status-carrying type is private.
+pub fn http_status(e: &object_store::Error) -> Option<u16> {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => return Some(404),
+        E::PermissionDenied { .. } => return Some(403),
+        E::Unauthenticated { .. } => return Some(401),
+        E::Precondition { .. } => return Some(412),
+        _ => {}
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push(' ');
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    let at = text.find("status code: ")? + "status code: ".len();
+    text.get(at..at + 3)?.parse().ok()
 }
 
 /// Which credentials a user should check for a location's provider.
@@ -301,6 +329,20 @@ mod tests {
             },
         );
         assert_eq!(e.retry(), Retry::Backoff);
+    }
+
+    #[test]
+    fn http_status_is_found_in_typed_and_textual_errors() {
+        let nf = object_store::Error::NotFound { path: "k".into(), source: boxed("x") };
+        assert_eq!(http_status(&nf), Some(404));
+        let generic = object_store::Error::Generic {
+            store: "S3",
+            source: boxed(
+                "Error performing list request: Server returned non-2xx status code: 404 Not Found: <Error/>",
+            ),
+        };
+        assert_eq!(http_status(&generic), Some(404));
+        assert_eq!(http_status(&object_store::Error::Generic { store: "S3", source: boxed("connection reset") }), None);
     }
 
     #[test]

@@ -123,7 +123,8 @@ impl Repository {
     async fn check_bucket(&self) -> Result<(), StoreError> {
         match self.store.list_with_delimiter(None).await {
             Ok(_) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => Err(self.missing_bucket()),
+            // Listing a prefix of an existing bucket never answers 404.
+            Err(e) if crate::storage::error::http_status(&e) == Some(404) => Err(self.missing_bucket()),
             Err(e) => Err(StoreError::remote("list", "/", &self.display, e)),
         }
     }
@@ -159,7 +160,8 @@ impl Repository {
         let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
         match self.store.put_opts(&Path::from(key), body, opts).await {
             Ok(_) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => Err(self.missing_bucket()),
+            // A write answers 404 only when the bucket itself is missing.
+            Err(e) if crate::storage::error::http_status(&e) == Some(404) => Err(self.missing_bucket()),
             Err(e) => Err(StoreError::remote("put", key, &self.display, e)),
         }
     }
@@ -221,13 +223,21 @@ impl Repository {
 
     /// Objects under `prefix` whose key sorts after `offset` (a full key): time-ordered indexes
     /// use this to read only the window they need.
+    ///
+    /// The result is also filtered here, because some servers (Azurite among them) ignore the
+    /// start-after parameter and return the whole prefix.
     pub async fn list_after(&self, prefix: &str, offset: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let p = Path::from(prefix);
-        self.store
-            .list_with_offset(Some(&p), &Path::from(offset))
+        let offset = Path::from(offset);
+        let mut found: Vec<ObjectMeta> = self
+            .store
+            .list_with_offset(Some(&p), &offset)
+            .try_filter(|m| futures::future::ready(m.location > offset))
             .try_collect()
             .await
-            .map_err(|e| StoreError::remote("list", prefix, &self.display, e))
+            .map_err(|e| StoreError::remote("list", prefix, &self.display, e))?;
+        found.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(found)
     }
 
     /// The names of the "directories" directly under `prefix`.

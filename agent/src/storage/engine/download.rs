@@ -161,7 +161,7 @@ impl TransferEngine {
         let dest = &item.dest;
         let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         tokio::fs::create_dir_all(dir).await.map_err(|e| StoreError::local("create directory", dir, e))?;
-        let tmp = temp_path(dest);
+        let tmp = temp_path_for(dest);
         let result = self.fetch_verified(item, &tmp).await;
         let result = match result {
             Ok(()) => self.commit(&tmp, dest, dir).await,
@@ -281,7 +281,7 @@ impl TransferEngine {
 
 /// The temporary name beside `dest`: hidden, and ending in `.tmp` so Cassandra treats it as a
 /// temporary file. Deterministic, so a rerun reuses (truncates) it instead of leaving litter.
-pub fn temp_path(dest: &Path) -> PathBuf {
+pub fn temp_path_for(dest: &Path) -> PathBuf {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     dest.with_file_name(format!(".{name}.cassette.tmp"))
 }

@@ -17,7 +17,7 @@ use cassette_common::ids::BlobHash;
 use cassette_common::layout;
 use futures::stream::{FuturesUnordered, StreamExt};
 use object_store::path::Path as ObjectPath;
-use object_store::{PutMultipartOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutMultipartOptions, PutPayload};
 use serde::Serialize;
 
 use super::{FileFailure, TransferEngine, same_file};
@@ -65,7 +65,7 @@ enum Hashed {
     InMemory(Bytes, tokio::sync::OwnedSemaphorePermit),
     /// Hashed by streaming the file now.
     Fresh,
-    /// Taken from the hash cache.
+    /// Taken from the hash cache: nothing was read.
     Cached,
 }
 
@@ -119,7 +119,7 @@ impl TransferEngine {
     /// Stores one file as a blob (with retries).
     pub async fn upload_file(&self, path: &Path) -> Result<UploadedFile, StoreError> {
         let what = format!("upload {}", path.display());
-        let r = self.backoff.run(&what, |_| self.upload_attempt(path)).await;
+        let r = self.backoff.run(&what, |attempt| self.upload_attempt(path, attempt)).await;
         if let Ok(f) = &r {
             self.progress.file_finished(path, f.size, !f.uploaded);
         }
@@ -127,7 +127,7 @@ impl TransferEngine {
         r
     }
 
-    async fn upload_attempt(&self, path: &Path) -> Result<UploadedFile, StoreError> {
+    async fn upload_attempt(&self, path: &Path, attempt: u32) -> Result<UploadedFile, StoreError> {
         let meta = tokio::fs::metadata(path).await.map_err(|e| StoreError::local("stat", path, e))?;
         if !meta.is_file() {
             return Err(StoreError::local(
@@ -146,6 +146,24 @@ impl TransferEngine {
                 return Ok(false);
             }
             match self.repo.blob_size(&hash).await? {
+                // After a failed attempt of ours, a blob of the right size may still be that
+                // attempt's damaged body (some servers commit before checking the checksum), so a
+                // small one is read back before it is trusted. Multipart uploads cannot leave a
+                // blob behind: nothing is visible before they complete.
+                Some(stored) if stored == size && attempt > 1 && size <= self.cfg.multipart_threshold.0 => {
+                    if !self.stored_blob_matches(&hash).await? {
+                        let (data, _permit, actual) = self.read_small(path, size).await?;
+                        if actual != hash {
+                            self.cache.remove(&meta);
+                            return Err(self.changed(path, hash, actual));
+                        }
+                        let sent = self.replace_damaged(path, hash, data).await?;
+                        self.mark_present(hash);
+                        return Ok(sent);
+                    }
+                    self.mark_present(hash);
+                    return Ok(false);
+                }
                 Some(stored) if stored == size => {
                     self.mark_present(hash);
                     return Ok(false);
@@ -166,6 +184,16 @@ impl TransferEngine {
             }
             let sent = match hashed {
                 Hashed::InMemory(data, _permit) => self.put_small(path, hash, data).await?,
+                Hashed::Cached if size <= self.cfg.multipart_threshold.0 => {
+                    // The blob is missing although the file was hashed before: read it now and
+                    // make sure the cached hash still describes it before sending.
+                    let (data, _permit, actual) = self.read_small(path, size).await?;
+                    if actual != hash {
+                        self.cache.remove(&meta);
+                        return Err(self.changed(path, hash, actual));
+                    }
+                    self.put_small(path, hash, data).await?
+                }
                 Hashed::Fresh => self.put_multipart(path, &meta, hash, false).await?,
                 Hashed::Cached => self.put_multipart(path, &meta, hash, true).await?,
             };
@@ -178,28 +206,18 @@ impl TransferEngine {
         Ok(UploadedFile { path: path.to_owned(), sha256: hash, size, uploaded })
     }
 
-    /// The file's hash: small files are read and hashed in memory (and the buffer kept for
-    /// sending); large ones come from the hash cache or are hashed by streaming.
+    /// The file's hash. A hash-cache hit costs no read at all (the common case for SSTables,
+    /// which never change). Otherwise small files are read into memory and hashed (the buffer is
+    /// kept for sending), large ones are hashed by streaming.
     async fn hash_for_upload(&self, path: &Path, meta: &std::fs::Metadata) -> Result<(BlobHash, Hashed), StoreError> {
         let size = meta.len();
-        if size <= self.cfg.multipart_threshold.0 {
-            let permit = self.budget.reserve(size).await;
-            let data = Bytes::from(tokio::fs::read(path).await.map_err(|e| StoreError::local("read", path, e))?);
-            let data_for_hash = data.clone();
-            let hash = tokio::task::spawn_blocking(move || sha256(&data_for_hash))
-                .await
-                .map_err(|e| StoreError::local("hash", path, std::io::Error::other(e)))?;
-            if data.len() as u64 != size {
-                return Err(self.changed(path, hash, hash));
-            }
-            self.progress.hashed(size);
-            // Small files are always hashed from the bytes that will be sent, so the cache is
-            // only refreshed here (later readers such as dry runs use it).
-            self.cache.insert(meta, hash);
-            return Ok((hash, Hashed::InMemory(data, permit)));
-        }
         if let Some(hash) = self.cache.lookup(meta) {
             return Ok((hash, Hashed::Cached));
+        }
+        if size <= self.cfg.multipart_threshold.0 {
+            let (data, permit, hash) = self.read_small(path, size).await?;
+            self.cache.insert(meta, hash);
+            return Ok((hash, Hashed::InMemory(data, permit)));
         }
         let (hash, len) = self.hash_file(path).await?;
         let after = tokio::fs::metadata(path).await.map_err(|e| StoreError::local("stat", path, e))?;
@@ -210,30 +228,84 @@ impl TransferEngine {
         Ok((hash, Hashed::Fresh))
     }
 
+    /// Reads a small file into memory (within the memory budget) and hashes it.
+    async fn read_small(
+        &self,
+        path: &Path,
+        size: u64,
+    ) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit, BlobHash), StoreError> {
+        let permit = self.budget.reserve(size).await;
+        let data = Bytes::from(tokio::fs::read(path).await.map_err(|e| StoreError::local("read", path, e))?);
+        let for_hash = data.clone();
+        let hash = tokio::task::spawn_blocking(move || sha256(&for_hash))
+            .await
+            .map_err(|e| StoreError::local("hash", path, std::io::Error::other(e)))?;
+        if data.len() as u64 != size {
+            return Err(self.changed(path, hash, hash));
+        }
+        self.progress.hashed(size);
+        Ok((data, permit, hash))
+    }
+
     fn changed(&self, path: &Path, expected: BlobHash, actual: BlobHash) -> StoreError {
         StoreError::ChangedDuringUpload { path: path.to_owned(), expected, actual }
     }
 
-    /// One request, create-only. Returns whether bytes were sent (false if a concurrent writer
-    /// stored the same blob first).
+    /// One request, create-only. Returns whether bytes were sent.
+    ///
+    /// When the blob turns out to exist already (a concurrent writer, or a failed earlier
+    /// attempt that the server committed anyway — some S3-compatible servers store a body before
+    /// rejecting its checksum), the stored bytes are read back and hashed: the key promises the
+    /// content, so a blob that breaks that promise is replaced with the verified bytes at hand.
     async fn put_small(&self, path: &Path, hash: BlobHash, data: Bytes) -> Result<bool, StoreError> {
         let key = layout::blob_key(&hash);
         let len = data.len() as u64;
-        match self.repo.put_create(&key, PutPayload::from(data)).await {
+        match self.repo.put_create(&key, PutPayload::from(data.clone())).await {
             Ok(()) => {
                 self.progress.transferred(len);
                 Ok(true)
             }
-            Err(e) if e.is_already_exists() => match self.repo.blob_size(&hash).await? {
-                Some(s) if s == len => Ok(false),
-                other => Err(StoreError::SizeMismatch {
-                    what: format!("blob {hash} stored concurrently for {}", path.display()),
-                    expected: len,
-                    actual: other.unwrap_or(0),
-                }),
-            },
+            Err(e) if e.is_already_exists() => {
+                if self.stored_blob_matches(&hash).await? {
+                    return Ok(false);
+                }
+                self.replace_damaged(path, hash, data).await
+            }
             Err(e) => Err(e),
         }
+    }
+
+    /// Replaces a stored blob whose bytes do not hash to its name with `data`, which does.
+    async fn replace_damaged(&self, path: &Path, hash: BlobHash, data: Bytes) -> Result<bool, StoreError> {
+        let key = layout::blob_key(&hash);
+        tracing::warn!(blob = %hash, file = %path.display(), location = self.repo.loc(), "stored blob does not match its name; replacing it with the verified content");
+        self.repo
+            .store()
+            .delete(&ObjectPath::from(key.as_str()))
+            .await
+            .map_err(|e| StoreError::remote("remove damaged blob", key.clone(), self.repo.loc(), e))?;
+        let len = data.len() as u64;
+        self.repo.put_create(&key, PutPayload::from(data)).await?;
+        self.progress.transferred(len);
+        Ok(true)
+    }
+
+    /// Reads a stored blob back and checks that it hashes to its name.
+    async fn stored_blob_matches(&self, hash: &BlobHash) -> Result<bool, StoreError> {
+        let key = layout::blob_key(hash);
+        let loc = self.repo.loc();
+        let result = self
+            .repo
+            .store()
+            .get(&ObjectPath::from(key.as_str()))
+            .await
+            .map_err(|e| StoreError::remote("verify blob", key.as_str(), loc, e))?;
+        let mut stream = result.into_stream();
+        let mut hasher = Hasher::new();
+        while let Some(chunk) = stream.next().await {
+            hasher.update(&chunk.map_err(|e| StoreError::remote("verify blob", key.as_str(), loc, e))?);
+        }
+        Ok(hasher.finish() == *hash)
     }
 
     /// A multipart upload with `parts_per_file` parts in flight, completed only after the

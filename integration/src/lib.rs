@@ -7,9 +7,11 @@
 //! - [`servers`]: s3s-fs, moto, Azurite and directory storage on free ports.
 //! - [`proxy`]: drops or corrupts connections on demand.
 //! - [`data`]: random test files.
+//! - [`conformance`]: the storage scenario every backend must pass.
 
 #![deny(unsafe_code)]
 
+pub mod conformance;
 pub mod data;
 pub mod process;
 pub mod proxy;

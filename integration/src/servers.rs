@@ -101,7 +101,7 @@ impl StorageServer {
                 Ok((process, port)) => {
                     let server =
                         Self { backend, port, bucket: "cassette-test".into(), access_key, secret_key, dir, process };
-                    server.create_bucket()?;
+                    server.create_bucket(&server.bucket)?;
                     return Ok(Some(server));
                 }
                 Err(e) => last_err = Some(e),
@@ -152,23 +152,23 @@ impl StorageServer {
         Ok((Some(process), port))
     }
 
-    fn create_bucket(&self) -> anyhow::Result<()> {
+    /// Creates a bucket (or container) named `name` on the server.
+    pub fn create_bucket(&self, name: &str) -> anyhow::Result<()> {
         match self.backend {
             Backend::Local => {}
             // A bucket is a directory under the root.
-            Backend::S3sFs => std::fs::create_dir_all(self.dir.path().join("root").join(&self.bucket))?,
+            Backend::S3sFs => std::fs::create_dir_all(self.dir.path().join("root").join(name))?,
             Backend::Moto => {
-                let status = http(self.port, "PUT", &format!("/{}", self.bucket), &[])?;
+                let status = http(self.port, "PUT", &format!("/{name}"), &[])?;
                 if status != 200 {
-                    bail!("moto: create bucket {}: HTTP {status}", self.bucket);
+                    bail!("moto: create bucket {name}: HTTP {status}");
                 }
             }
             Backend::Azurite => {
                 let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
                 let version = "2021-08-06";
                 let to_sign = format!(
-                    "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{}\nrestype:container",
-                    self.bucket
+                    "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
                 );
                 let key = base64::engine::general_purpose::STANDARD.decode(AZURITE_KEY)?;
                 let sig = base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, to_sign.as_bytes()));
@@ -176,11 +176,11 @@ impl StorageServer {
                 let status = http(
                     self.port,
                     "PUT",
-                    &format!("/{AZURITE_ACCOUNT}/{}?restype=container", self.bucket),
+                    &format!("/{AZURITE_ACCOUNT}/{name}?restype=container"),
                     &[("x-ms-date", &date), ("x-ms-version", version), ("Authorization", &auth)],
                 )?;
                 if status != 201 && status != 409 {
-                    bail!("azurite: create container {}: HTTP {status}", self.bucket);
+                    bail!("azurite: create container {name}: HTTP {status}");
                 }
             }
         }

@@ -138,6 +138,9 @@ pub struct TransferConfig {
     pub max_backoff: Duration,
     /// Call `fsync` on downloaded files and their directories before reporting them done.
     pub fsync: bool,
+    /// Downloaded files being flushed and renamed into place at once. This work runs beside the
+    /// downloads (it does not hold one of the `concurrency` slots).
+    pub fsync_concurrency: usize,
 }
 
 /// S3's smallest allowed part (all parts but the last).
@@ -160,6 +163,7 @@ impl Default for TransferConfig {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(20),
             fsync: true,
+            fsync_concurrency: 16,
         }
     }
 }
@@ -170,6 +174,9 @@ impl TransferConfig {
         let mut problems = Vec::new();
         if self.concurrency == 0 {
             problems.push("concurrency must be at least 1".to_owned());
+        }
+        if self.fsync_concurrency == 0 {
+            problems.push("fsync_concurrency must be at least 1".to_owned());
         }
         if self.parts_per_file == 0 {
             problems.push("parts_per_file must be at least 1".to_owned());

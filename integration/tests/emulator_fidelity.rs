@@ -8,6 +8,8 @@
 //! - on-disk behaviour: hard links per data root, manifest/schema in one root, schema.cql
 //!   indentation and `WITH ID`, import renames, compaction keeping snapshot links.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 

@@ -140,8 +140,16 @@ pub fn copy_sstable(
     Ok(())
 }
 
-/// The component files of `<prefix>-*` present in `dir` (file names, sorted).
+/// The component files of `<prefix>-*` present in `dir` (file names, sorted): the components its
+/// `TOC.txt` lists that exist, as Cassandra knows them; a directory scan only when there is no
+/// readable TOC. Listing by TOC keeps operations on tables with 10,000 SSTables linear.
 pub fn component_files(dir: &Path, prefix: &str) -> Vec<String> {
+    if let Ok(toc) = Toc::read(&dir.join(format!("{prefix}-TOC.txt"))) {
+        let mut out: Vec<String> =
+            toc.components().iter().map(|c| format!("{prefix}-{c}")).filter(|f| dir.join(f).exists()).collect();
+        out.sort();
+        return out;
+    }
     let want = format!("{prefix}-");
     let mut out: Vec<String> = std::fs::read_dir(dir)
         .into_iter()

@@ -103,6 +103,13 @@ pub fn run(state: &StateDir, args: &[String]) -> Outcome {
     };
     let rest = args[split + 1..].to_vec();
 
+    // Injected delays happen before taking the lock, so a killed command leaves no lock behind.
+    if let Ok(peek) = state.load()
+        && let Some(n) = peek.node_index(&host)
+        && let Some(ms) = peek.nodes[n].faults.delay_ms.get(&command)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(*ms));
+    }
     let lock = match state.lock() {
         Ok(l) => l,
         Err(e) => return internal(e),
@@ -152,9 +159,6 @@ pub fn run(state: &StateDir, args: &[String]) -> Outcome {
         }
     }
     let faults = c.nodes[node].faults.clone();
-    if let Some(ms) = faults.delay_ms.get(&command) {
-        std::thread::sleep(std::time::Duration::from_millis(*ms));
-    }
     if let Some((code, stderr)) = faults.fail.get(&command) {
         return Outcome { stdout: String::new(), stderr: stderr.clone(), code: *code };
     }

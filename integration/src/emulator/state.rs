@@ -368,20 +368,35 @@ impl StateDir {
         self.root.join("cluster.json")
     }
 
-    /// Takes the lock (waits up to 30 s; a lock older than 120 s is considered abandoned).
+    /// Takes the lock (waits up to 30 s). The lock file holds the owner's pid: a lock whose owner
+    /// is gone (killed by a test's timeout, say) is broken at once.
     pub fn lock(&self) -> anyhow::Result<StateLock> {
         let path = self.root.join("state.lock");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(_) => return Ok(StateLock { path }),
+                Ok(mut f) => {
+                    use std::io::Write;
+                    let _ = write!(f, "{}", std::process::id());
+                    return Ok(StateLock { path });
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(120))
-                        .unwrap_or(false);
-                    if stale {
-                        let _ = std::fs::remove_file(&path);
+                    if let Some(pid) = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok())
+                        && !Path::new(&format!("/proc/{pid}")).exists()
+                    {
+                        // Break it by renaming, so two waiters cannot both delete a fresh lock.
+                        let grave = self.root.join(format!("state.lock.stale.{}", std::process::id()));
+                        if std::fs::rename(&path, &grave).is_ok() {
+                            let still_stale =
+                                std::fs::read_to_string(&grave).ok().and_then(|s| s.trim().parse::<u32>().ok())
+                                    == Some(pid);
+                            if !still_stale {
+                                // We took someone's fresh lock: put it back.
+                                let _ = std::fs::rename(&grave, &path);
+                            } else {
+                                let _ = std::fs::remove_file(&grave);
+                            }
+                        }
                         continue;
                     }
                     if Instant::now() > deadline {
@@ -416,5 +431,35 @@ impl StateDir {
         let out = f(&mut c)?;
         self.save(&c)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_left_by_a_dead_process_is_broken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        // Above the kernel's pid_max: no such process can exist.
+        std::fs::write(tmp.path().join("state.lock"), "4194305").unwrap();
+        let start = Instant::now();
+        let lock = dir.lock().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_eq!(std::fs::read_to_string(tmp.path().join("state.lock")).unwrap(), std::process::id().to_string());
+        drop(lock);
+        assert!(!tmp.path().join("state.lock").exists());
+    }
+
+    #[test]
+    fn versions_parse_and_map_to_formats() {
+        assert_eq!(Version::parse("4.1.7").unwrap(), Version::V41);
+        assert!(Version::parse("2.2").is_err());
+        assert_eq!(Version::V311.sstable_version(false, false), "me");
+        assert_eq!(Version::V50.sstable_version(true, false), "da");
+        assert_eq!(Version::V50.sstable_version(false, true), "oa");
+        assert_eq!(Version::V50.commitlog_version(true), 8);
+        assert_eq!(Version::V40.commitlog_version(false), 7);
     }
 }

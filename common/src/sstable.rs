@@ -640,7 +640,9 @@ pub(crate) mod fixtures {
         if std::env::var("CASSETTE_REQUIRE_FIXTURES").as_deref() == Ok("1") {
             panic!("{msg}; CASSETTE_REQUIRE_FIXTURES=1 makes this a failure");
         }
-        eprintln!("{msg}");
+        // Straight to stderr: the test harness captures eprintln!, and a skip must be visible.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{msg}");
         None
     }
 }

@@ -708,3 +708,45 @@ fn t62_fixture_sstables_keep_their_bytes() {
     let meta = std::fs::metadata(dir.join("nb-1-big-Data.db")).unwrap();
     assert!(!meta.permissions().readonly(), "copies are writable, unlike the fixtures");
 }
+
+#[test]
+fn t14_ring_and_describering_layout() {
+    let mut spec = ClusterSpec::single(Version::V40);
+    spec.datacenters = vec![("dc1".into(), 2), ("dc2".into(), 1)];
+    spec.num_tokens = Some(2);
+    let c = cluster(&spec);
+    c.admin(&["create-keyspace", "ks", "--rf", "1"]).unwrap();
+    let out = c.nodetool(&["ring", "ks"]);
+    assert_eq!(out.code, 0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "");
+    assert_eq!((lines[1], lines[2]), ("Datacenter: dc1", "=========="));
+    // printf("%-<maxAddr>s  %-12s%-7s%-8s%-16s%-20s%-44s%n", ...)
+    assert_eq!(
+        lines[3],
+        format!(
+            "{:<9}  {:<12}{:<7}{:<8}{:<16}{:<20}{:<44}",
+            "Address", "Rack", "Status", "State", "Load", "Owns", "Token"
+        )
+    );
+    let state = c.cluster().unwrap();
+    let mut dc1: Vec<i64> =
+        state.nodes[..2].iter().flat_map(|n| n.tokens.iter().map(|t| t.parse::<i64>().unwrap())).collect();
+    dc1.sort();
+    assert_eq!(lines[4].trim(), dc1.last().unwrap().to_string(), "more than one host: a row with the last token first");
+    assert!(lines[5].starts_with("127.0.0.1  rack1       Up     Normal  "), "{}", lines[5]);
+    assert!(out.stdout.ends_with("  Warning: \"nodetool ring\" is used to output all the tokens of a node.\n  To view status related info of a node use \"nodetool status\" instead.\n\n"));
+
+    let d = c.nodetool(&["describering", "ks"]).stdout;
+    let lines: Vec<&str> = d.lines().collect();
+    assert_eq!(lines[0], format!("Schema Version:{}", state.schema_version));
+    assert_eq!(lines[1], "TokenRange: ");
+    assert_eq!(lines.len(), 2 + 6, "one range per token");
+    for l in &lines[2..] {
+        assert!(l.starts_with("\tTokenRange(start_token:") && l.ends_with(")])"), "{l}");
+        // RF 1 in each of two datacenters: two endpoints per range, one per DC.
+        assert!(l.contains("datacenter:dc1") && l.contains("datacenter:dc2"), "{l}");
+    }
+    assert_eq!(c.nodetool(&["describering"]).code, 1);
+    assert_eq!(c.nodetool(&["describering", "nope"]).code, 2);
+}

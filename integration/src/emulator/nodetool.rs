@@ -240,6 +240,22 @@ fn dispatch(c: &mut Cluster, node: usize, command: &str, args: &[String], print_
             ok(status(c, p.positional.first().map(String::as_str), print_port))
         }
         "describecluster" => ok(describe_cluster(c)),
+        "ring" => {
+            let p = parse(args, &[(&["-r", "--resolve-ip"], "resolve", false)])?;
+            if let Some(ks) = p.positional.first()
+                && !c.keyspaces.contains_key(ks)
+            {
+                return Err(Fail::Server(format!("The keyspace {ks}, does not exist")));
+            }
+            ok(ring(c, p.positional.first().map(String::as_str)))
+        }
+        "describering" => {
+            let p = parse(args, &[])?;
+            let [ks] = p.positional.as_slice() else {
+                return Err(Fail::Usage("describering requires a keyspace argument".into()));
+            };
+            ok(describe_ring(c, ks, print_port)?)
+        }
         "flush" => {
             let p = parse(args, &[])?;
             let (ks, tables) = match p.positional.split_first() {
@@ -336,9 +352,8 @@ fn info(c: &Cluster, node: usize, all_tokens: bool) -> String {
     lines.iter().map(|(k, val)| format!("{k:<23}: {val}\n")).collect()
 }
 
-/// Fraction of the Murmur3 ring each node replicates for a replication map (per-DC RF, or
-/// `replication_factor` for SimpleStrategy; LocalStrategy counts as RF 1).
-fn ownership(c: &Cluster, replication: Option<&BTreeMap<String, u32>>) -> Vec<f64> {
+/// The ring: every (token, node) sorted by token.
+fn ring_tokens(c: &Cluster) -> Vec<(i128, usize)> {
     let mut ring: Vec<(i128, usize)> = c
         .nodes
         .iter()
@@ -346,38 +361,124 @@ fn ownership(c: &Cluster, replication: Option<&BTreeMap<String, u32>>) -> Vec<f6
         .flat_map(|(i, n)| n.tokens.iter().filter_map(move |t| t.parse::<i64>().ok().map(|t| (t as i128, i))))
         .collect();
     ring.sort();
+    ring
+}
+
+/// Replicas of the range ending at `ring[k]`: walk clockwise picking distinct nodes per
+/// datacenter (NetworkTopologyStrategy without racks), or any datacenter (SimpleStrategy).
+fn replicas(c: &Cluster, ring: &[(i128, usize)], k: usize, replication: Option<&BTreeMap<String, u32>>) -> Vec<usize> {
+    let mut need: BTreeMap<String, u32> = match replication {
+        Some(r) if r.contains_key("replication_factor") => BTreeMap::from([("*".to_owned(), r["replication_factor"])]),
+        Some(r) if !r.contains_key("LocalStrategy") => r.clone(),
+        _ => BTreeMap::from([("*".to_owned(), 1)]),
+    };
+    let mut chosen = Vec::new();
+    for step in 0..ring.len() {
+        let (_, n) = ring[(k + step) % ring.len()];
+        if chosen.contains(&n) {
+            continue;
+        }
+        let dc = if need.contains_key("*") { "*".to_owned() } else { c.nodes[n].datacenter.clone() };
+        if let Some(left) = need.get_mut(&dc)
+            && *left > 0
+        {
+            *left -= 1;
+            chosen.push(n);
+        }
+    }
+    chosen
+}
+
+/// Fraction of the Murmur3 ring each node replicates for a replication map (per-DC RF, or
+/// `replication_factor` for SimpleStrategy; LocalStrategy or none counts as RF 1).
+fn ownership(c: &Cluster, replication: Option<&BTreeMap<String, u32>>) -> Vec<f64> {
+    let ring = ring_tokens(c);
     let mut owns = vec![0f64; c.nodes.len()];
     let total = (u64::MAX as f64) + 1.0;
     for (k, (tok, _)) in ring.iter().enumerate() {
         let prev = if k == 0 { ring[ring.len() - 1].0 - (u64::MAX as i128 + 1) } else { ring[k - 1].0 };
         let width = (tok - prev) as f64 / total;
-        // Replicas: walk clockwise from this token, picking distinct nodes per datacenter.
-        let mut need: BTreeMap<String, u32> = match replication {
-            Some(r) if r.contains_key("replication_factor") => {
-                BTreeMap::from([("*".to_owned(), r["replication_factor"])])
-            }
-            Some(r) if !r.contains_key("LocalStrategy") => r.clone(),
-            _ => BTreeMap::from([("*".to_owned(), 1)]),
-        };
-        let mut chosen = Vec::new();
-        for step in 0..ring.len() {
-            let (_, n) = ring[(k + step) % ring.len()];
-            if chosen.contains(&n) {
-                continue;
-            }
-            let dc = if need.contains_key("*") { "*".to_owned() } else { c.nodes[n].datacenter.clone() };
-            if let Some(left) = need.get_mut(&dc)
-                && *left > 0
-            {
-                *left -= 1;
-                chosen.push(n);
-            }
-        }
-        for n in chosen {
+        for n in replicas(c, &ring, k, replication) {
             owns[n] += width;
         }
     }
     owns
+}
+
+/// `nodetool ring [ks]` (research §3.4).
+fn ring(c: &Cluster, keyspace: Option<&str>) -> String {
+    let replication = keyspace.and_then(|k| c.keyspaces.get(k)).map(|k| &k.replication);
+    let owns = ownership(c, replication);
+    let ring = ring_tokens(c);
+    let max_addr = c.nodes.iter().map(|n| n.address.len()).max().unwrap_or(0);
+    let row = |a: &str, r: &str, st: &str, state: &str, l: &str, o: &str, t: &str| {
+        format!("{a:<max_addr$}  {r:<12}{st:<7}{state:<8}{l:<16}{o:<20}{t:<44}\n")
+    };
+    let mut dcs: BTreeMap<&str, Vec<(i128, usize)>> = BTreeMap::new();
+    for (t, n) in &ring {
+        dcs.entry(&c.nodes[*n].datacenter).or_default().push((*t, *n));
+    }
+    let mut out = String::from("\n");
+    for (dc, tokens) in dcs {
+        out.push_str(&format!("Datacenter: {dc}\n==========\n"));
+        out.push_str(&row("Address", "Rack", "Status", "State", "Load", "Owns", "Token"));
+        let hosts: std::collections::BTreeSet<usize> = tokens.iter().map(|(_, n)| *n).collect();
+        if hosts.len() > 1
+            && let Some((last, _)) = tokens.last()
+        {
+            out.push_str(&row("", "", "", "", "", "", &last.to_string()));
+        }
+        for (t, n) in tokens {
+            let node = &c.nodes[n];
+            let (status, load) = if node.up { ("Up", file_size(ops::load(c, n))) } else { ("Down", "?".to_owned()) };
+            out.push_str(&row(
+                &node.address,
+                &node.rack,
+                status,
+                "Normal",
+                &load,
+                &format!("{:.2}%", owns[n] * 100.0),
+                &t.to_string(),
+            ));
+        }
+        out.push('\n');
+    }
+    if c.nodes.iter().any(|n| n.tokens.len() > 1) {
+        out.push_str("  Warning: \"nodetool ring\" is used to output all the tokens of a node.\n");
+        out.push_str("  To view status related info of a node use \"nodetool status\" instead.\n\n");
+    }
+    out
+}
+
+/// `nodetool describering <ks>` (research §3.5).
+fn describe_ring(c: &Cluster, keyspace: &str, print_port: bool) -> OpResult<String> {
+    let k =
+        c.keyspaces.get(keyspace).ok_or_else(|| Fail::Server(format!("The keyspace {keyspace}, does not exist")))?;
+    let ring = ring_tokens(c);
+    let mut out = format!("Schema Version:{}\nTokenRange: \n", c.schema_version);
+    let addr = |n: usize| if print_port { format!("{}:7000", c.nodes[n].address) } else { c.nodes[n].address.clone() };
+    for (i, (end, _)) in ring.iter().enumerate() {
+        let start = ring[(i + ring.len() - 1) % ring.len()].0;
+        let reps = replicas(c, &ring, i, Some(&k.replication));
+        let eps: Vec<String> = reps.iter().map(|n| addr(*n)).collect();
+        let details: Vec<String> = reps
+            .iter()
+            .map(|n| {
+                format!(
+                    "EndpointDetails(host:{}, datacenter:{}, rack:{})",
+                    addr(*n),
+                    c.nodes[*n].datacenter,
+                    c.nodes[*n].rack
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "\tTokenRange(start_token:{start}, end_token:{end}, endpoints:[{0}], rpc_endpoints:[{0}], endpoint_details:[{1}])\n",
+            eps.join(", "),
+            details.join(", ")
+        ));
+    }
+    Ok(out)
 }
 
 fn status(c: &Cluster, keyspace: Option<&str>, print_port: bool) -> String {

@@ -110,7 +110,8 @@ impl UuidSstableId {
     /// Decodes the 28-character name form; `None` if it is not one.
     pub fn decode(s: &str) -> Option<Self> {
         let b = s.as_bytes();
-        if b.len() != 28 || b[4] != b'_' || b[9] != b'_' {
+        // ASCII first: the slices below must fall on character boundaries.
+        if !s.is_ascii() || b.len() != 28 || b[4] != b'_' || b[9] != b'_' {
             return None;
         }
         let days = unbase36(&s[0..4])?;
@@ -781,6 +782,30 @@ mod tests {
         assert!(!oa.readable_by('n'));
         let da = SstableName::parse("da-1-bti-Data.db").unwrap();
         assert!(da.readable_by('o') && !da.readable_by('n'));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let alphabet: Vec<char> = "nbdaoig-_+.0123456789abcdefxyzTOCDataé€_".chars().collect();
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..40);
+            let s: String = (0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
+            let _ = SstableName::parse(&s);
+            let _ = SstableId::parse(&s);
+            let _ = crate::datadir::TableFile::parse(&s);
+            let _ = crate::datadir::FileKind::of(&s);
+            let _ = crate::commitlog::CommitLogName::parse(&s);
+            let p = std::path::Path::new("x");
+            let bytes: Vec<u8> = (0..rng.random_range(0..80)).map(|_| rng.random()).collect();
+            let _ = toc::Toc::parse(&bytes, p);
+            let _ = digest::Digest::parse(&bytes, p);
+            let _ = statistics::Statistics::parse(&bytes, rng.random(), p);
+            let _ = crate::commitlog::CommitLogHeader::parse(&bytes, p);
+        }
+        // A 28-byte id whose multi-byte character straddles a field boundary.
+        assert_eq!(UuidSstableId::decode("3g1m_0nuf_3vj5é2k1125165rxa"), None);
     }
 
     #[test]

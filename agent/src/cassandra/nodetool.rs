@@ -123,7 +123,8 @@ impl NodetoolControl {
             .map_err(|e| CassandraError::files("create a private directory for cqlshrc in", std::env::temp_dir(), e))?;
         let path = dir.path().join("cqlshrc");
         let write = || -> std::io::Result<()> {
-            use std::os::unix::fs::OpenOptionsExt;
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
             let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
             f.write_all(ini.as_bytes())?;
             f.sync_all()
@@ -196,8 +197,8 @@ impl NodetoolControl {
 
     fn check_nodetool(&self, display: String, out: Output) -> Result<Output, CassandraError> {
         if out.code == Some(0) {
-            // Some failures print `error:` yet exit 0 in old releases; none of the commands used here
-            // print such a line on success.
+            // Defensive: an `error: ` line means failure whatever the exit code (a wrapper script
+            // may lose it); none of the commands used here prints one on success.
             if let Some(e) = self.error_line(&out) {
                 return Err(CassandraError::CommandFailed {
                     command: display,
@@ -710,5 +711,71 @@ impl super::CassandraControl for NodetoolControl {
         Self::check_name("truncate", keyspace)?;
         Self::check_name("truncate", table)?;
         self.cql(&format!("TRUNCATE \"{keyspace}\".\"{table}\";"), CommandKind::Operation).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn credentials_and_tls_never_reach_the_command_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = |name: &str, content: &str| {
+            let p = tmp.path().join(name);
+            std::fs::write(&p, content).unwrap();
+            p
+        };
+        let config = CassandraConfig {
+            jmx_password_file: Some(file("jmx.password", "# users\nmonitor s3cret-jmx\n")),
+            jmx_ssl: true,
+            jmx_truststore: Some(file("truststore.jks", "x")),
+            jmx_truststore_password_file: Some(file("ts.pass", "ts-s3cret\n")),
+            cql_credentials_file: Some(file("cql.properties", "username=cassandra\npassword=s3cret-cql\n")),
+            cql_ssl: true,
+            cql_ca_file: Some(file("ca.pem", "x")),
+            ..CassandraConfig::default()
+        };
+        let ctl = NodetoolControl::new(config).unwrap();
+        let args = ctl.nodetool_args(&["snapshot".to_owned(), "--tag".to_owned(), "t".to_owned()]);
+        let line = args.join(" ");
+        assert!(line.starts_with("-h 127.0.0.1 -p 7199 -u monitor -pwf "), "{line}");
+        assert!(line.ends_with(" --ssl snapshot --tag t"), "global options come before the command: {line}");
+        assert!(!line.contains("s3cret"), "{line}");
+        let env = &ctl.jmx_env;
+        assert_eq!(env[0].0, "JAVA_TOOL_OPTIONS");
+        assert!(env[0].1.contains("-Djavax.net.ssl.trustStore=") && env[0].1.contains("trustStorePassword=ts-s3cret"));
+
+        let (dir, rc) = ctl.cqlshrc.as_ref().unwrap();
+        let text = std::fs::read_to_string(rc).unwrap();
+        assert!(text.contains("[authentication]\nusername = cassandra\npassword = s3cret-cql\n"), "{text}");
+        assert!(text.contains("[ssl]\nvalidate = true\ncertfile = "), "{text}");
+        assert_eq!(std::fs::metadata(rc).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o077, 0, "private directory");
+        let path = rc.clone();
+        drop(ctl);
+        assert!(!path.exists(), "the generated cqlshrc is removed with the adapter");
+    }
+
+    #[test]
+    fn invalid_configuration_is_refused_up_front() {
+        let e =
+            NodetoolControl::new(CassandraConfig { jmx_port: 0, cql_host: " ".into(), ..CassandraConfig::default() })
+                .unwrap_err();
+        match e {
+            CassandraError::Config { problems } => assert_eq!(problems.len(), 2, "{problems:?}"),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn tags_must_survive_cassandras_path_parsing() {
+        for ok in ["daily-2024-01-01", "b_1", "1700000000000"] {
+            check_tag("t", ok).unwrap();
+        }
+        for bad in ["", "a b", "a/b", "a:b", "é", &"x".repeat(201)] {
+            assert!(check_tag("t", bad).is_err(), "{bad}");
+        }
     }
 }

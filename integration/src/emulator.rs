@@ -192,6 +192,7 @@ pub fn create_cluster(state_dir: &Path, spec: &ClusterSpec) -> anyhow::Result<Cl
                 next_segment_id: now,
                 active_segment: None,
                 closed_segments: BTreeMap::new(),
+                replayed_segments: Vec::new(),
                 snapshot_expiry: BTreeMap::new(),
                 faults: Default::default(),
             });

@@ -121,6 +121,16 @@ impl EmulatedCluster {
         }
     }
 
+    /// Writes a node's `conf/commitlog_archiving.properties` (`archive_command=…`, `restore_command=…`,
+    /// `restore_directories=…`, …) and returns its path.
+    pub fn set_commitlog_archiving(&self, address: &str, properties: &str) -> anyhow::Result<PathBuf> {
+        let c = self.cluster()?;
+        let n = c.nodes.iter().find(|n| n.address == address).with_context(|| format!("no node {address}"))?;
+        let path = n.conf_dir.join("commitlog_archiving.properties");
+        std::fs::write(&path, properties)?;
+        Ok(path)
+    }
+
     /// Writes a `cassandra.yaml` for a node (data and commit-log directories) and returns its path.
     pub fn write_cassandra_yaml(&self, address: &str) -> anyhow::Result<PathBuf> {
         let c = self.cluster()?;

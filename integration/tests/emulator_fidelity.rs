@@ -750,3 +750,78 @@ fn t14_ring_and_describering_layout() {
     assert_eq!(c.nodetool(&["describering"]).code, 1);
     assert_eq!(c.nodetool(&["describering", "nope"]).code, 2);
 }
+
+#[test]
+fn t63_commitlog_restore_and_replay_on_start() {
+    let c = cluster(&ClusterSpec::single(Version::V311));
+    let archive = c.root().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    c.set_commitlog_archiving("127.0.0.1", &format!("archive_command=/bin/ln %path {}/%name\n", archive.display()))
+        .unwrap();
+    let out = c.admin(&["commitlog", "127.0.0.1", "--segments", "3", "--size", "1024"]).unwrap();
+    let ids: Vec<i64> =
+        out.lines().map(|p| cassette_common::commitlog::CommitLogHeader::read(Path::new(p)).unwrap().id).collect();
+    assert!(out.lines().all(|p| p.contains("CommitLog-6-")), "3.11 writes version 6");
+    assert_eq!(c.nodetool(&["flush"]).code, 0);
+    c.admin(&["stop", "127.0.0.1"]).unwrap();
+    // Archived copies may be renamed: the header decides where they go back.
+    let first = archive.join(format!("CommitLog-6-{}.log", ids[0]));
+    std::fs::rename(&first, archive.join("renamed.bin")).unwrap();
+    let restore = c.root().join("restore");
+    std::fs::create_dir_all(&restore).unwrap();
+    c.set_commitlog_archiving(
+        "127.0.0.1",
+        &format!(
+            "restore_command=/bin/cp -f %from %to\nrestore_directories={}\nrestore_point_in_time=2030:01:01 00:00:00\n",
+            archive.display()
+        ),
+    )
+    .unwrap();
+    c.admin(&["start", "127.0.0.1"]).unwrap();
+    let state = c.cluster().unwrap();
+    let node = &state.nodes[0];
+    let replayed: Vec<i64> = node.replayed_segments.iter().map(|(_, id)| *id).collect();
+    assert_eq!(replayed, ids, "every archived segment restored and replayed in id order");
+    assert!(files_under(&node.commitlog_dir).is_empty(), "replayed segments are deleted");
+    assert!(node.next_segment_id > ids[2]);
+    // A damaged archive stops the start, naming the file.
+    c.admin(&["stop", "127.0.0.1"]).unwrap();
+    std::fs::write(archive.join("garbage.log"), b"not a segment").unwrap();
+    let e = c.admin(&["start", "127.0.0.1"]).unwrap_err().to_string();
+    assert!(e.contains("garbage.log"), "{e}");
+}
+
+#[test]
+fn t64_sstable_timestamps_and_in_flight_writes() {
+    let c = with_table(Version::V40);
+    let out = c
+        .admin(&[
+            "write-sstables",
+            "shop.users",
+            "--min-timestamp",
+            "1600000000000000",
+            "--max-timestamp",
+            "1600000001000000",
+        ])
+        .unwrap();
+    let prefix = out.split_whitespace().nth(1).unwrap();
+    let state = c.cluster().unwrap();
+    let stats = state.nodes[0].data_dirs[0].join(format!("{prefix}-Statistics.db"));
+    let s = cassette_common::sstable::statistics::Statistics::read(&stats).unwrap();
+    assert_eq!((s.min_timestamp, s.max_timestamp), (1_600_000_000_000_000, 1_600_000_001_000_000));
+    // In flight: files and a transaction log on disk, but not live, so a snapshot skips them.
+    let out = c.admin(&["write-sstables", "shop.users", "--in-flight"]).unwrap();
+    let prefix = out.split_whitespace().nth(1).unwrap();
+    let dir = state.nodes[0].data_dirs[0].join(prefix).parent().unwrap().to_owned();
+    let txn: Vec<_> = files_under(&dir)
+        .into_iter()
+        .filter(|f| {
+            datadir::FileKind::of(f.file_name().unwrap().to_str().unwrap()) == datadir::FileKind::TransactionLog
+        })
+        .collect();
+    assert_eq!(txn.len(), 1, "{:?}", files_under(&dir));
+    assert_eq!(c.nodetool(&["snapshot", "-t", "s", "-sf", "shop"]).code, 0);
+    let snap = files_under(&dir.join("snapshots/s"));
+    assert!(snap.iter().any(|f| f.ends_with("nb-1-big-Data.db")));
+    assert!(!snap.iter().any(|f| f.ends_with("nb-2-big-Data.db")), "in-flight SSTables are not live");
+}

@@ -124,6 +124,12 @@ enum Command {
         /// Leave them in flight: files and txn log present, not live.
         #[arg(long)]
         in_flight: bool,
+        /// Smallest cell timestamp (µs) recorded in Statistics.db (default: now).
+        #[arg(long)]
+        min_timestamp: Option<i64>,
+        /// Largest cell timestamp (µs) recorded in Statistics.db (default: min + 1 ms).
+        #[arg(long)]
+        max_timestamp: Option<i64>,
     },
     /// Compact a table's live SSTables into one.
     Compact {
@@ -287,7 +293,7 @@ fn apply(c: &mut Cluster, command: Command) -> anyhow::Result<String> {
                 ops::insert(c, n, &ks, &t, rows)?;
             }
         }
-        Command::WriteSstables { table, count, size, fixture, node, in_flight } => {
+        Command::WriteSstables { table, count, size, fixture, node, in_flight, min_timestamp, max_timestamp } => {
             let (ks, t) = split_table(&table)?;
             let source = match fixture {
                 Some(f) => {
@@ -298,10 +304,14 @@ fn apply(c: &mut Cluster, command: Command) -> anyhow::Result<String> {
                 }
                 None => Source::Generated(size),
             };
-            let ts = c.now_ms() * 1000;
+            let min = min_timestamp.unwrap_or(c.now_ms() * 1000);
+            let max = max_timestamp.unwrap_or(min + 1000);
+            if max < min {
+                bail!("--max-timestamp {max} is before --min-timestamp {min}");
+            }
             for n in nodes(c, &node)? {
                 for _ in 0..count {
-                    for w in ops::write_sstable(c, n, &ks, &t, &source, ts, ts + 1000, in_flight)? {
+                    for w in ops::write_sstable(c, n, &ks, &t, &source, min, max, in_flight)? {
                         out.push_str(&format!("{} {w}\n", c.nodes[n].address));
                     }
                 }

@@ -778,11 +778,7 @@ pub fn load(c: &Cluster, node: usize) -> u64 {
 
 /// The `archive_command` of the node's `commitlog_archiving.properties`, if set.
 pub fn archive_command(c: &Cluster, node: usize) -> Option<String> {
-    let text = std::fs::read_to_string(c.nodes[node].conf_dir.join("commitlog_archiving.properties")).ok()?;
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("archive_command="))
-        .map(|v| v.trim().to_owned())
-        .find(|v| !v.is_empty())
+    archiving_properties(c, node).remove("archive_command")
 }
 
 /// Runs `archive_command` for a segment the way Cassandra does: `%path`/`%name` substituted,
@@ -846,19 +842,78 @@ pub fn discard_segments(c: &mut Cluster, node: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts a stopped node: archives every segment already in the commit-log directory
-/// (CASSANDRA-6904), moves the segment id base past them, drops ephemeral snapshots.
+/// `commitlog_archiving.properties` of a node: key → value (empty values dropped).
+pub fn archiving_properties(c: &Cluster, node: usize) -> BTreeMap<String, String> {
+    let text =
+        std::fs::read_to_string(c.nodes[node].conf_dir.join("commitlog_archiving.properties")).unwrap_or_default();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(_, v)| !v.is_empty())
+        .collect()
+}
+
+fn run_split(cmd: &str) -> bool {
+    let parts: Vec<&str> = cmd.split(' ').collect();
+    let Some((prog, args)) = parts.split_first() else { return false };
+    std::process::Command::new(prog).args(args).status().map(|s| s.success()).unwrap_or(false)
+}
+
+/// Starts a stopped node the way Cassandra recovers its commit log (research §4.3–4.4):
+/// 1. every segment already in the commit-log directory goes to `archive_command` (errors logged);
+/// 2. every file of each `restore_directories` entry whose header (and name, if it is a segment
+///    name) is valid is copied in with `restore_command` (`%from`, `%to`) unless the target exists;
+/// 3. all segments are replayed in id order (recorded in the state) and deleted;
+/// 4. the segment id base moves past them; ephemeral snapshots are dropped.
 pub fn start(c: &mut Cluster, node: usize) -> anyhow::Result<()> {
+    use cassette_common::commitlog::{CommitLogHeader, CommitLogName};
     let now = c.now_ms();
     let dir = c.nodes[node].commitlog_dir.clone();
-    let mut max_id = 0;
     for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        if let Some(n) = e.file_name().to_str().and_then(cassette_common::commitlog::CommitLogName::parse) {
-            max_id = max_id.max(n.id);
+        if e.file_name().to_str().and_then(CommitLogName::parse).is_some() {
             archive(c, node, &e.path());
         }
     }
+    let props = archiving_properties(c, node);
+    if let (Some(restore), Some(dirs)) = (props.get("restore_command"), props.get("restore_directories")) {
+        for rdir in dirs.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            std::fs::create_dir_all(rdir).ok();
+            for e in std::fs::read_dir(rdir).into_iter().flatten().flatten() {
+                let from = e.path();
+                let header = match CommitLogHeader::read(&from) {
+                    Ok(h) => h,
+                    Err(err) => anyhow::bail!("cannot restore {}: {err}", from.display()),
+                };
+                let to = dir.join(header.file_name());
+                if to.exists() {
+                    continue;
+                }
+                let cmd =
+                    restore.replace("%from", &from.display().to_string()).replace("%to", &to.display().to_string());
+                if !run_split(&cmd) {
+                    anyhow::bail!("restore_command {cmd:?} failed");
+                }
+            }
+        }
+    }
+    let mut segments: Vec<(i64, String)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_owned();
+            Some((CommitLogName::parse(&name)?.id, name))
+        })
+        .collect();
+    segments.sort();
+    let max_id = segments.last().map(|(id, _)| *id).unwrap_or(0);
+    for (_, name) in &segments {
+        std::fs::remove_file(dir.join(name)).with_context(|| format!("delete replayed segment {name}"))?;
+    }
     let n = &mut c.nodes[node];
+    n.replayed_segments = segments.into_iter().map(|(id, name)| (name, id)).collect();
     n.up = true;
     n.started_at_ms = now;
     n.next_segment_id = now.max(max_id + 1);

@@ -243,6 +243,9 @@ pub struct Node {
     /// Closed segments awaiting discard, with whether archiving succeeded.
     #[serde(default)]
     pub closed_segments: BTreeMap<String, bool>,
+    /// Segments replayed at the last start, in replay (id) order, with the segment ids.
+    #[serde(default)]
+    pub replayed_segments: Vec<(String, i64)>,
     /// Snapshot TTL expiries (tag → expiry ms), 4.1+.
     #[serde(default)]
     pub snapshot_expiry: BTreeMap<String, i64>,

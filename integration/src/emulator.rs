@@ -12,7 +12,7 @@
 //! - [`state`]: the persistent cluster state and its lock.
 //! - [`files`]: generating and copying SSTables, commit-log segments.
 //! - [`ops`]: what a node does (flush, snapshot, import, …).
-//! - [`format`]: byte-exact output formats per version.
+//! - [`format`](mod@format): byte-exact output formats per version.
 //! - [`nodetool`], [`cqlsh`]: the command-line front ends.
 //! - [`admin`]: workload commands for tests and benchmarks.
 //! - this module: creating clusters and schema.

@@ -1,4 +1,4 @@
-//! [`NodetoolControl`]: [`CassandraControl`] over the `nodetool` and `cqlsh` programs.
+//! [`NodetoolControl`]: [`super::CassandraControl`] over the `nodetool` and `cqlsh` programs.
 //!
 //! nodetool is given global options first (`-h`, `-p`, `-u`, `-pwf`, `--ssl`), then the command:
 //! after the command name `-p` means `--copy-data` for `import`, so long option names are used

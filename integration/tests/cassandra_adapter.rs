@@ -481,3 +481,54 @@ async fn t44_clear_all_on_311_and_41() {
         assert!(matches!(e, CassandraError::Unsupported { .. }), "{e}");
     }
 }
+
+#[tokio::test]
+async fn t24_snapshots_of_real_sstables_verify_with_the_file_model() {
+    use cassette_common::sstable::digest::verify_data_file;
+    use cassette_common::sstable::statistics::Statistics;
+    use cassette_common::sstable::toc::Toc;
+    for (v, bti, fixture) in
+        [(Version::V41, false, ("nb", "legacy_nb_clust")), (Version::V50, true, ("da", "legacy_da_clust"))]
+    {
+        let Some(src) = cassette_integration::fixtures::sstable(fixture.0, fixture.1) else { return };
+        let mut spec = ClusterSpec::single(v);
+        spec.bti = bti;
+        spec.data_dirs = 2;
+        let c = cluster(&spec);
+        shop(&c);
+        c.admin(&[
+            "write-sstables",
+            "shop.users",
+            "--count",
+            "2",
+            "--fixture",
+            src.to_str().unwrap(),
+            "--min-timestamp",
+            "1700000000000000",
+            "--max-timestamp",
+            "1700000060000000",
+        ])
+        .unwrap();
+        let ctl = control(&c);
+        ctl.snapshot(&snapshot("real", SnapshotScope::Tables(vec![("shop".into(), "users".into())]))).await.unwrap();
+        let snaps = ctl.list_snapshots(Some("real")).await.unwrap();
+        let table = &snaps[0].tables[0];
+        let mut checked = 0;
+        for f in table.sstable_files() {
+            let FileKind::Sstable(name) = &f.kind else { unreachable!() };
+            if name.component != "Data.db" {
+                continue;
+            }
+            let dir = f.path.parent().unwrap();
+            verify_data_file(&dir.join(name.sibling("Digest.crc32")), &f.path).unwrap();
+            let toc = Toc::read(&dir.join(name.sibling("TOC.txt"))).unwrap();
+            assert!(toc.missing_in(dir, &name.sstable_prefix()).is_empty(), "complete in the snapshot");
+            let s = Statistics::read(&dir.join(name.sibling("Statistics.db"))).unwrap();
+            assert_eq!((s.min_timestamp, s.max_timestamp), (1_700_000_000_000_000, 1_700_000_060_000_000));
+            assert_eq!(s.partitioner, "org.apache.cassandra.dht.ByteOrderedPartitioner");
+            assert_eq!(name.version, fixture.0);
+            checked += 1;
+        }
+        assert_eq!(checked, 2, "{v:?}");
+    }
+}

@@ -825,3 +825,14 @@ fn t64_sstable_timestamps_and_in_flight_writes() {
     assert!(snap.iter().any(|f| f.ends_with("nb-1-big-Data.db")));
     assert!(!snap.iter().any(|f| f.ends_with("nb-2-big-Data.db")), "in-flight SSTables are not live");
 }
+
+#[test]
+fn t65_fixture_copies_keep_their_version_in_the_name() {
+    let Some(fixture) = cassette_integration::fixtures::sstable("mc", "legacy_mc_simple") else { return };
+    let c = with_table(Version::V41);
+    let out = c.admin(&["write-sstables", "shop.users", "--fixture", fixture.to_str().unwrap()]).unwrap();
+    assert!(out.trim_end().ends_with("/mc-1-big"), "{out}");
+    // The next generation continues the table's sequence whatever the version.
+    let out = c.admin(&["write-sstables", "shop.users"]).unwrap();
+    assert!(out.trim_end().ends_with("/nb-2-big"), "{out}");
+}

@@ -541,6 +541,10 @@ Note: Non-system keyspaces don't have the same replication settings, effective o
         let m = status(out).unwrap();
         assert_eq!(m[0].token.as_deref(), Some("-9223372036854775808"));
         assert_eq!((m[0].rack.as_str(), m[0].address.as_str(), m[0].token_count), ("rack1", "127.0.0.1:7000", None));
+        // A newer nodetool with an extra trailing column in the vnode layout: ignored.
+        let extra = STATUS_40.replace("Rack \n", "Rack   Zone\n").replace("rack1\n", "rack1  zone-a\n");
+        let m = status(&extra).unwrap();
+        assert_eq!((m[0].rack.as_str(), m[0].token_count), ("rack1", Some(16)));
         // What matters missing: a row without a host id.
         let bad = STATUS_40.replace("1b1c2ce9-e5ab-4b1e-a2cf-0f5cd9f8b1c3  rack1", "");
         assert!(status(&bad).unwrap_err().contains("host id"));

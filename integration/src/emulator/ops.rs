@@ -145,7 +145,14 @@ pub fn write_sstable(
     stores.extend(t.indexes.iter().filter(|i| i.kind == IndexKind::Native).map(|i| Some(i.name.clone())));
     for idx in stores {
         let store = store_key(keyspace, &tdir, idx.as_deref());
-        let (root, name) = new_sstable(c, node, keyspace, &store, now);
+        let (root, mut name) = new_sstable(c, node, keyspace, &store, now);
+        if let Source::Fixture(_, prefix) = source {
+            // The bytes are of the fixture's version and format: the name must say so.
+            let real =
+                SstableName::parse(&format!("{prefix}-Data.db")).with_context(|| format!("fixture prefix {prefix}"))?;
+            name.version = real.version;
+            name.format = real.format;
+        }
         let dir = c.nodes[node].roots()[root].join(&store);
         std::fs::create_dir_all(&dir)?;
         let txn = dir.join(format!(

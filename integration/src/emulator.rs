@@ -8,6 +8,25 @@
 //! (`--state DIR` or `CASSETTE_EMULATOR_STATE`); `admin` subcommands create clusters and drive
 //! workloads. `-h <address>` (nodetool) or the host argument (cqlsh) selects the node.
 //!
+//! ```text
+//! E=target/debug/cassandra-emulator S=/tmp/cluster
+//! $E --state $S admin init --version 4.1 --dc dc1:3 --data-dirs 2 --uuid-ids --incremental-backups
+//! $E --state $S admin create-keyspace shop --rf 3
+//! $E --state $S admin create-table shop.users --columns 'id int, email text' --pk id
+//! $E --state $S admin create-index shop.users users_email email
+//! $E --state $S admin write-sstables shop.users --count 10000 --size 819200   # 10,000 SSTables, ~8 GiB per node
+//! $E --state $S admin insert shop.users --rows 1000                            # memtable, flushed by snapshot/flush
+//! $E --state $S admin commitlog 127.0.0.1 --segments 4                         # runs archive_command on each switch
+//! $E --state $S nodetool -h 127.0.0.2 snapshot -t daily shop
+//! $E --state $S admin stop 127.0.0.3
+//! ```
+//!
+//! Deliberate simplifications (none visible to a backup agent's code paths): SSTable content is
+//! random bytes with a real TOC, Digest and a minimal Statistics.db (or a real SSTable's bytes);
+//! import does not rewrite the level or repair fields of Statistics.db; commit-log replay records
+//! the replayed segments instead of applying mutations; JMX/CQL ports are not opened (the node
+//! is chosen by address).
+//!
 //! # Layout
 //! - [`state`]: the persistent cluster state and its lock.
 //! - [`files`]: generating and copying SSTables, commit-log segments.

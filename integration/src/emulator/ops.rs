@@ -664,7 +664,14 @@ fn import_dir(c: &mut Cluster, node: usize, ks: &str, t: &str, src: &Path, opts:
             let r = if opts.copy_data {
                 std::fs::hard_link(&from, &to).or_else(|_| std::fs::copy(&from, &to).map(|_| ()))
             } else {
-                std::fs::rename(&from, &to)
+                // Across file systems (JBOD disks) a rename fails: copy and remove, as Files.move does.
+                std::fs::rename(&from, &to).or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::CrossesDevices {
+                        std::fs::copy(&from, &to).and_then(|_| std::fs::remove_file(&from))
+                    } else {
+                        Err(e)
+                    }
+                })
             };
             r.map_err(|e| format!("{}: {e}", from.display()))?;
         }

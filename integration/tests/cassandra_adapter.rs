@@ -532,3 +532,25 @@ async fn t24_snapshots_of_real_sstables_verify_with_the_file_model() {
         assert_eq!(checked, 2, "{v:?}");
     }
 }
+
+#[tokio::test]
+async fn t50_thousands_of_sstables_stay_fast() {
+    // A scaled-down benchmark shape (the emulator does 10,000 the same way): every step linear.
+    let mut spec = ClusterSpec::single(Version::V41);
+    spec.data_dirs = 4;
+    spec.incremental_backups = true;
+    let c = cluster(&spec);
+    shop(&c);
+    let start = Instant::now();
+    c.admin(&["write-sstables", "shop.users", "--count", "1000", "--size", "256"]).unwrap();
+    let ctl = control(&c);
+    ctl.snapshot(&snapshot("big", SnapshotScope::Keyspaces(vec!["shop".into()]))).await.unwrap();
+    let snaps = ctl.list_snapshots(Some("big")).await.unwrap();
+    let users = snaps[0].tables.iter().find(|t| t.table == "users").unwrap();
+    assert_eq!(users.sstable_files().count(), 1000 * 8);
+    assert_eq!(users.manifest.as_ref().unwrap().files.len(), 1000);
+    assert_eq!(users.dirs.len(), 4);
+    let elapsed = start.elapsed();
+    eprintln!("1,000 SSTables written, snapshotted and listed in {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
+}

@@ -78,11 +78,19 @@ pub(crate) async fn run(inv: Invocation<'_>) -> Result<Output, CassandraError> {
         source,
     })?;
     let pid = child.id();
+    // If this future is dropped (the caller gave up), the whole group goes too, not only the script.
+    let mut guard = GroupGuard(pid);
     let stdout = child.stdout.take().map(|s| tokio::spawn(read_capped(s, inv.max_output)));
     let stderr = child.stderr.take().map(|s| tokio::spawn(read_capped(s, inv.max_output)));
     let status = match tokio::time::timeout(inv.timeout, child.wait()).await {
-        Ok(Ok(status)) => status,
+        Ok(Ok(status)) => {
+            // The leader is reaped; its group lives on only while members remain (then its id
+            // cannot be reused), which is the only case the collection timeout below handles.
+            guard.0 = None;
+            status
+        }
         Ok(Err(e)) => {
+            guard.0 = None;
             return Err(CassandraError::Spawn {
                 program: inv.program.to_owned(),
                 command: inv.display,
@@ -92,6 +100,8 @@ pub(crate) async fn run(inv: Invocation<'_>) -> Result<Output, CassandraError> {
         }
         Err(_) => {
             kill_group(pid);
+            // Disarm before reaping: once reaped, the pid may be reused and must not be signalled.
+            guard.0 = None;
             let _ = child.kill().await;
             return Err(CassandraError::Timeout {
                 command: inv.display,
@@ -137,6 +147,16 @@ pub(crate) async fn run(inv: Invocation<'_>) -> Result<Output, CassandraError> {
         stdout: String::from_utf8_lossy(&out).into_owned(),
         stderr: String::from_utf8_lossy(&err).into_owned(),
     })
+}
+
+/// Kills the process group on drop unless disarmed (`.0 = None`).
+#[derive(Debug)]
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
 }
 
 fn kill_group(pid: Option<u32>) {
@@ -194,6 +214,17 @@ mod tests {
         i.max_output = 1 << 20;
         let e = run(i).await.unwrap_err().to_string();
         assert!(e.contains("max_output"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_run_kills_the_group() {
+        let tmp = tempfile::tempdir().unwrap();
+        let marker = tmp.path().join("survived");
+        let script = format!("(sleep 1; touch {}) & sleep 30", marker.display());
+        let r = tokio::time::timeout(Duration::from_millis(300), run(inv(&script, Duration::from_secs(60)))).await;
+        assert!(r.is_err(), "the caller gave up first");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!marker.exists(), "the grandchild outlived the cancelled call");
     }
 
     #[tokio::test]

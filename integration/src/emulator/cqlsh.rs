@@ -5,8 +5,8 @@ use super::Outcome;
 use super::ops;
 use super::state::{Cluster, StateDir, Version};
 
-/// Renders rows the way cqlsh prints them: header and values right-aligned... cqlsh pads
-/// headers to the left and values to the right; both are trimmed by readers.
+/// Renders rows the way cqlsh prints them: a leading blank line, headers left-aligned, values
+/// right-aligned, ` | ` between cells, a `---+---` rule, a blank line and `(N rows)`.
 pub fn render(columns: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = columns.iter().map(|c| c.len()).collect();
     for r in rows {

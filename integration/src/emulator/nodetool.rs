@@ -204,7 +204,6 @@ fn fail(f: Fail) -> Outcome {
             ),
             code: 2,
         },
-        Fail::Exit1(m) => Outcome { stdout: String::new(), stderr: m, code: 1 },
     }
 }
 

@@ -21,8 +21,6 @@ pub enum Fail {
     Usage(String),
     /// The server refused or failed: exit 2, `error: <msg>` + stack trace.
     Server(String),
-    /// Exit 1 with this exact stderr (import failures, connection errors).
-    Exit1(String),
 }
 
 impl From<anyhow::Error> for Fail {

@@ -1,11 +1,13 @@
 //! The Cassette agent: runs on every Cassandra host.
 //!
 //! # Layout
+//! - [`cassandra`]: control of the local Cassandra node over nodetool and cqlsh.
 //! - [`storage`]: the storage engine (content-addressed, verified transfers).
 //! - [`hashcache`]: the persistent per-file SHA-256 cache.
 
 #![forbid(unsafe_code)]
 
+pub mod cassandra;
 pub mod hashcache;
 pub mod storage;
 

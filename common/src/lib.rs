@@ -8,12 +8,16 @@
 //! - [`location`]: `s3://`, `azure://`, `gs://`, `file://` storage locations.
 //! - [`layout`]: object keys in a repository (documented in `docs/layout.md`).
 //! - [`manifest`]: node and cluster manifests, commit-log index entries.
-//! - [`sstable`]: SSTable component file names.
+//! - [`sstable`]: SSTable names, ids and versions; `TOC.txt`, `Digest.crc32`, `Statistics.db`.
+//! - [`datadir`]: paths in a Cassandra data directory (tables, indexes, backups, snapshots) and what each file is.
+//! - [`commitlog`]: commit-log segment names and headers.
 //! - [`hash`]: SHA-256 helpers.
 //! - [`units`]: sizes and rates such as `100MiB/s`.
 
 #![forbid(unsafe_code)]
 
+pub mod commitlog;
+pub mod datadir;
 pub mod hash;
 pub mod ids;
 pub mod layout;

@@ -1,9 +1,13 @@
-//! Cassette's test and benchmark harness: real storage servers, a fault-injecting proxy, helper
-//! processes that die with the test, and test data.
+//! Cassette's test and benchmark tooling.
 //!
 //! # Layout
+//! - [`emulator`]: the Cassandra emulator (state, files, node operations, nodetool/cqlsh/admin
+//!   front ends); the `cassandra-emulator` binary is its command line.
+//! - [`harness`]: emulated clusters in temporary directories with wrapper scripts, and the
+//!   [`cassette_agent::cassandra::CassandraConfig`] that points the agent's adapter at a node.
+//! - [`fixtures`]: locating the real Cassandra files in `shared/fixtures`.
 //! - [`tools`]: where external programs are and what to do when one is missing.
-//! - [`process`]: child processes stopped by pid.
+//! - [`process`]: child processes stopped by pid, killed with the test.
 //! - [`servers`]: s3s-fs, moto, Azurite and directory storage on free ports.
 //! - [`proxy`]: drops or corrupts connections on demand.
 //! - [`data`]: random test files.
@@ -13,6 +17,9 @@
 
 pub mod conformance;
 pub mod data;
+pub mod emulator;
+pub mod fixtures;
+pub mod harness;
 pub mod process;
 pub mod proxy;
 pub mod servers;

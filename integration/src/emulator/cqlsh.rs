@@ -1,0 +1,250 @@
+//! The emulated `cqlsh -e`: `system_views.settings` (4.0+), `system.local`, `TRUNCATE`, with
+//! cqlsh's table format, error lines and connection errors.
+
+use super::Outcome;
+use super::ops;
+use super::state::{Cluster, StateDir, Version};
+
+/// Renders rows the way cqlsh prints them: a leading blank line, headers left-aligned, values
+/// right-aligned, ` | ` between cells, a `---+---` rule, a blank line and `(N rows)`.
+pub fn render(columns: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.len()).collect();
+    for r in rows {
+        for (i, v) in r.iter().enumerate() {
+            widths[i] = widths[i].max(v.chars().count());
+        }
+    }
+    let mut s = String::from("\n");
+    let head: Vec<String> = columns.iter().zip(&widths).map(|(c, w)| format!(" {c:<w$} ")).collect();
+    s.push_str(head.join("|").trim_end());
+    s.push('\n');
+    let sep: Vec<String> = widths.iter().map(|w| "-".repeat(w + 2)).collect();
+    s.push_str(&sep.join("+"));
+    s.push('\n');
+    for r in rows {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(v, w)| format!(" {v:>w$} ")).collect();
+        s.push_str(cells.join("|").trim_end());
+        s.push('\n');
+    }
+    s.push_str(&format!("\n({} rows)\n", rows.len()));
+    s
+}
+
+fn error(kind: &str, code: u32, label: &str, message: &str) -> Outcome {
+    Outcome {
+        stdout: String::new(),
+        stderr: format!("<stdin>:1:{kind}: Error from server: code={code} [{label}] message=\"{message}\"\n"),
+        code: 2,
+    }
+}
+
+/// Runs `cqlsh [options] [host [port]] -e <statement>`.
+pub fn run(state: &StateDir, args: &[String]) -> Outcome {
+    let mut positional = Vec::new();
+    let mut statement = None;
+    let mut user = None;
+    let mut password = None;
+    let mut cqlshrc = None;
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        let mut value = |name: &str| -> Option<String> {
+            if let Some(v) = a.strip_prefix(&format!("{name}=")) {
+                return Some(v.to_owned());
+            }
+            if a == name {
+                i += 1;
+                return args.get(i - 1).cloned();
+            }
+            None
+        };
+        if let Some(v) = value("-e").or_else(|| value("--execute")) {
+            statement = Some(v);
+        } else if let Some(v) = value("-u").or_else(|| value("--username")) {
+            user = Some(v);
+        } else if let Some(v) = value("-p").or_else(|| value("--password")) {
+            password = Some(v);
+        } else if let Some(v) = value("--cqlshrc") {
+            cqlshrc = Some(v);
+        } else if value("--request-timeout").is_some()
+            || value("--connect-timeout").is_some()
+            || a == "--ssl"
+            || a == "--no-color"
+        {
+        } else if a.starts_with('-') {
+            return Outcome {
+                stdout: String::new(),
+                stderr: format!("Usage: cqlsh [options] [host [port]]\n\ncqlsh: error: no such option: {a}\n"),
+                code: 2,
+            };
+        } else {
+            positional.push(a.clone());
+        }
+    }
+    let host = positional.first().cloned().unwrap_or_else(|| "127.0.0.1".into());
+    let port = positional.get(1).cloned().unwrap_or_else(|| "9042".into());
+    if let Some(rc) = &cqlshrc
+        && let Ok(text) = std::fs::read_to_string(rc)
+    {
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                match k.trim() {
+                    "username" => user = user.or(Some(v.trim().to_owned())),
+                    "password" => password = password.or(Some(v.trim().to_owned())),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let _lock = match state.lock() {
+        Ok(l) => l,
+        Err(e) => return Outcome { stdout: String::new(), stderr: format!("emulator: {e:#}\n"), code: 3 },
+    };
+    let mut c = match state.load() {
+        Ok(c) => c,
+        Err(e) => return Outcome { stdout: String::new(), stderr: format!("emulator: {e:#}\n"), code: 3 },
+    };
+    let node = c.node_index(&host).filter(|n| c.nodes[*n].up);
+    let Some(node) = node else {
+        return Outcome {
+            stdout: String::new(),
+            stderr: format!(
+                "Connection error: ('Unable to connect to any servers', {{'{host}:{port}': ConnectionRefusedError(111, \"Tried connecting to [('{host}', {port})]. Last error: Connection refused\")}})\n"
+            ),
+            code: 1,
+        };
+    };
+    if let Some((u, p)) = &c.nodes[node].cql_credentials
+        && (user.as_deref() != Some(u) || password.as_deref() != Some(p))
+    {
+        let who = user.clone().unwrap_or_default();
+        return Outcome {
+            stdout: String::new(),
+            stderr: format!(
+                "Connection error: ('Unable to connect to any servers', {{'{host}:{port}': AuthenticationFailed('Failed to authenticate to {host}:{port}: Error from server: code=0100 [Bad credentials] message=\"Provided username {who} and/or password are incorrect\"')}})\n"
+            ),
+            code: 1,
+        };
+    }
+    let Some(stmt) = statement else {
+        return Outcome { stdout: String::new(), stderr: "emulator: cqlsh needs -e <statement>\n".into(), code: 2 };
+    };
+    let out = execute(&mut c, node, &stmt);
+    if let Err(e) = state.save(&c) {
+        return Outcome { stdout: String::new(), stderr: format!("emulator: {e:#}\n"), code: 3 };
+    }
+    out
+}
+
+fn unquote(s: &str) -> String {
+    s.trim().trim_matches('"').to_owned()
+}
+
+fn execute(c: &mut Cluster, node: usize, stmt: &str) -> Outcome {
+    let s = stmt.trim().trim_end_matches(';').trim();
+    let lower = s.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix("truncate") {
+        let target = s[s.len() - rest.len()..].trim();
+        let target = target.strip_prefix("TABLE ").or_else(|| target.strip_prefix("table ")).unwrap_or(target).trim();
+        let Some((ks, t)) = target.split_once('.') else {
+            return error(
+                "InvalidRequest",
+                2200,
+                "Invalid query",
+                "No keyspace has been specified. USE a keyspace, or explicitly specify keyspace.tablename",
+            );
+        };
+        let (ks, t) = (unquote(ks), unquote(t));
+        if c.table(&ks, &t).is_none() {
+            return error("InvalidRequest", 2200, "Invalid query", &format!("unconfigured table {t}"));
+        }
+        let alive = c.nodes.iter().filter(|n| n.up).count();
+        if alive < c.nodes.len() {
+            return Outcome {
+                stdout: String::new(),
+                stderr: format!(
+                    "<stdin>:1:Unavailable: Error from server: code=1000 [Unavailable exception] message=\"Cannot achieve consistency level ALL\" info={{'consistency': 'ALL', 'required_replicas': {}, 'alive_replicas': {alive}}}\n",
+                    c.nodes.len()
+                ),
+                code: 2,
+            };
+        }
+        if let Err(e) = ops::truncate(c, &ks, &t) {
+            return error("ServerError", 0, "Server error", &format!("{e:#}"));
+        }
+        return Outcome::default();
+    }
+    if lower.starts_with("select") && lower.contains("from system_views.settings") {
+        if c.version == Version::V311 {
+            return error("InvalidRequest", 2200, "Invalid query", "keyspace system_views does not exist");
+        }
+        let n = &c.nodes[node];
+        let list = |v: &[std::path::PathBuf]| {
+            format!("[{}]", v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
+        };
+        let mut rows = vec![
+            ("auto_snapshot", n.auto_snapshot.to_string()),
+            ("cluster_name", c.cluster_name.clone()),
+            ("commitlog_directory", n.commitlog_dir.display().to_string()),
+            ("data_file_directories", list(&n.data_dirs)),
+            ("incremental_backups", n.incremental_backups.to_string()),
+            (
+                "local_system_data_file_directory",
+                n.local_system_data_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "null".into()),
+            ),
+            ("num_tokens", n.tokens.len().to_string()),
+            ("partitioner", c.partitioner.clone()),
+        ];
+        if c.version >= Version::V41 {
+            rows.push(("uuid_sstable_identifiers_enabled", n.uuid_sstable_ids.to_string()));
+        }
+        rows.sort();
+        let wanted: Option<String> =
+            lower.split_once("where name =").map(|(_, v)| v.trim().trim_matches('\'').to_owned());
+        let rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .filter(|(k, _)| wanted.as_deref().is_none_or(|w| w == *k))
+            .map(|(k, v)| vec![k.to_owned(), v])
+            .collect();
+        return Outcome { stdout: render(&["name", "value"], &rows), stderr: String::new(), code: 0 };
+    }
+    if lower.starts_with("select") && lower.contains("from system.local") {
+        let n = &c.nodes[node];
+        let row = vec![
+            n.host_id.clone(),
+            c.cluster_name.clone(),
+            n.datacenter.clone(),
+            n.rack.clone(),
+            c.version.release().to_owned(),
+            c.schema_version.clone(),
+        ];
+        return Outcome {
+            stdout: render(
+                &["host_id", "cluster_name", "data_center", "rack", "release_version", "schema_version"],
+                &[row],
+            ),
+            stderr: String::new(),
+            code: 0,
+        };
+    }
+    Outcome {
+        stdout: String::new(),
+        stderr: format!("<stdin>:1:SyntaxException: line 1:0 the emulator does not support this statement: {s}\n"),
+        code: 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_like_cqlsh() {
+        let s = render(&["name", "value"], &[vec!["data_file_directories".into(), "[/a, /b]".into()]]);
+        assert_eq!(
+            s,
+            "\n name                  | value\n-----------------------+----------\n data_file_directories | [/a, /b]\n\n(1 rows)\n"
+        );
+    }
+}

@@ -290,6 +290,44 @@ pub async fn run_suite(backend: &str, repo_at: &dyn Fn(&str) -> Repository) {
         assert_eq!(std::fs::read(race_out.join(p.file_name().unwrap())).unwrap(), std::fs::read(p).unwrap());
     }
 
+    step(b, "many large files under a memory budget smaller than the work in flight complete");
+    let tight =
+        TransferConfig { memory_budget: ByteSize(12 * MIB), concurrency: 4, parts_per_file: 3, ..transfer_config() };
+    let big = work.path().join("big");
+    let big_paths: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            let p = big.join(format!("big{i}"));
+            random_file(&p, 16 * MIB + i * 1000, 90 + i).unwrap();
+            p
+        })
+        .collect();
+    let tight_engine =
+        TransferEngine::new(repo.clone(), Arc::new(HashCache::in_memory()), tight.clone(), Arc::new(NoProgress))
+            .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(120), tight_engine.upload_files(big_paths.clone()))
+        .await
+        .expect("uploads under a tight memory budget must not stall");
+    assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    let items: Vec<DownloadItem> = report
+        .files
+        .iter()
+        .map(|f| DownloadItem {
+            hash: f.sha256,
+            size: f.size,
+            dest: work.path().join("big-out").join(f.path.file_name().unwrap()),
+        })
+        .collect();
+    let report = tokio::time::timeout(Duration::from_secs(120), tight_engine.download_files(items))
+        .await
+        .expect("downloads under a tight memory budget must not stall");
+    assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    for p in &big_paths {
+        assert_eq!(
+            sha256_file(&work.path().join("big-out").join(p.file_name().unwrap())).unwrap(),
+            sha256_file(p).unwrap()
+        );
+    }
+
     step(b, "a repository with a newer layout is refused");
     let newer_repo = repo_at("newer-layout");
     let newer = LayoutMarker { layout_version: layout::LAYOUT_VERSION + 1, ..LayoutMarker::new("future cassette") };

@@ -14,6 +14,7 @@ use cassette_common::hash::Hasher;
 use cassette_common::ids::BlobHash;
 use cassette_common::layout;
 use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetResultPayload, ObjectStoreExt};
 use serde::Serialize;
@@ -214,29 +215,35 @@ impl TransferEngine {
             let part = self.cfg.part_size_for(item.size);
             let ranges: Vec<std::ops::Range<u64>> =
                 (0..item.size.div_ceil(part)).map(|i| i * part..((i + 1) * part).min(item.size)).collect();
-            let mut parts = futures::stream::iter(ranges)
-                .map(|r| {
-                    let (path, key, loc) = (&path, &key, &loc);
-                    async move {
+            // Buffers are leased strictly in range order, and while this file waits for one it
+            // keeps writing out the ranges that arrived. Otherwise later ranges could hold the
+            // whole budget while the range the writer needs next waits for a buffer forever.
+            let mut ranges = ranges.into_iter();
+            let mut next = ranges.next();
+            let mut inflight = FuturesOrdered::new();
+            loop {
+                let done = match next.clone() {
+                    Some(r) if inflight.len() < self.cfg.parts_per_file => {
                         let len = usize::try_from(r.end - r.start).unwrap_or(usize::MAX);
-                        let mut lease = self.buffers.lease(len).await;
-                        let what = format!("read bytes {}..{} of blob {key}", r.start, r.end);
-                        // Each attempt owns the buffer; a failed attempt's buffer is dropped and
-                        // the next one starts from an empty buffer.
-                        let buf = self
-                            .backoff
-                            .run(&what, |_| {
-                                let (buf, r) = (lease.take(), r.clone());
-                                async move { self.read_range(path, r, buf, key, loc).await }
-                            })
-                            .await?;
-                        lease.restore(buf);
-                        Ok::<_, StoreError>(lease.freeze())
+                        if inflight.is_empty() {
+                            let lease = self.buffers.lease(len).await;
+                            inflight.push_back(self.fetch_range(&path, r, lease, &key, &loc));
+                            next = ranges.next();
+                            continue;
+                        }
+                        tokio::select! {
+                            lease = self.buffers.lease(len) => {
+                                inflight.push_back(self.fetch_range(&path, r, lease, &key, &loc));
+                                next = ranges.next();
+                                continue;
+                            }
+                            done = inflight.next() => done,
+                        }
                     }
-                })
-                .buffered(self.cfg.parts_per_file);
-            while let Some(part) = parts.next().await {
-                let bytes = part?;
+                    _ => inflight.next().await,
+                };
+                let Some(done) = done else { break };
+                let bytes = done?;
                 let n = bytes.len() as u64;
                 sink.write(bytes).await?;
                 self.progress.transferred(n);
@@ -277,6 +284,29 @@ impl TransferEngine {
             return Err(StoreError::HashMismatch { path: item.dest.clone(), expected: item.hash, actual: hash });
         }
         Ok(())
+    }
+
+    /// Reads one byte range of a blob into the leased buffer (with retries) and freezes it.
+    async fn fetch_range(
+        &self,
+        path: &ObjectPath,
+        range: std::ops::Range<u64>,
+        mut lease: Lease,
+        key: &str,
+        loc: &str,
+    ) -> Result<Bytes, StoreError> {
+        let what = format!("read bytes {}..{} of blob {key}", range.start, range.end);
+        // Each attempt owns the buffer; a failed attempt's buffer is dropped and the next one
+        // starts from an empty buffer.
+        let buf = self
+            .backoff
+            .run(&what, |_| {
+                let (buf, r) = (lease.take(), range.clone());
+                async move { self.read_range(path, r, buf, key, loc).await }
+            })
+            .await?;
+        lease.restore(buf);
+        Ok(lease.freeze())
     }
 
     /// Reads one byte range of a blob into `buf` (replacing what it held).

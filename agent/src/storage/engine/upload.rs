@@ -139,11 +139,22 @@ impl TransferEngine {
             ));
         }
         let size = meta.len();
-        let (hash, hashed) = self.hash_for_upload(path, &meta).await?;
+        let (hash, mut hashed) = self.hash_for_upload(path, &meta).await?;
 
         let lock = self.lock_blob(hash);
         let result = async {
-            let _guard = lock.lock().await;
+            let _guard = match lock.try_lock() {
+                Ok(g) => g,
+                Err(_) => {
+                    // Another file with the same content is being handled. Waiting while holding a
+                    // buffer could deadlock (that file may need a buffer to finish), so let it go;
+                    // the content is read again only if the other file did not store it.
+                    if matches!(hashed, Hashed::InMemory(_)) {
+                        hashed = Hashed::Cached;
+                    }
+                    lock.lock().await
+                }
+            };
             if self.is_present(&hash) {
                 return Ok(false);
             }
@@ -363,8 +374,10 @@ impl TransferEngine {
                         self.progress.transferred(part_result(r, &key, &loc)?);
                     }
                 }
+                // Spawned, not just pushed: a part must keep going while this loop waits for a
+                // buffer, or parts holding the buffer budget would never finish and release it.
                 let part = upload.put_part(PutPayload::from(data));
-                inflight.push(async move { part.await.map(|()| len) });
+                inflight.push(tokio::spawn(async move { part.await.map(|()| len) }));
             }
             while let Some(r) = inflight.next().await {
                 self.progress.transferred(part_result(r, &key, &loc)?);
@@ -400,8 +413,13 @@ impl TransferEngine {
     }
 }
 
-fn part_result(r: object_store::Result<u64>, key: &str, loc: &str) -> Result<u64, StoreError> {
-    r.map_err(|e| StoreError::remote("upload part", key, loc, e))
+fn part_result(
+    r: Result<object_store::Result<u64>, tokio::task::JoinError>,
+    key: &str,
+    loc: &str,
+) -> Result<u64, StoreError> {
+    r.map_err(|e| StoreError::remote("upload part", key, loc, object_store::Error::JoinError { source: e }))?
+        .map_err(|e| StoreError::remote("upload part", key, loc, e))
 }
 
 /// Reads `len` bytes at `offset` into `buf` on a blocking thread, feeding `hasher` if given.

@@ -290,6 +290,32 @@ pub async fn run_suite(backend: &str, repo_at: &dyn Fn(&str) -> Repository) {
         assert_eq!(std::fs::read(race_out.join(p.file_name().unwrap())).unwrap(), std::fs::read(p).unwrap());
     }
 
+    step(b, "many files are checked against one listing, and a large repository falls back to one check per file");
+    let many = work.path().join("many");
+    // 64 files: the repository then holds more than 64 blobs, more than 4 per file of the
+    // 16-file upload at the end of this step.
+    let many_paths: Vec<PathBuf> = (0..64)
+        .map(|i| {
+            let p = many.join(format!("m{i:02}"));
+            random_file(&p, 1000 + i, 200 + i).unwrap();
+            p
+        })
+        .collect();
+    let many_cache = Arc::new(HashCache::in_memory());
+    let first = engine(&repo, &many_cache).upload_files(many_paths.clone()).await;
+    assert!(first.failures.is_empty(), "{:#?}", first.failures);
+    assert_eq!(first.stats.files_transferred, 64);
+    assert_eq!(first.stats.remote_checks, 1, "one listing page instead of 64 existence checks");
+    let second = engine(&repo, &many_cache).upload_files(many_paths.clone()).await;
+    assert_eq!((second.stats.files_skipped, second.stats.bytes_transferred), (64, 0));
+    assert_eq!(second.stats.remote_checks, 1);
+    // Listing stops early for the 16-file upload and every file is checked on its own.
+    let few: Vec<PathBuf> = many_paths[..16].to_vec();
+    let third = engine(&repo, &Arc::new(HashCache::in_memory())).upload_files(few).await;
+    assert!(third.failures.is_empty(), "{:#?}", third.failures);
+    assert_eq!(third.stats.files_skipped, 16);
+    assert_eq!(third.stats.remote_checks, 1 + 16, "an abandoned listing page, then one check per file");
+
     step(b, "many large files under a memory budget smaller than the work in flight complete");
     let tight =
         TransferConfig { memory_budget: ByteSize(12 * MIB), concurrency: 4, parts_per_file: 3, ..transfer_config() };

@@ -65,6 +65,9 @@ pub struct TransferEngine {
     progress: Arc<Progress>,
     /// Blobs confirmed stored during this operation.
     present: Mutex<HashSet<BlobHash>>,
+    /// Every stored blob and its size, from one bounded listing at the start of an upload, when
+    /// the repository was small enough for that to be cheaper than one request per file.
+    listing: Mutex<Option<HashMap<BlobHash, u64>>>,
     /// One lock per blob being checked or uploaded, so that two files with the same content in
     /// one operation upload it once.
     blob_locks: Mutex<HashMap<BlobHash, Arc<tokio::sync::Mutex<()>>>>,
@@ -92,6 +95,7 @@ impl TransferEngine {
             backoff,
             progress,
             present: Mutex::default(),
+            listing: Mutex::default(),
             blob_locks: Mutex::default(),
         })
     }
@@ -130,6 +134,20 @@ impl TransferEngine {
 
     fn mark_present(&self, hash: BlobHash) {
         self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(hash);
+    }
+
+    /// Treats these blobs as stored without checking them, e.g. the blobs of this node's previous
+    /// backup whose manifest was just read: blobs a kept manifest references are never removed,
+    /// and removal does not run while a backup holds its lock. Do not seed from anything weaker.
+    pub fn assume_present(&self, hashes: impl IntoIterator<Item = BlobHash>) {
+        self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(hashes);
+    }
+
+    /// What the start-of-upload listing says about a blob: `Some(Some(size))` stored,
+    /// `Some(None)` not stored at listing time, `None` no listing.
+    fn listed(&self, hash: &BlobHash) -> Option<Option<u64>> {
+        let listing = self.listing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        listing.as_ref().map(|l| l.get(hash).copied())
     }
 
     /// Hashes a file on a blocking thread, reporting progress as it reads.

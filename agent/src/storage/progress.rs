@@ -45,6 +45,8 @@ pub struct TransferStats {
     pub bytes_hashed: u64,
     /// Operations retried after transient failures.
     pub retries: u64,
+    /// Requests made to find out whether blobs exist (existence checks and listing pages).
+    pub remote_checks: u64,
 }
 
 impl From<TransferStats> for cassette_proto::v1::TransferStats {
@@ -58,6 +60,7 @@ impl From<TransferStats> for cassette_proto::v1::TransferStats {
             bytes_skipped: s.bytes_skipped,
             bytes_hashed: s.bytes_hashed,
             retries: s.retries,
+            remote_checks: s.remote_checks,
         }
     }
 }
@@ -72,6 +75,7 @@ pub struct Progress {
     files_skipped: AtomicU64,
     bytes_skipped: AtomicU64,
     bytes_hashed: AtomicU64,
+    remote_checks: AtomicU64,
     retries: Arc<AtomicU64>,
     sink: Arc<dyn ProgressSink>,
 }
@@ -87,6 +91,7 @@ impl Progress {
             files_skipped: AtomicU64::new(0),
             bytes_skipped: AtomicU64::new(0),
             bytes_hashed: AtomicU64::new(0),
+            remote_checks: AtomicU64::new(0),
             retries,
             sink,
         }
@@ -106,6 +111,10 @@ impl Progress {
     pub(crate) fn hashed(&self, bytes: u64) {
         self.bytes_hashed.fetch_add(bytes, Ordering::Relaxed);
         self.sink.hashed(bytes);
+    }
+
+    pub(crate) fn checked(&self, requests: u64) {
+        self.remote_checks.fetch_add(requests, Ordering::Relaxed);
     }
 
     pub(crate) fn file_finished(&self, path: &Path, size: u64, skipped: bool) {
@@ -130,6 +139,7 @@ impl Progress {
             bytes_skipped: l(&self.bytes_skipped),
             bytes_hashed: l(&self.bytes_hashed),
             retries: l(&self.retries),
+            remote_checks: l(&self.remote_checks),
         }
     }
 }

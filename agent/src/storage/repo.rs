@@ -155,6 +155,29 @@ impl Repository {
         }
     }
 
+    /// Every stored blob with its size, if there are at most `max_blobs` of them; `None` as soon
+    /// as the listing passes that bound (the caller then checks blobs one by one). One request
+    /// per page (1,000 keys on S3 and GCS, 5,000 on Azure).
+    pub async fn list_blobs_bounded(
+        &self,
+        max_blobs: usize,
+    ) -> Result<Option<std::collections::HashMap<BlobHash, u64>>, StoreError> {
+        let prefix = Path::from(layout::BLOBS_PREFIX);
+        let mut stream = self.store.list(Some(&prefix));
+        let mut found = std::collections::HashMap::new();
+        while let Some(meta) =
+            stream.try_next().await.map_err(|e| StoreError::remote("list", layout::BLOBS_PREFIX, &self.display, e))?
+        {
+            if let Some(hash) = layout::parse_blob_key(meta.location.as_ref()) {
+                if found.len() >= max_blobs {
+                    return Ok(None);
+                }
+                found.insert(hash, meta.size);
+            }
+        }
+        Ok(Some(found))
+    }
+
     /// Writes `body` at `key` unless an object already exists there.
     pub(crate) async fn put_create(&self, key: &str, body: PutPayload) -> Result<(), StoreError> {
         let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };

@@ -103,15 +103,19 @@ struct TransferArgs {
     /// Tools to run.
     #[arg(long, value_delimiter = ',', default_values = ["cassette", "raw", "raw-unsigned", "rclone", "aws"])]
     tools: Vec<ToolName>,
-    /// Also print the results as JSON.
+    /// Also print the results as JSON (every run, not only the medians).
     #[arg(long)]
     json: bool,
+    /// Runs per tool; the table shows the median of each figure. Tools take turns within a run.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
 struct Row {
     dataset: String,
     tool: String,
+    run: usize,
     bytes: u64,
     upload_s: Option<f64>,
     second_upload_s: Option<f64>,
@@ -143,44 +147,48 @@ fn transfer(args: TransferArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     eprintln!("s3s-fs 0.14.1 at {}, data in {}", server.endpoint(), work.display());
 
+    eprintln!("load average at start: {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
     for ds in &args.datasets {
         let (count, size) = ds.files();
         let data = work.join(format!("data-{}", ds.name()));
         prepare_data(&data, count, size)?;
         let total = count as u64 * size;
-        for tool in &args.tools {
-            eprintln!("-- {} / {}", ds.label(), tool.label());
-            // One bucket per tool and data set, nothing under a directory prefix: s3s-fs answers a
-            // HEAD on a key that is a directory on its disk with 500, which makes rclone back off
-            // for minutes on its root check. Real S3 answers 404.
-            let bucket = format!("bench-{}-{}", ds.name(), format!("{tool:?}").to_lowercase());
-            server.create_bucket(&bucket)?;
-            let dl = work.join(format!("download-{bucket}"));
-            let _ = std::fs::remove_dir_all(&dl);
-            let mut row = Row { dataset: ds.label().into(), tool: tool.label().into(), bytes: total, ..Row::default() };
-            let outcome = match tool {
-                ToolName::Cassette => run_cassette(&agent, &server, &work, &data, &dl, &bucket, &mut row),
-                ToolName::Raw | ToolName::RawUnsigned => {
-                    runtime.block_on(run_raw(&server, &data, &bucket, *tool == ToolName::RawUnsigned, &mut row))
+        for run in 1..=args.runs.max(1) {
+            for tool in &args.tools {
+                eprintln!("-- {} / {} / run {run}", ds.label(), tool.label());
+                // One bucket per tool, data set and run, nothing under a directory prefix: s3s-fs
+                // answers a HEAD on a key that is a directory on its disk with 500, which makes
+                // rclone back off for minutes on its root check. Real S3 answers 404.
+                let bucket = format!("bench-{}-{}-{run}", ds.name(), format!("{tool:?}").to_lowercase());
+                server.create_bucket(&bucket)?;
+                let dl = work.join(format!("download-{bucket}"));
+                let _ = std::fs::remove_dir_all(&dl);
+                let mut row =
+                    Row { dataset: ds.label().into(), tool: tool.label().into(), run, bytes: total, ..Row::default() };
+                let outcome = match tool {
+                    ToolName::Cassette => run_cassette(&agent, &server, &work, &data, &dl, &bucket, &mut row),
+                    ToolName::Raw | ToolName::RawUnsigned => {
+                        runtime.block_on(run_raw(&server, &data, &bucket, *tool == ToolName::RawUnsigned, &mut row))
+                    }
+                    ToolName::Rclone => run_rclone(&server, &data, &dl, &bucket, &mut row),
+                    ToolName::Aws => run_aws(&server, &data, &dl, &bucket, &mut row),
+                };
+                match outcome {
+                    Ok(()) if row.download_s.is_some() => {
+                        verify_same(&data, &dl)
+                            .with_context(|| format!("{}: downloaded files differ from the source", tool.label()))?;
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        eprintln!("   {}: {e:#}", tool.label());
+                        row.note = Some(format!("{e:#}"));
+                    }
                 }
-                ToolName::Rclone => run_rclone(&server, &data, &dl, &bucket, &mut row),
-                ToolName::Aws => run_aws(&server, &data, &dl, &bucket, &mut row),
-            };
-            match outcome {
-                Ok(()) if row.download_s.is_some() => {
-                    verify_same(&data, &dl)
-                        .with_context(|| format!("{}: downloaded files differ from the source", tool.label()))?;
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    eprintln!("   {}: {e:#}", tool.label());
-                    row.note = Some(format!("{e:#}"));
-                }
+                // Each tool's copies go before the next tool runs: the disk is shared.
+                let _ = std::fs::remove_dir_all(&dl);
+                let _ = std::fs::remove_dir_all(server.dir.path().join("root").join(&bucket));
+                rows.push(row);
             }
-            // Each tool's copies go before the next tool runs: the disk is shared.
-            let _ = std::fs::remove_dir_all(&dl);
-            let _ = std::fs::remove_dir_all(server.dir.path().join("root").join(&bucket));
-            rows.push(row);
         }
     }
     print_table(&rows);
@@ -203,9 +211,16 @@ fn prepare_data(dir: &Path, count: usize, size: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Flushes dirty pages before a timed step, so that writeback left over from the previous step
+/// (generated data, another tool's downloads) is not charged to this one.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
 /// Runs a command, timing it and sampling its peak resident memory (VmHWM) until it exits.
 fn timed(mut cmd: Command) -> anyhow::Result<(f64, f64, Vec<u8>)> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    settle();
     let start = Instant::now();
     let child = cmd.spawn().with_context(|| format!("cannot start {cmd:?}"))?;
     let pid = child.id();
@@ -305,6 +320,7 @@ async fn run_raw(
     let store: Arc<dyn object_store::ObjectStore> = Arc::new(b.build()?);
     let mut files: Vec<PathBuf> = std::fs::read_dir(data)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
     files.sort();
+    settle();
     let start = Instant::now();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(files)
         .map(|f| {
@@ -437,11 +453,47 @@ fn rss(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn print_table(rows: &[Row]) {
+/// The median of the figures `f` picks from every run of `tool` in `dataset`.
+fn median(rows: &[Row], dataset: &str, tool: &str, f: fn(&Row) -> Option<f64>) -> Option<f64> {
+    let mut v: Vec<f64> = rows.iter().filter(|r| r.dataset == dataset && r.tool == tool).filter_map(f).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+/// One row per tool with the median of each figure over its runs.
+fn medians(rows: &[Row]) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    for r in rows {
+        if out.iter().any(|o| o.dataset == r.dataset && o.tool == r.tool) {
+            continue;
+        }
+        let m = |f: fn(&Row) -> Option<f64>| median(rows, &r.dataset, &r.tool, f);
+        out.push(Row {
+            dataset: r.dataset.clone(),
+            tool: r.tool.clone(),
+            run: rows.iter().filter(|x| x.dataset == r.dataset && x.tool == r.tool).count(),
+            bytes: r.bytes,
+            upload_s: m(|x| x.upload_s),
+            second_upload_s: m(|x| x.second_upload_s),
+            download_s: m(|x| x.download_s),
+            upload_peak_rss_mib: m(|x| x.upload_peak_rss_mib),
+            download_peak_rss_mib: m(|x| x.download_peak_rss_mib),
+            note: rows.iter().filter(|x| x.dataset == r.dataset && x.tool == r.tool).find_map(|x| x.note.clone()),
+        });
+    }
+    out
+}
+
+fn print_table(all: &[Row]) {
+    let rows = &medians(all);
+    let runs = rows.first().map(|r| r.run).unwrap_or(0);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "\nTransfer benchmark: every tool against the same local s3s-fs 0.14.1 server, in one run ({} cores)",
+        "\nTransfer benchmark: every tool against the same local s3s-fs 0.14.1 server, in one run ({} cores); median of {runs} runs, page cache flushed before each timed step",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     let mut datasets: Vec<&str> = rows.iter().map(|r| r.dataset.as_str()).collect();

@@ -83,6 +83,7 @@ impl TransferEngine {
             sizes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         }
         self.progress.add_total(paths.len() as u64, sizes);
+        self.list_blobs_if_cheap(paths.len()).await;
         let stop = std::sync::atomic::AtomicBool::new(false);
         let results: Vec<(PathBuf, Result<UploadedFile, StoreError>)> = futures::stream::iter(paths)
             .map(|path| {
@@ -116,6 +117,31 @@ impl TransferEngine {
         }
         report.stats = self.stats();
         report
+    }
+
+    /// For many files, one listing of the repository's blobs can replace one existence check per
+    /// file. It is tried only up to `LISTING_FACTOR` blobs per file: a larger repository is
+    /// abandoned after a few pages (at most 0.4 % more requests than checking each file), and
+    /// the map stays small (about 56 bytes per blob).
+    async fn list_blobs_if_cheap(&self, files: usize) {
+        const LISTING_FACTOR: usize = 4;
+        const MIN_FILES: usize = 16;
+        if files < MIN_FILES {
+            return;
+        }
+        match self.repo.list_blobs_bounded(files.saturating_mul(LISTING_FACTOR)).await {
+            Ok(Some(map)) => {
+                tracing::debug!(blobs = map.len(), files, "checking blobs against one listing");
+                self.progress.checked(map.len().div_ceil(1000) as u64);
+                *self.listing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(map);
+            }
+            Ok(None) => {
+                // The pages read before giving up count as checks too.
+                self.progress.checked(files.saturating_mul(LISTING_FACTOR).div_ceil(1000) as u64);
+                tracing::debug!(files, "repository too large to list; checking blobs one by one");
+            }
+            Err(e) => tracing::debug!(error = %e, "listing blobs failed; checking blobs one by one"),
+        }
     }
 
     /// Stores one file as a blob (with retries).
@@ -158,7 +184,15 @@ impl TransferEngine {
             if self.is_present(&hash) {
                 return Ok(false);
             }
-            match self.repo.blob_size(&hash).await? {
+            // The listing answers first attempts; after a failure, ask the store itself.
+            let stored = match self.listed(&hash) {
+                Some(listed) if attempt == 1 => listed,
+                _ => {
+                    self.progress.checked(1);
+                    self.repo.blob_size(&hash).await?
+                }
+            };
+            match stored {
                 // After a failed attempt of ours, a blob of the right size may still be that
                 // attempt's damaged body (some servers commit before checking the checksum), so a
                 // small one is read back before it is trusted. Multipart uploads cannot leave a

@@ -39,7 +39,12 @@ pub fn sha256(bytes: &[u8]) -> BlobHash {
 }
 
 /// SHA-256 and length of everything `reader` yields.
-pub fn sha256_reader(mut reader: impl Read) -> io::Result<(BlobHash, u64)> {
+pub fn sha256_reader(reader: impl Read) -> io::Result<(BlobHash, u64)> {
+    sha256_reader_with(reader, |_| {})
+}
+
+/// [`sha256_reader`], calling `progress` with the size of each chunk read.
+pub fn sha256_reader_with(mut reader: impl Read, mut progress: impl FnMut(usize)) -> io::Result<(BlobHash, u64)> {
     let mut hasher = Hasher::new();
     let mut buf = vec![0u8; HASH_BUFFER];
     let mut len = 0u64;
@@ -52,6 +57,7 @@ pub fn sha256_reader(mut reader: impl Read) -> io::Result<(BlobHash, u64)> {
         };
         hasher.update(&buf[..n]);
         len += n as u64;
+        progress(n);
     }
     Ok((hasher.finish(), len))
 }

@@ -138,6 +138,11 @@ pub struct TransferConfig {
     pub max_backoff: Duration,
     /// Call `fsync` on downloaded files and their directories before reporting them done.
     pub fsync: bool,
+    /// Uploads of 16 or more files first list the repository's blobs, if it holds at most this
+    /// many per file, and then check existence locally instead of with one request per file. A
+    /// larger repository is abandoned after a few pages (at most `4 × files / 1000` requests at the
+    /// default). The listing costs about 56 bytes of memory per blob. 0 turns it off.
+    pub list_blobs_per_file: usize,
     /// Downloaded files being flushed and renamed into place at once. This work runs beside the
     /// downloads (it does not hold one of the `concurrency` slots).
     pub fsync_concurrency: usize,
@@ -163,6 +168,7 @@ impl Default for TransferConfig {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(20),
             fsync: true,
+            list_blobs_per_file: 4,
             fsync_concurrency: 16,
         }
     }

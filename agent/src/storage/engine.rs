@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use cassette_common::hash::{HASH_BUFFER, Hasher};
+use cassette_common::hash::sha256_reader_with;
 use cassette_common::ids::BlobHash;
 use serde::Serialize;
 
@@ -154,24 +154,9 @@ impl TransferEngine {
     async fn hash_file(&self, path: &Path) -> Result<(BlobHash, u64), StoreError> {
         let path_buf = path.to_owned();
         let progress = Arc::clone(&self.progress);
-        tokio::task::spawn_blocking(move || -> std::io::Result<(BlobHash, u64)> {
-            use std::io::Read;
-            let mut f = std::fs::File::open(&path_buf)?;
-            let mut hasher = Hasher::new();
-            let mut buf = vec![0u8; HASH_BUFFER];
-            let mut total = 0u64;
-            loop {
-                let n = match f.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                hasher.update(&buf[..n]);
-                total += n as u64;
-                progress.hashed(n as u64);
-            }
-            Ok((hasher.finish(), total))
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path_buf)?;
+            sha256_reader_with(file, |n| progress.hashed(n as u64))
         })
         .await
         .map_err(|e| StoreError::local("hash", path, std::io::Error::other(e)))?

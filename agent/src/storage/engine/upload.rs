@@ -61,6 +61,9 @@ impl UploadReport {
     }
 }
 
+/// Uploads of fewer files check each blob on its own (see [`TransferConfig::list_blobs_per_file`](crate::storage::TransferConfig::list_blobs_per_file)).
+const LISTING_MIN_FILES: usize = 16;
+
 /// How the hash of a file was obtained.
 enum Hashed {
     /// Read into memory and hashed; the buffer is sent as is.
@@ -120,16 +123,13 @@ impl TransferEngine {
     }
 
     /// For many files, one listing of the repository's blobs can replace one existence check per
-    /// file. It is tried only up to `LISTING_FACTOR` blobs per file: a larger repository is
-    /// abandoned after a few pages (at most 0.4 % more requests than checking each file), and
-    /// the map stays small (about 56 bytes per blob).
+    /// file (see [`TransferConfig::list_blobs_per_file`](crate::storage::TransferConfig::list_blobs_per_file)).
     async fn list_blobs_if_cheap(&self, files: usize) {
-        const LISTING_FACTOR: usize = 4;
-        const MIN_FILES: usize = 16;
-        if files < MIN_FILES {
+        let per_file = self.cfg.list_blobs_per_file;
+        if per_file == 0 || files < LISTING_MIN_FILES {
             return;
         }
-        match self.repo.list_blobs_bounded(files.saturating_mul(LISTING_FACTOR)).await {
+        match self.repo.list_blobs_bounded(files.saturating_mul(per_file)).await {
             Ok(Some(map)) => {
                 tracing::debug!(blobs = map.len(), files, "checking blobs against one listing");
                 self.progress.checked(map.len().div_ceil(1000) as u64);
@@ -137,7 +137,7 @@ impl TransferEngine {
             }
             Ok(None) => {
                 // The pages read before giving up count as checks too.
-                self.progress.checked(files.saturating_mul(LISTING_FACTOR).div_ceil(1000) as u64);
+                self.progress.checked(files.saturating_mul(per_file).div_ceil(1000) as u64);
                 tracing::debug!(files, "repository too large to list; checking blobs one by one");
             }
             Err(e) => tracing::debug!(error = %e, "listing blobs failed; checking blobs one by one"),
@@ -199,11 +199,7 @@ impl TransferEngine {
                 // blob behind: nothing is visible before they complete.
                 Some(stored) if stored == size && attempt > 1 && size <= self.cfg.multipart_threshold.0 => {
                     if !self.stored_blob_matches(&hash).await? {
-                        let (data, actual) = self.read_small(path, size).await?;
-                        if actual != hash {
-                            self.cache.remove(&meta);
-                            return Err(self.changed(path, hash, actual));
-                        }
+                        let data = self.read_small_expecting(path, &meta, hash).await?;
                         let sent = self.replace_damaged(path, hash, data).await?;
                         self.mark_present(hash);
                         return Ok(sent);
@@ -231,14 +227,9 @@ impl TransferEngine {
             }
             let sent = match hashed {
                 Hashed::InMemory(data) => self.put_small(path, hash, data).await?,
+                // The blob is missing although the file was hashed before: read it now.
                 Hashed::Cached if size <= self.cfg.multipart_threshold.0 => {
-                    // The blob is missing although the file was hashed before: read it now and
-                    // make sure the cached hash still describes it before sending.
-                    let (data, actual) = self.read_small(path, size).await?;
-                    if actual != hash {
-                        self.cache.remove(&meta);
-                        return Err(self.changed(path, hash, actual));
-                    }
+                    let data = self.read_small_expecting(path, &meta, hash).await?;
                     self.put_small(path, hash, data).await?
                 }
                 Hashed::Fresh => self.put_multipart(path, &meta, hash, false).await?,
@@ -304,6 +295,22 @@ impl TransferEngine {
         lease.restore(buf);
         self.progress.hashed(size);
         Ok((lease.freeze(), hash))
+    }
+
+    /// Reads a small file whose hash is already known and checks that it still has it (a stale
+    /// cache entry is dropped and the upload retried with a fresh hash).
+    async fn read_small_expecting(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        hash: BlobHash,
+    ) -> Result<Bytes, StoreError> {
+        let (data, actual) = self.read_small(path, meta.len()).await?;
+        if actual != hash {
+            self.cache.remove(meta);
+            return Err(self.changed(path, hash, actual));
+        }
+        Ok(data)
     }
 
     fn changed(&self, path: &Path, expected: BlobHash, actual: BlobHash) -> StoreError {

@@ -7,7 +7,6 @@
 //! came from the cache the streamed bytes are hashed again and compared. A mismatch aborts the
 //! upload, so a wrong blob is never made visible.
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -273,16 +272,14 @@ impl TransferEngine {
         let buf = lease.take();
         let owned = path.to_owned();
         let read = tokio::task::spawn_blocking(move || -> std::io::Result<(BytesMut, BlobHash, bool)> {
-            let mut buf = buf;
-            let mut f = std::fs::File::open(&owned)?;
-            buf.resize(len, 0);
-            let complete = match f.read_exact(&mut buf[..]) {
-                Ok(()) => f.read(&mut [0u8; 1])? == 0,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
-                Err(e) => return Err(e),
-            };
-            let hash = sha256(&buf);
-            Ok((buf, hash, complete))
+            let file = std::fs::File::open(&owned)?;
+            let mut vec = Vec::from(buf);
+            vec.clear();
+            // One byte more than expected tells a file that grew from one that did not.
+            file.take(size + 1).read_to_end(&mut vec)?;
+            let complete = vec.len() == len;
+            let hash = sha256(&vec);
+            Ok((BytesMut::from(Bytes::from(vec)), hash, complete))
         })
         .await
         .map_err(|e| StoreError::local("read", path, std::io::Error::other(e)))?
@@ -403,7 +400,7 @@ impl TransferEngine {
             while offset < size {
                 let len = part_size.min(size - offset);
                 let mut lease = self.buffers.lease(usize::try_from(len).unwrap_or(usize::MAX)).await;
-                let (buf, h) = read_part(Arc::clone(&file), offset, len, lease.take(), hasher.take())
+                let (buf, h) = read_part(Arc::clone(&file), len, lease.take(), hasher.take())
                     .await
                     .map_err(|e| StoreError::local("read", path, e))?;
                 hasher = h;
@@ -463,21 +460,29 @@ fn part_result(
         .map_err(|e| StoreError::remote("upload part", key, loc, e))
 }
 
-/// Reads `len` bytes at `offset` into `buf` on a blocking thread, feeding `hasher` if given.
+/// Reads the next `len` bytes of `file` into `buf` on a blocking thread, feeding `hasher` if
+/// given. Parts are read one after the other, so the shared file position is the part's offset.
+/// Reading into the buffer's spare capacity avoids zero-filling it first.
 async fn read_part(
     file: Arc<std::fs::File>,
-    offset: u64,
     len: u64,
-    mut buf: BytesMut,
+    buf: BytesMut,
     mut hasher: Option<Hasher>,
 ) -> std::io::Result<(BytesMut, Option<Hasher>)> {
     tokio::task::spawn_blocking(move || {
-        buf.resize(usize::try_from(len).map_err(std::io::Error::other)?, 0);
-        file.read_exact_at(&mut buf[..], offset)?;
-        if let Some(h) = hasher.as_mut() {
-            h.update(&buf);
+        let mut vec = Vec::from(buf);
+        vec.clear();
+        (&*file).take(len).read_to_end(&mut vec)?;
+        if (vec.len() as u64) < len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file got shorter while it was read",
+            ));
         }
-        Ok((buf, hasher))
+        if let Some(h) = hasher.as_mut() {
+            h.update(&vec);
+        }
+        Ok((BytesMut::from(Bytes::from(vec)), hasher))
     })
     .await
     .map_err(std::io::Error::other)?

@@ -385,7 +385,7 @@ impl StateDir {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     if let Some(pid) = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok())
-                        && !Path::new(&format!("/proc/{pid}")).exists()
+                        && !process_alive(pid)
                     {
                         // Break it by renaming, so two waiters cannot both delete a fresh lock.
                         let grave = self.root.join(format!("state.lock.stale.{}", std::process::id()));
@@ -437,9 +437,41 @@ impl StateDir {
     }
 }
 
+/// Whether `pid` is a running process. A zombie (killed, not yet reaped by its parent) counts as
+/// gone: it holds nothing. This matters because the agent kills tools it gives up on, and its
+/// runtime reaps them in the background, possibly only after the next command waited on the lock.
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name, which may contain spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X"),
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zombies_do_not_hold_the_lock() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        assert!(process_alive(pid));
+        child.kill().unwrap();
+        // Killed but not reaped: a zombie until wait() below.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_alive(pid) {
+            assert!(Instant::now() < deadline, "a killed, unreaped child must count as gone");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(Path::new(&format!("/proc/{pid}")).exists(), "still a zombie: /proc entry remains");
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+    }
 
     #[test]
     fn a_lock_left_by_a_dead_process_is_broken() {

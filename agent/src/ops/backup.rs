@@ -263,7 +263,25 @@ pub async fn snapshot(ctx: &OpContext, req: &BackupRequest) -> Result<Snapshotte
             cassandra_version: Some(desc.release_version.raw.clone()),
         },
     );
-    let backup_id = req.backup_id.clone().unwrap_or_else(|| BackupId::generate(started_at));
+    let backup_id = match &req.backup_id {
+        Some(id) => id.clone(),
+        None => {
+            // After this node's newest backup, so that id order is start order.
+            let newest = ctx
+                .repo
+                .list(&layout::backups_prefix(&desc.cluster_name))
+                .await?
+                .iter()
+                .filter_map(|m| match layout::parse_cluster_object(m.location.as_ref()) {
+                    Some(layout::ClusterObject::NodeManifest { backup, host, .. }) if host == desc.host_id => {
+                        Some(backup)
+                    }
+                    _ => None,
+                })
+                .max();
+            BackupId::generate_after(started_at, newest.as_ref())
+        }
+    };
     let snapshot_tag = format!("cassette-{backup_id}");
     let roots = desc.directories.all_data_roots();
     let mut warnings = Vec::new();

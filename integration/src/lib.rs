@@ -12,6 +12,7 @@
 //! - [`proxy`]: drops or corrupts connections on demand.
 //! - [`data`]: random test files.
 //! - [`conformance`]: the storage scenario every backend must pass.
+//! - [`node`]: an emulated node, a storage server and the real agent binary, for the single-node tests.
 
 #![deny(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod data;
 pub mod emulator;
 pub mod fixtures;
 pub mod harness;
+pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod servers;

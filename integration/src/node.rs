@@ -136,8 +136,13 @@ impl NodeEnv {
 
     /// A command line for the agent with this env's config and server credentials.
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_with(&self.config_path, args)
+    }
+
+    /// A command line for the agent with another config file (an agent of another node).
+    pub fn command_with(&self, config: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.agent_bin);
-        cmd.arg("--config").arg(&self.config_path).arg("--output").arg("json").args(args);
+        cmd.arg("--config").arg(config).arg("--output").arg("json").args(args);
         for (k, v) in self.server.env_vars() {
             cmd.env(k, v);
         }

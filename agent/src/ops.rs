@@ -466,6 +466,58 @@ pub fn hostname() -> String {
 mod tests {
     use super::*;
 
+    /// Compiles only if every operation can run on a spawned task (a coordinator's job runner,
+    /// the gRPC server): their futures must be `Send` for any lifetime.
+    #[allow(dead_code)]
+    fn operations_are_spawnable(ctx: OpContext) {
+        fn spawnable<T: Send + 'static>(_: T) {}
+        let c = ctx.clone();
+        spawnable(async move { backup::run(&c, &backup::BackupRequest::default()).await });
+        let c = ctx.clone();
+        spawnable(async move { restore::run(&c, &restore::RestoreRequest::default(), None).await });
+        let c = ctx.clone();
+        spawnable(async move {
+            remove::remove(&c, &remove::RemoveScope::Cluster("c".into()), &remove::RemoveRequest::default()).await
+        });
+        let c = ctx.clone();
+        spawnable(async move {
+            verify::verify(&c, &verify::Scope::Cluster("c".into()), &catalog::BackupSelector::Latest, true).await
+        });
+        let c = ctx.clone();
+        spawnable(async move {
+            let id = NodeIdentity {
+                cluster: "c".into(),
+                host_id: "1b1c2ce9-e5ab-4b1e-a2cf-0f5cd9f8b1c3".parse().unwrap(),
+                cassandra_version: None,
+            };
+            commitlog::archive(&c, &id, &[], false).await
+        });
+        let c = ctx.clone();
+        spawnable(async move {
+            let id = NodeIdentity {
+                cluster: "c".into(),
+                host_id: "1b1c2ce9-e5ab-4b1e-a2cf-0f5cd9f8b1c3".parse().unwrap(),
+                cassandra_version: None,
+            };
+            let req = commitlog::PitrRequest {
+                until: chrono::Utc::now(),
+                from: None,
+                download_dir: PathBuf::new(),
+                conf_dir: PathBuf::new(),
+                tables: vec![],
+                cassandra_version: None,
+                restore_command: String::new(),
+                dry_run: true,
+            };
+            commitlog::restore(&c, &id, &req).await
+        });
+        spawnable(async move {
+            if let Ok(i) = catalog::scan(&ctx.repo).await {
+                let _ = catalog::summarize(&ctx, &i, |_| true).await;
+            }
+        });
+    }
+
     #[test]
     fn entities_parse_mix_and_default_to_user_keyspaces() {
         let s = EntitySelection::parse("shop, audit.events,shop", false).unwrap();

@@ -283,8 +283,13 @@ pub async fn load_manifests(
     limits: &ManifestLimits,
     cache: Option<&ManifestCache>,
 ) -> Result<Vec<(ManifestRef, Arc<NodeManifest>)>, CatalogError> {
-    let loaded: Vec<Result<(ManifestRef, Arc<NodeManifest>), CatalogError>> = futures::stream::iter(refs.iter())
-        .map(|m| async move { load_manifest(repo, m, limits, cache).await.map(|x| (m.clone(), Arc::new(x))) })
+    // Owned items and clones: borrowed stream items make the future not `Send` for every
+    // lifetime, and operations must run on spawned tasks.
+    let loaded: Vec<Result<(ManifestRef, Arc<NodeManifest>), CatalogError>> = futures::stream::iter(refs.to_vec())
+        .map(|m| {
+            let (repo, limits, cache) = (repo.clone(), limits.clone(), cache.cloned());
+            async move { load_manifest(&repo, &m, &limits, cache.as_ref()).await.map(|x| (m, Arc::new(x))) }
+        })
         .buffered(limits.read_concurrency.max(1))
         .collect()
         .await;
@@ -297,11 +302,15 @@ pub async fn load_entries(
     refs: &[EntryRef],
     limits: &ManifestLimits,
 ) -> Result<Vec<CommitLogEntry>, CatalogError> {
-    let loaded: Vec<Result<CommitLogEntry, StoreError>> = futures::stream::iter(refs.iter())
-        .map(|e| async move { repo.get_json::<CommitLogEntry>(&e.key, 1 << 20).await })
-        .buffered(limits.read_concurrency.max(1))
-        .collect()
-        .await;
+    let loaded: Vec<Result<CommitLogEntry, StoreError>> =
+        futures::stream::iter(refs.iter().map(|e| e.key.clone()).collect::<Vec<_>>())
+            .map(|key| {
+                let repo = repo.clone();
+                async move { repo.get_json::<CommitLogEntry>(&key, 1 << 20).await }
+            })
+            .buffered(limits.read_concurrency.max(1))
+            .collect()
+            .await;
     loaded.into_iter().map(|r| r.map_err(CatalogError::from)).collect()
 }
 

@@ -294,13 +294,15 @@ async fn archive_one(
         } else {
             // The blob was there already and nothing references it yet: hold a backup lock while
             // referencing it, as a backup does, so a removal cannot take it meanwhile.
+            let progress = std::sync::Arc::clone(&ctx.progress);
+            let on_wait = move |m: &str| progress.message(m);
             let lock = RepoLock::acquire(
                 &ctx.repo,
                 LockKind::Backup,
                 format!("commit-log archive of {segment} (node {})", node.host_id),
                 &ctx.settings.locks,
                 &ctx.cancel,
-                &|m| ctx.progress.message(m),
+                &on_wait,
             )
             .await?;
             let r = async {

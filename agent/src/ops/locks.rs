@@ -224,8 +224,8 @@ pub struct RepoLock {
     key: String,
     info: LockInfo,
     cfg: LockConfig,
-    /// Last-modified of the first write, by the storage's clock: the reference time for the
-    /// removal's grace period.
+    /// Last-modified of the first write as the first listing showed it (the storage's clock):
+    /// the reference time for the removal's grace period.
     acquired_at: DateTime<Utc>,
     health: Arc<Mutex<Health>>,
     stop: tokio_util::sync::CancellationToken,
@@ -284,8 +284,13 @@ impl RepoLock {
         };
         let waited_since = Instant::now();
         let mut said = false;
+        let mut first = true;
         loop {
-            let others = lock.others().await?;
+            let (now, others) = lock.others_and_now().await?;
+            if first {
+                lock.acquired_at = now;
+                first = false;
+            }
             let blocking: Vec<SeenLock> = others
                 .into_iter()
                 .filter(|l| l.fresh)
@@ -382,13 +387,21 @@ impl RepoLock {
 
     /// Every other lock in the repository, with its freshness relative to ours.
     pub async fn others(&self) -> Result<Vec<SeenLock>, LockError> {
-        let mine = self.repo.store().head(&ObjectPath::from(self.key.as_str())).await;
-        let now = match mine {
-            Ok(m) => m.last_modified,
-            // Our own lock is gone (a removal broke it as stale): judge by the latest lock seen.
-            Err(_) => Utc::now(),
-        };
-        list_locks(&self.repo, &self.cfg, now, Some(&self.key)).await
+        Ok(self.others_and_now().await?.1)
+    }
+
+    /// The last-modified time of our lock as the listing shows it (the reference "now" of the
+    /// storage's clock, with the listing's precision: HEAD answers in whole seconds on S3, a
+    /// listing in milliseconds), and every other lock judged against it.
+    async fn others_and_now(&self) -> Result<(DateTime<Utc>, Vec<SeenLock>), LockError> {
+        let metas = self.repo.list(layout::LOCKS_PREFIX).await?;
+        // Our own lock missing (a removal broke it as stale): judge by this host's clock.
+        let now =
+            metas.iter().find(|m| m.location.as_ref() == self.key).map(|m| m.last_modified).unwrap_or_else(Utc::now);
+        let others =
+            judge(&self.repo, &self.cfg, now, metas.into_iter().filter(|m| m.location.as_ref() != self.key).collect())
+                .await;
+        Ok((now, others))
     }
 
     fn start_refresher(&mut self) {
@@ -461,7 +474,11 @@ pub async fn list_locks(
 ) -> Result<Vec<SeenLock>, LockError> {
     let metas = repo.list(layout::LOCKS_PREFIX).await?;
     let metas: Vec<ObjectMeta> = metas.into_iter().filter(|m| Some(m.location.as_ref()) != except).collect();
-    let seen = futures::stream::iter(metas)
+    Ok(judge(repo, cfg, now, metas).await)
+}
+
+async fn judge(repo: &Repository, cfg: &LockConfig, now: DateTime<Utc>, metas: Vec<ObjectMeta>) -> Vec<SeenLock> {
+    futures::stream::iter(metas)
         .map(|m| async move {
             let key = m.location.to_string();
             let info = repo.get_json::<LockInfo>(&key, 64 << 10).await.ok();
@@ -470,6 +487,5 @@ pub async fn list_locks(
         })
         .buffer_unordered(8)
         .collect::<Vec<_>>()
-        .await;
-    Ok(seen)
+        .await
 }

@@ -228,12 +228,9 @@ pub async fn remove(ctx: &OpContext, scope: &RemoveScope, req: &RemoveRequest) -
             RemoveScope::Node(c, h) => format!("removal of backups of node {h} in cluster {c:?}"),
             RemoveScope::Cluster(c) => format!("removal of backups of cluster {c:?}"),
         };
-        Some(
-            RepoLock::acquire(&ctx.repo, LockKind::Remove, what, &ctx.settings.locks, &ctx.cancel, &|m| {
-                ctx.progress.message(m)
-            })
-            .await?,
-        )
+        let progress = std::sync::Arc::clone(&ctx.progress);
+        let on_wait = move |m: &str| progress.message(m);
+        Some(RepoLock::acquire(&ctx.repo, LockKind::Remove, what, &ctx.settings.locks, &ctx.cancel, &on_wait).await?)
     };
     let result = remove_locked(ctx, scope, req, lock.as_ref(), &mut report).await;
     if let Some(l) = lock {

@@ -12,7 +12,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
+use cassette_agent::cassandra::NodetoolControl;
 use cassette_agent::config::AgentConfig;
+use cassette_agent::hashcache::HashCache;
+use cassette_agent::ops::{CancellationToken, OpContext, OpSettings};
+use cassette_agent::storage::NoProgress;
 use cassette_agent::storage::{Repository, TransferConfig};
 use cassette_common::datadir::{FileKind, TableFile};
 use cassette_common::hash::sha256_file;
@@ -142,7 +146,11 @@ impl NodeEnv {
     /// A command line for the agent with another config file (an agent of another node).
     pub fn command_with(&self, config: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.agent_bin);
-        cmd.arg("--config").arg(config).arg("--output").arg("json").args(args);
+        cmd.arg("--config").arg(config);
+        if !args.contains(&"--output") {
+            cmd.arg("--output").arg("json");
+        }
+        cmd.args(args);
         for (k, v) in self.server.env_vars() {
             cmd.env(k, v);
         }
@@ -182,6 +190,30 @@ impl NodeEnv {
     /// The repository, through the library.
     pub fn repo(&self) -> Repository {
         self.server.repository(&self.prefix, &Self::transfer())
+    }
+
+    /// An operation context for calling the agent library directly, over `store` (the
+    /// repository's own store, or a decorator of it) and with `cfg`'s settings.
+    pub fn context(&self, cfg: &AgentConfig, store: std::sync::Arc<dyn object_store::ObjectStore>) -> OpContext {
+        let control = match NodetoolControl::new(cfg.cassandra.clone()) {
+            Ok(c) => c,
+            Err(e) => panic!("cassandra adapter: {e}"),
+        };
+        OpContext {
+            repo: Repository::new(self.server.location(&self.prefix), store),
+            transfer: cfg.transfer.clone(),
+            hash_cache: std::sync::Arc::new(HashCache::in_memory()),
+            cassandra: std::sync::Arc::new(control),
+            progress: std::sync::Arc::new(NoProgress),
+            cancel: CancellationToken::new(),
+            settings: OpSettings {
+                locks: cfg.locks.clone(),
+                removal: cfg.removal.clone(),
+                manifests: cfg.manifests.clone(),
+                state_dir: cfg.state_dir.clone(),
+                node: cfg.node.clone(),
+            },
+        }
     }
 
     /// Runs an emulator admin command.

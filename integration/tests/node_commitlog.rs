@@ -126,6 +126,7 @@ fn point_in_time(version: Version) {
     let expected: Vec<String> = archived[..3].iter().map(|e| e.segment.clone()).collect();
     assert_eq!(selected, expected, "every segment after the snapshot, up to the first closed after the target");
     assert_eq!(r["from_backup"], b["backup_id"]);
+    assert!(!r["warnings"].to_string().contains("replayed as well"), "{r}");
     for e in &archived[..3] {
         let (h, _) = cassette_common::hash::sha256_file(&dl.join(&e.segment)).unwrap();
         assert_eq!(h, e.sha256, "downloaded and verified");
@@ -265,6 +266,7 @@ fn t62_replay_list_and_wait_and_finish() {
     }
     let out = std::fs::read_to_string(&log).unwrap();
     assert!(out.contains("\"restored_original\": true"), "{out}");
+    assert!(out.contains("are replayed as well"), "the segments left in the node's directory are pointed out: {out}");
 }
 
 fn wait_for(child: &mut ManagedProcess, mut cond: impl FnMut() -> bool) {

@@ -528,6 +528,23 @@ pub async fn restore(ctx: &OpContext, node: &NodeIdentity, req: &PitrRequest) ->
     }
     let (point, note) = restore_point(req.until, &version);
     warnings.extend(note);
+    // Segments still in the node's own commit-log directory are replayed too.
+    if let Ok(dirs) = ctx.cassandra.directories().await
+        && let Some(cl) = dirs.commitlog
+    {
+        let local = std::fs::read_dir(&cl)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_str().and_then(CommitLogName::parse).is_some())
+            .count();
+        if local > 0 {
+            warnings.push(format!(
+                "{local} segment(s) in {} are replayed as well at startup (their writes after the target are skipped); move them aside first to replay the archive only (restore --strategy in-place does)",
+                cl.display()
+            ));
+        }
+    }
     let mut report = PitrReport {
         cluster: node.cluster.clone(),
         host_id: node.host_id.to_string(),

@@ -269,6 +269,10 @@ fn t43_list_and_verify() {
     assert_eq!(b[0]["unique_bytes"].as_u64(), Some(0), "the first backup shares every file: {l}");
     assert_eq!(b[1]["reclaimable_bytes"], b[1]["unique_bytes"]);
 
+    let last = env.agent_ok(&["list", "--last", "1"]);
+    assert_eq!(last["backups"].as_array().unwrap().len(), 1);
+    assert_eq!(last["backups"][0]["backup_id"], r2["backup_id"]);
+
     step("verify by tag and by id, shallow and deep");
     let v = env.agent_ok(&["verify", "one"]);
     assert!(v["ok"].as_bool().unwrap());

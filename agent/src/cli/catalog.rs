@@ -17,6 +17,7 @@ use super::{CassandraArgs, GlobalArgs, NodeArgs, OutputFormat, StorageArgs, Tran
 #[command(after_help = "Examples:
   cassette-agent list -l s3://backups/prod
   cassette-agent list -l s3://backups/prod --all-nodes --output json
+  cassette-agent list -l s3://backups/prod --last 3
 
 For each backup: files, total size, bytes no other backup of the node shares (unique), and bytes
 that removing it alone would free (no other manifest in the repository references them).")]
@@ -33,6 +34,9 @@ pub struct ListArgs {
     /// Every cluster in the repository.
     #[arg(long, conflicts_with = "all_nodes")]
     all: bool,
+    /// Only the newest N backups of each node.
+    #[arg(long)]
+    last: Option<usize>,
 }
 
 fn prepare(
@@ -78,6 +82,17 @@ pub async fn list(a: ListArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         catalog::summarize(ctx, &index, |r| r.cluster_key == cluster && r.host_id == node.host_id).await?
     };
     s.bar.finish();
+    let list = match a.last {
+        Some(n) => {
+            let mut keep = Vec::new();
+            for backups in catalog::by_node(&list).into_values() {
+                keep.extend(backups.iter().rev().take(n).map(|b| (*b).clone()));
+            }
+            keep.sort_by(|x, y| x.backup_id.cmp(&y.backup_id).then(x.host_id.cmp(&y.host_id)));
+            keep
+        }
+        None => list,
+    };
     match global.output {
         OutputFormat::Json => print_json(&serde_json::json!({
             "location": ctx.repo.location().to_string(),

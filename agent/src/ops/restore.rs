@@ -498,8 +498,9 @@ fn selected(req: &RestoreRequest, keyspace: &str, table: &str) -> bool {
     }
 }
 
-fn staging_roots(ctx: &OpContext, staging_dir: Option<&Path>, roots: &[PathBuf], backup: &BackupId) -> Vec<PathBuf> {
-    let _ = ctx;
+/// Staging directory per data directory: `<data dir>/.cassette-restore/<backup>` (same file
+/// system as the tables, so links and moves never copy), or under the operator's directory.
+fn staging_roots(staging_dir: Option<&Path>, roots: &[PathBuf], backup: &BackupId) -> Vec<PathBuf> {
     match staging_dir {
         Some(d) => (0..roots.len()).map(|i| d.join(backup.as_str()).join(format!("data{i}"))).collect(),
         None => roots.iter().map(|r| r.join(".cassette-restore").join(backup.as_str())).collect(),
@@ -764,7 +765,7 @@ pub async fn plan(
         }
     }
 
-    let staging = staging_roots(ctx, staging_dir, &target_roots, &manifest.backup_id);
+    let staging = staging_roots(staging_dir, &target_roots, &manifest.backup_id);
     let files = place_files(req, &manifest, &mut tables, &target_roots, &staging, &dirs, &mut warnings)?;
     // Untrusted paths: no symbolic link on the way to any destination.
     for f in &files {

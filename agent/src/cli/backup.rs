@@ -44,7 +44,8 @@ pub struct BackupArgs {
     /// Snapshot, hash and show what would be uploaded; upload and write nothing, clear the snapshot.
     #[arg(long)]
     dry_run: bool,
-    /// Spread the upload over this long (e.g. `2h`): the rate is what must be sent divided by it.
+    /// Spread the upload over this long (e.g. `2h`): the rate is what must be sent divided by it,
+    /// never above --bandwidth.
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
 }

@@ -79,8 +79,8 @@ pub struct BackupRequest {
     pub keep_snapshot: bool,
     /// Only show what would be uploaded: snapshot, hash, check, clear; write nothing.
     pub dry_run: bool,
-    /// Spread the upload over this long (the rate is what must be sent divided by it, unless a
-    /// bandwidth limit is higher).
+    /// Spread the upload over this long: the rate is what must be sent divided by it, never
+    /// above the bandwidth limit.
     pub duration: Option<Duration>,
     /// Snapshot TTL on 4.1+ (see [`BackupConfig::snapshot_ttl`]); zero for none.
     pub snapshot_ttl: Duration,
@@ -503,10 +503,17 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
             return Ok(Uploaded { files: entries, tables, sources, stats, would_send, warnings });
         }
         if let Some(d) = req.duration {
-            // Pace: what must be sent over the duration, unless the configured limit is higher.
+            // Pace: what must be sent over the duration. The bandwidth limit stays a hard cap:
+            // below what the duration needs, it wins (and the backup takes longer).
             let needed = Rate((bytes / d.as_secs().max(1)).max(64 << 10));
             let rate = match ctx.transfer.bandwidth {
-                Some(limit) if limit.0 >= needed.0 => None,
+                Some(limit) if limit.0 <= needed.0 => {
+                    warnings.push(format!(
+                        "the bandwidth limit {limit} is below the {needed} needed to send {} within {d:?}: the limit wins",
+                        human_bytes(bytes)
+                    ));
+                    None
+                }
                 _ => Some(needed),
             };
             if let Some(rate) = rate {

@@ -326,7 +326,7 @@ pub fn session(
     global: &GlobalArgs,
     mut config: AgentConfig,
     verb: &str,
-    no_hash_cache: bool,
+    memory_hash_cache: bool,
 ) -> anyhow::Result<Session> {
     let state_dir = global.state_dir_with(config.state_dir.as_ref());
     config.state_dir = Some(state_dir.clone());
@@ -342,7 +342,7 @@ pub fn session(
     let ctx = OpContext {
         repo,
         transfer: config.transfer.clone(),
-        hash_cache: open_hash_cache(&config, &state_dir, no_hash_cache),
+        hash_cache: open_hash_cache(&config, &state_dir, memory_hash_cache),
         cassandra,
         progress: Arc::clone(&bar) as Arc<dyn ProgressSink>,
         cancel,

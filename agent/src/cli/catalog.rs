@@ -54,7 +54,8 @@ fn prepare(
     if let Some(t) = transfer {
         t.apply(&mut cfg);
     }
-    session(global, cfg, verb, transfer.is_some_and(|t| t.no_hash_cache))
+    // Nothing here reads local files: the hash cache stays in memory (no load of a large file).
+    session(global, cfg, verb, true)
 }
 
 /// The cluster (and host) the command is about: flags, else the node.

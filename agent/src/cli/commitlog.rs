@@ -47,7 +47,9 @@ pub async fn backup(a: CommitLogBackupArgs, global: &GlobalArgs) -> anyhow::Resu
     a.transfer.apply(&mut cfg);
     a.cassandra.apply(&mut cfg);
     a.node.apply(&mut cfg);
-    let s = session(global, cfg, "upload", a.transfer.no_hash_cache)?;
+    // Every segment is new content, hashed once: the persistent hash cache would only cost
+    // loading it at every archive_command call (and racing a running backup's saves).
+    let s = session(global, cfg, "upload", true)?;
     let node = resolve_node_with(&s.ctx, true, true).await?;
     let files = commitlog::segment_files(&a.paths)?;
     let report = commitlog::archive(&s.ctx, &node, &files, a.remove).await?;
@@ -157,7 +159,7 @@ pub async fn restore(a: CommitLogRestoreArgs, global: &GlobalArgs) -> anyhow::Re
     let download_dir =
         download_dir.context("where should the segments go? pass --download-dir (or set commitlog.download_dir)")?;
     let restore_command = cfg.commitlog.restore_command.clone();
-    let s = session(global, cfg, "download", a.transfer.no_hash_cache)?;
+    let s = session(global, cfg, "download", true)?;
     let node = resolve_node_with(&s.ctx, true, true).await?;
     let tables = EntitySelection::parse(&a.tables, false)?
         .entities

@@ -185,20 +185,18 @@ impl ManifestCache {
         ctx.settings.state_dir.as_ref().map(|d| Self { dir: d.join("manifests") })
     }
 
-    fn path(&self, m: &ManifestRef) -> PathBuf {
-        let id = cassette_common::hash::sha256(
-            format!("{}\n{}\n{}", m.key, m.size, m.last_modified.timestamp_micros()).as_bytes(),
-        );
+    fn path(&self, key: &str, size: u64, modified: DateTime<Utc>) -> PathBuf {
+        let id = cassette_common::hash::sha256(format!("{key}\n{size}\n{}", modified.timestamp_micros()).as_bytes());
         self.dir.join(format!("{}.json", &id.to_hex()[..32]))
     }
 
-    fn get(&self, m: &ManifestRef) -> Option<Vec<u8>> {
-        let bytes = std::fs::read(self.path(m)).ok()?;
-        (bytes.len() as u64 == m.size).then_some(bytes)
+    fn get(&self, key: &str, size: u64, modified: DateTime<Utc>) -> Option<Vec<u8>> {
+        let bytes = std::fs::read(self.path(key, size, modified)).ok()?;
+        (bytes.len() as u64 == size).then_some(bytes)
     }
 
-    fn put(&self, m: &ManifestRef, bytes: &[u8]) {
-        let path = self.path(m);
+    fn put(&self, key: &str, size: u64, modified: DateTime<Utc>, bytes: &[u8]) {
+        let path = self.path(key, size, modified);
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&self.dir)?;
             let tmp = path.with_extension("tmp");
@@ -210,9 +208,13 @@ impl ManifestCache {
         }
     }
 
-    /// Removes cached manifests that are not in `keep`.
-    pub fn prune(&self, keep: &[ManifestRef]) {
-        let wanted: BTreeSet<PathBuf> = keep.iter().map(|m| self.path(m)).collect();
+    /// Removes cached documents that are neither in `manifests` nor in `entries`.
+    pub fn prune(&self, manifests: &[ManifestRef], entries: &[EntryRef]) {
+        let wanted: BTreeSet<PathBuf> = manifests
+            .iter()
+            .map(|m| self.path(&m.key, m.size, m.last_modified))
+            .chain(entries.iter().map(|e| self.path(&e.key, e.size, e.last_modified)))
+            .collect();
         for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             if !wanted.contains(&e.path()) {
                 let _ = std::fs::remove_file(e.path());
@@ -240,12 +242,12 @@ pub async fn load_manifest(
         }
         .into());
     }
-    let bytes = match cache.and_then(|c| c.get(m)) {
+    let bytes = match cache.and_then(|c| c.get(&m.key, m.size, m.last_modified)) {
         Some(b) => bytes::Bytes::from(b),
         None => {
             let b = repo.get_bytes(&m.key, limits.max_bytes.0).await?;
             if let Some(c) = cache {
-                c.put(m, &b);
+                c.put(&m.key, m.size, m.last_modified, &b);
             }
             b
         }
@@ -296,21 +298,39 @@ pub async fn load_manifests(
     loaded.into_iter().collect()
 }
 
-/// Reads commit-log index entries, `limits.read_concurrency` at a time.
+/// Reads commit-log index entries, `limits.read_concurrency` at a time (cached like manifests:
+/// a node archiving every few minutes has thousands of them).
 pub async fn load_entries(
     repo: &Repository,
     refs: &[EntryRef],
     limits: &ManifestLimits,
+    cache: Option<&ManifestCache>,
 ) -> Result<Vec<CommitLogEntry>, CatalogError> {
-    let loaded: Vec<Result<CommitLogEntry, StoreError>> =
-        futures::stream::iter(refs.iter().map(|e| e.key.clone()).collect::<Vec<_>>())
-            .map(|key| {
-                let repo = repo.clone();
-                async move { repo.get_json::<CommitLogEntry>(&key, 1 << 20).await }
-            })
-            .buffered(limits.read_concurrency.max(1))
-            .collect()
-            .await;
+    const MAX_ENTRY: u64 = 1 << 20;
+    let loaded: Vec<Result<CommitLogEntry, StoreError>> = futures::stream::iter(refs.to_vec())
+        .map(|e| {
+            let (repo, cache) = (repo.clone(), cache.cloned());
+            async move {
+                let bytes = match cache.as_ref().and_then(|c| c.get(&e.key, e.size, e.last_modified)) {
+                    Some(b) => bytes::Bytes::from(b),
+                    None => {
+                        let b = repo.get_bytes(&e.key, MAX_ENTRY).await?;
+                        if let Some(c) = &cache {
+                            c.put(&e.key, e.size, e.last_modified, &b);
+                        }
+                        b
+                    }
+                };
+                serde_json::from_slice::<CommitLogEntry>(&bytes).map_err(|err| StoreError::BadDocument {
+                    key: e.key.clone(),
+                    location: repo.location().to_string(),
+                    message: format!("not a commit-log index entry: {err}"),
+                })
+            }
+        })
+        .buffered(limits.read_concurrency.max(1))
+        .collect()
+        .await;
     loaded.into_iter().map(|r| r.map_err(CatalogError::from)).collect()
 }
 
@@ -432,7 +452,7 @@ pub async fn summarize(
     let cache = ManifestCache::for_context(ctx);
     let all = load_manifests(&ctx.repo, &index.node_manifests, &ctx.settings.manifests, cache.as_ref()).await?;
     if let Some(c) = &cache {
-        c.prune(&index.node_manifests);
+        c.prune(&index.node_manifests, &index.commitlog_entries);
     }
     // How many manifests reference each blob: in the whole repository, and per node.
     let mut refs_all: HashMap<BlobHash, u32> = HashMap::new();

@@ -267,7 +267,8 @@ async fn remove_locked(
     let cache = ManifestCache::for_context(ctx);
     let all =
         catalog::load_manifests(&ctx.repo, &index.node_manifests, &ctx.settings.manifests, cache.as_ref()).await?;
-    let entries = catalog::load_entries(&ctx.repo, &index.commitlog_entries, &ctx.settings.manifests).await?;
+    let entries =
+        catalog::load_entries(&ctx.repo, &index.commitlog_entries, &ctx.settings.manifests, cache.as_ref()).await?;
     let in_scope: Vec<ManifestRef> = match scope {
         RemoveScope::Node(c, h) => index.node(c, h),
         RemoveScope::Cluster(c) => index.cluster(c),

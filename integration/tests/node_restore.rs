@@ -13,7 +13,8 @@
 //! - untrusted manifests (path traversal, bad data-directory index, oversized, malformed) and
 //!   symbolic links on the way are refused before any file is written;
 //! - renames, live restores phase by phase on a two-node cluster, in-place rebuilds with system
-//!   keyspaces and the backup's tokens written into cassandra.yaml.
+//!   keyspaces and the backup's tokens written into cassandra.yaml; in place onto more data
+//!   directories than the backup had, every SSTable kept in one directory.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -601,4 +602,42 @@ fn t5a_in_place_rebuild_with_system_keyspaces_and_tokens() {
     assert!(live_files(&roots, "system").is_empty());
     assert!(!live_files(&roots, "system_schema").is_empty());
     assert_eq!(live_files(&roots, "shop"), want_shop);
+}
+
+#[test]
+fn t5b_in_place_onto_more_data_directories_keeps_sstables_together() {
+    let Some(env) = start("t5b", Backend::Local, Version::V41) else { return };
+    env.admin(&["write-sstables", "shop.users", "--count", "5", "--size", "7000"]);
+    env.agent_ok(&["backup"]);
+    let roots = env.roots();
+    let want = content(&live_files(&roots, "shop"));
+    env.admin(&["stop", "127.0.0.1"]);
+    step("the node comes back with three data directories instead of two");
+    let third = env.dir.path().join("data3");
+    std::fs::create_dir_all(&third).unwrap();
+    let dirs: Vec<String> = roots.iter().chain(std::iter::once(&third)).map(|d| d.display().to_string()).collect();
+    for r in &roots {
+        std::fs::remove_dir_all(r.join("shop")).unwrap();
+    }
+    let mut args = vec!["restore", "latest", "--strategy", "in-place"];
+    for d in &dirs {
+        args.extend(["--data-dir", d.as_str()]);
+    }
+    let r = env.agent_ok(&args);
+    assert!(r["warnings"].to_string().contains("spread over this node's directories"), "{r}");
+    let all: Vec<PathBuf> = roots.iter().cloned().chain(std::iter::once(third.clone())).collect();
+    let placed = live_files(&all, "shop");
+    assert_eq!(content(&placed), want, "every file back, byte for byte");
+    // Each SSTable's components in one directory only.
+    let mut home: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for k in placed.keys() {
+        let (root, rel) = k.split_once(':').unwrap();
+        let name = rel.rsplit('/').next().unwrap();
+        let prefix = cassette_common::sstable::SstableName::parse(name).unwrap().sstable_prefix();
+        let table = rel.split('/').nth(1).unwrap();
+        let prev = home.insert(format!("{table}/{prefix}"), root.to_owned());
+        assert!(prev.is_none_or(|p| p == root), "{table}/{prefix} split across directories");
+    }
+    let used: std::collections::BTreeSet<&String> = home.values().collect();
+    assert_eq!(used.len(), 3, "spread over all three directories: {home:?}");
 }

@@ -8,6 +8,17 @@
 //! coordinator runs one phase per node at a time with barriers in between (backup: snapshot,
 //! upload, manifest, cleanup; restore: download, truncate, import, cleanup).
 //!
+//! # Phases, for a coordinator
+//!
+//! - Backup: [`backup::snapshot`] on every node together (one backup id for all), then per node
+//!   [`backup::lock`], [`backup::upload`], [`backup::write_manifest`], releasing the lock, and
+//!   [`backup::cleanup`] always (after a failure too). Each phase can run in another process:
+//!   upload re-reads the snapshot by its tag, and the hash cache makes that cheap.
+//! - Restore: [`restore::plan`] (checks, no changes) and [`restore::download`] on every node;
+//!   barrier; [`restore::live::truncate`] on one node; barrier; [`restore::live::import`] (or
+//!   [`restore::inplace::place`] for a stopped node) on every node; [`restore::live::cleanup`].
+//!   Progress between calls is kept in the staging directory, so a phase rerun continues.
+//!
 //! # Layout
 //! - [`backup`]: snapshot, upload, manifest, cleanup.
 //! - [`restore`]: plan, download, truncate, import (or place files in-place), cleanup.

@@ -143,8 +143,18 @@ impl CatalogError {
 
 /// Lists `clusters/` once and classifies every key.
 pub async fn scan(repo: &Repository) -> Result<RepoIndex, CatalogError> {
+    scan_prefix(repo, layout::CLUSTERS_PREFIX).await
+}
+
+/// Lists the backups of one cluster only (not its commit-log index, which may hold thousands of
+/// entries): enough to find a node's backups.
+pub async fn scan_backups(repo: &Repository, cluster: &str) -> Result<RepoIndex, CatalogError> {
+    scan_prefix(repo, &layout::backups_prefix(cluster)).await
+}
+
+async fn scan_prefix(repo: &Repository, prefix: &str) -> Result<RepoIndex, CatalogError> {
     let mut index = RepoIndex::default();
-    for m in repo.list(layout::CLUSTERS_PREFIX).await? {
+    for m in repo.list(prefix).await? {
         let key = m.location.to_string();
         match layout::parse_cluster_object(&key) {
             Some(ClusterObject::NodeManifest { cluster, backup, host }) => index.node_manifests.push(ManifestRef {

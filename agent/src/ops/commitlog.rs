@@ -464,7 +464,7 @@ pub async fn restore(ctx: &OpContext, node: &NodeIdentity, req: &PitrRequest) ->
     let from = match req.from {
         Some(f) => f,
         None => {
-            let index = catalog::scan(&ctx.repo).await?;
+            let index = catalog::scan_backups(&ctx.repo, &node.cluster).await?;
             let cache = ManifestCache::for_context(ctx);
             let mut found = None;
             for r in index.node(&node.cluster, &node.host_id).iter().rev() {

@@ -554,7 +554,7 @@ pub async fn plan(
             (id.cluster, id.host_id)
         }
     };
-    let index = catalog::scan(&ctx.repo).await?;
+    let index = catalog::scan_backups(&ctx.repo, &source.0).await?;
     let refs = index.node(&source.0, &source.1);
     let node_desc = format!("node {} of cluster {:?}", source.1, source.0);
     let (mref, manifest) = catalog::select(ctx, &refs, &req.backup, &node_desc).await?;

@@ -85,7 +85,10 @@ pub async fn select(
     scope: &Scope,
     selector: &BackupSelector,
 ) -> Result<Vec<ManifestRef>, CatalogError> {
-    let index = catalog::scan(&ctx.repo).await?;
+    let cluster = match scope {
+        Scope::Node(c, _) | Scope::Cluster(c) => c,
+    };
+    let index = catalog::scan_backups(&ctx.repo, cluster).await?;
     match scope {
         Scope::Node(cluster, host) => {
             let refs = index.node(cluster, host);

@@ -161,6 +161,8 @@ pub struct BackupReport {
     pub seconds: f64,
     /// Whether the snapshot was cleared.
     pub snapshot_cleared: bool,
+    /// Why the snapshot could not be cleared (the operator must clear it).
+    pub snapshot_clear_error: Option<String>,
     /// Remarks for the operator.
     pub warnings: Vec<String>,
 }
@@ -696,6 +698,7 @@ pub async fn run(ctx: &OpContext, req: &BackupRequest) -> Result<BackupReport, B
         retries: s.retries,
         seconds: start.elapsed().as_secs_f64(),
         snapshot_cleared: cleared,
+        snapshot_clear_error: clear_error.map(|e| e.to_string()),
         warnings,
     })
 }
@@ -703,6 +706,6 @@ pub async fn run(ctx: &OpContext, req: &BackupRequest) -> Result<BackupReport, B
 impl BackupReport {
     /// Whether the operator must act (the snapshot could not be cleared).
     pub fn needs_attention(&self) -> bool {
-        !self.snapshot_cleared && self.warnings.iter().any(|w| w.contains("could not be cleared"))
+        self.snapshot_clear_error.is_some()
     }
 }

@@ -26,6 +26,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cassette_common::cql::TableColumns;
+use cassette_common::datadir::TableId;
 use cassette_common::ids::HostId;
 
 pub use config::CassandraConfig;
@@ -324,6 +326,26 @@ pub struct ImportRequest {
     pub options: ImportOptions,
 }
 
+/// A table of the live schema (`system_schema.tables` and `system_schema.columns`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveTable {
+    /// Keyspace.
+    pub keyspace: String,
+    /// Table.
+    pub table: String,
+    /// Table id: the suffix of its directory names.
+    pub id: TableId,
+    /// Its columns.
+    pub columns: TableColumns,
+}
+
+impl LiveTable {
+    /// The table's directory name, `<table>-<32 hex id>`.
+    pub fn dir_name(&self) -> String {
+        format!("{}-{}", self.table, self.id.to_hex())
+    }
+}
+
 /// The local Cassandra node, as the agent controls it.
 ///
 /// Contract: every method is safe to call concurrently. Queries are side-effect free. `flush`,
@@ -355,6 +377,9 @@ pub trait CassandraControl: Send + Sync {
     async fn refresh(&self, keyspace: &str, table: &str) -> Result<(), CassandraError>;
     /// Truncates a table in the whole cluster (CQL `TRUNCATE`).
     async fn truncate(&self, keyspace: &str, table: &str) -> Result<(), CassandraError>;
+    /// Every table of the live schema with its id and columns (system tables included). Restores
+    /// use it to find the table a backup goes into and to compare schemas before touching data.
+    async fn schema(&self) -> Result<Vec<LiveTable>, CassandraError>;
 }
 
 #[cfg(test)]

@@ -4,11 +4,15 @@
 //! - [`cassandra`]: control of the local Cassandra node over nodetool and cqlsh.
 //! - [`storage`]: the storage engine (content-addressed, verified transfers).
 //! - [`hashcache`]: the persistent per-file SHA-256 cache.
+//! - [`ops`]: backup, restore, commit logs, list, verify and removal, as phase functions.
+//! - [`config`]: the agent's configuration: file, `CASSETTE_*` environment, flags.
 
 #![forbid(unsafe_code)]
 
 pub mod cassandra;
+pub mod config;
 pub mod hashcache;
+pub mod ops;
 pub mod storage;
 
 /// Installs the process-wide rustls crypto provider (aws-lc-rs). Call first thing in `main`;

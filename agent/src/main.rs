@@ -24,6 +24,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Back up this node: snapshot, store new blobs, write the manifest, clear the snapshot.
+    Backup(cli::backup::BackupArgs),
+    /// Restore a backup onto this node: in place (stopped node), with hard links or with nodetool import.
+    Restore(cli::restore::RestoreArgs),
+    /// Store commit-log segments (as Cassandra's archive_command, or sweeping a directory).
+    CommitlogBackup(cli::commitlog::CommitLogBackupArgs),
+    /// Prepare a point-in-time restore: download segments, write commitlog_archiving.properties.
+    CommitlogRestore(cli::commitlog::CommitLogRestoreArgs),
+    /// List backups with their size, unique and reclaimable bytes.
+    List(cli::catalog::ListArgs),
+    /// Check that a backup's blobs exist (--deep: download and hash them).
+    Verify(cli::catalog::VerifyArgs),
+    /// Remove backups and the blobs nothing else references.
+    RemoveBackup(cli::catalog::RemoveArgs),
     /// Use a storage location directly: check it, store files as blobs, fetch them back.
     #[command(subcommand)]
     Storage(cli::storage::StorageCommand),
@@ -45,6 +59,13 @@ fn main() {
     };
     let code = runtime.block_on(async {
         let result = match args.command {
+            Command::Backup(a) => cli::backup::run(a, &args.global).await,
+            Command::Restore(a) => cli::restore::run(a, &args.global).await,
+            Command::CommitlogBackup(a) => cli::commitlog::backup(a, &args.global).await,
+            Command::CommitlogRestore(a) => cli::commitlog::restore(a, &args.global).await,
+            Command::List(a) => cli::catalog::list(a, &args.global).await,
+            Command::Verify(a) => cli::catalog::verify(a, &args.global).await,
+            Command::RemoveBackup(a) => cli::catalog::remove(a, &args.global).await,
             Command::Storage(cmd) => cli::storage::run(cmd, &args.global).await,
         };
         match result {

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use chrono::Timelike;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An id that did not parse: names the kind of id, the rejected text and what a valid one looks like.
@@ -115,6 +116,25 @@ impl BackupId {
     pub fn generate(at: chrono::DateTime<chrono::Utc>) -> Self {
         let suffix: u32 = rand::random();
         Self(format!("{}-{suffix:08x}", at.format("%Y%m%dT%H%M%SZ")))
+    }
+
+    /// A fresh id for a backup that starts at `at` and sorts after `after` (the newest existing
+    /// id of the same node): two backups started within one second still sort in start order,
+    /// so "the newest backup" is never a coin toss. If `after` is from a later second (a clock
+    /// that went back), its second is used.
+    pub fn generate_after(at: chrono::DateTime<chrono::Utc>, after: Option<&BackupId>) -> Self {
+        let Some(prev) = after else { return Self::generate(at) };
+        let at = at.with_nanosecond(0).unwrap_or(at);
+        let prev_at = prev.started_at();
+        if prev_at < at {
+            return Self::generate(at);
+        }
+        let prev_suffix = u32::from_str_radix(&prev.0[17..], 16).unwrap_or(u32::MAX);
+        if prev_suffix == u32::MAX {
+            return Self::generate(prev_at + chrono::Duration::seconds(1));
+        }
+        let suffix = rand::random_range(prev_suffix + 1..=u32::MAX);
+        Self(format!("{}-{suffix:08x}", prev_at.format("%Y%m%dT%H%M%SZ")))
     }
 
     /// The id as text.
@@ -237,6 +257,25 @@ mod tests {
         {
             assert!(bad.parse::<BackupId>().is_err(), "{bad} should be rejected");
         }
+    }
+
+    #[test]
+    fn ids_generated_after_another_sort_after_it() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-23T21:41:00.5Z").unwrap().to_utc();
+        let mut prev = BackupId::generate(t);
+        for _ in 0..200 {
+            let next = BackupId::generate_after(t, Some(&prev));
+            assert!(next > prev, "{next} after {prev}");
+            assert!(next.as_str().parse::<BackupId>().is_ok());
+            prev = next;
+        }
+        let full: BackupId = "20261123T214100Z-ffffffff".parse().unwrap();
+        let next = BackupId::generate_after(t, Some(&full));
+        assert!(next.as_str().starts_with("20261123T214101Z-"), "{next}");
+        let later: BackupId = "20261123T214500Z-00000001".parse().unwrap();
+        assert!(BackupId::generate_after(t, Some(&later)) > later, "a clock that went back");
+        let earlier: BackupId = "20261123T200000Z-ffffffff".parse().unwrap();
+        assert!(BackupId::generate_after(t, Some(&earlier)).as_str().starts_with("20261123T214100Z-"));
     }
 
     #[test]

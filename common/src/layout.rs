@@ -10,6 +10,7 @@
 //! <root>/clusters/<cluster>/backups/<backup-id>/nodes/<host-id>.json   node manifest, written last
 //! <root>/clusters/<cluster>/backups/<backup-id>/cluster.json           cluster manifest, after every node's
 //! <root>/clusters/<cluster>/commitlog/<host-id>/<closed-at>_<segment>.json   commit-log index entry
+//! <root>/locks/<lock-id>.json                                   a running backup or removal (rewritten while it runs)
 //! ```
 //!
 //! Keys are relative to the repository root (the location's prefix is applied by the store).
@@ -34,6 +35,69 @@ pub const BLOBS_PREFIX: &str = "blobs/sha256";
 
 /// Prefix of all cluster-scoped objects (manifests, commit-log index).
 pub const CLUSTERS_PREFIX: &str = "clusters";
+
+/// Prefix of lock objects (running backups and removals; see `docs/layout.md`).
+pub const LOCKS_PREFIX: &str = "locks";
+
+/// Key of a lock object.
+pub fn lock_key(id: &str) -> String {
+    format!("{LOCKS_PREFIX}/{id}.json")
+}
+
+/// What an object under `clusters/` is, from its key alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterObject {
+    /// `clusters/<cluster>/backups/<backup-id>/nodes/<host-id>.json`.
+    NodeManifest {
+        /// The cluster segment of the key (see [`cluster_key`]).
+        cluster: String,
+        /// The backup.
+        backup: BackupId,
+        /// The node.
+        host: HostId,
+    },
+    /// `clusters/<cluster>/backups/<backup-id>/cluster.json`.
+    ClusterManifest {
+        /// The cluster segment of the key.
+        cluster: String,
+        /// The backup.
+        backup: BackupId,
+    },
+    /// `clusters/<cluster>/commitlog/<host-id>/<closed-at>_<segment>.json`.
+    CommitLogEntry {
+        /// The cluster segment of the key.
+        cluster: String,
+        /// The node.
+        host: HostId,
+        /// The segment file name.
+        segment: String,
+    },
+}
+
+/// Classifies a key under `clusters/`; `None` for keys this layout does not define.
+pub fn parse_cluster_object(key: &str) -> Option<ClusterObject> {
+    let rest = key.strip_prefix(CLUSTERS_PREFIX)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [cluster, "backups", id, "nodes", file] => Some(ClusterObject::NodeManifest {
+            cluster: (*cluster).to_owned(),
+            backup: id.parse().ok()?,
+            host: file.strip_suffix(".json")?.parse().ok()?,
+        }),
+        [cluster, "backups", id, "cluster.json"] => {
+            Some(ClusterObject::ClusterManifest { cluster: (*cluster).to_owned(), backup: id.parse().ok()? })
+        }
+        [cluster, "commitlog", host, file] => {
+            let (_, segment) = file.strip_suffix(".json")?.split_once('_')?;
+            Some(ClusterObject::CommitLogEntry {
+                cluster: (*cluster).to_owned(),
+                host: host.parse().ok()?,
+                segment: segment.to_owned(),
+            })
+        }
+        _ => None,
+    }
+}
 
 /// The marker object at the root of every repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +254,39 @@ mod tests {
         let t0 = DateTime::parse_from_rfc3339("2026-11-23T21:43:39Z").unwrap().to_utc();
         assert_eq!(index_time(t0), "20261123T214339.000Z");
         assert!(index_time(t0) < index_time(t));
+    }
+
+    #[test]
+    fn cluster_objects_are_classified_by_key() {
+        let b: BackupId = "20261123T214100Z-3fa9c2d1".parse().unwrap();
+        let h: HostId = "1b1c2ce9-e5ab-4b1e-a2cf-0f5cd9f8b1c3".parse().unwrap();
+        let t = DateTime::parse_from_rfc3339("2026-11-23T21:43:39.114Z").unwrap().to_utc();
+        assert_eq!(
+            parse_cluster_object(&node_manifest_key("Test Cluster", &b, &h)),
+            Some(ClusterObject::NodeManifest {
+                cluster: cluster_key("Test Cluster"),
+                backup: b.clone(),
+                host: h.clone()
+            })
+        );
+        assert_eq!(
+            parse_cluster_object(&cluster_manifest_key("prod", &b)),
+            Some(ClusterObject::ClusterManifest { cluster: "prod".into(), backup: b })
+        );
+        assert_eq!(
+            parse_cluster_object(&commitlog_entry_key("prod", &h, t, "CommitLog-7-1.log")),
+            Some(ClusterObject::CommitLogEntry {
+                cluster: "prod".into(),
+                host: h,
+                segment: "CommitLog-7-1.log".into()
+            })
+        );
+        for other in
+            ["clusters/prod/backups/x/nodes/y.json", "clusters/prod/other", "blobs/sha256/aa/bb", "locks/a.json"]
+        {
+            assert_eq!(parse_cluster_object(other), None, "{other}");
+        }
+        assert_eq!(lock_key("backup-1"), "locks/backup-1.json");
     }
 
     #[test]

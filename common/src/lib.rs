@@ -11,12 +11,14 @@
 //! - [`sstable`]: SSTable names, ids and versions; `TOC.txt`, `Digest.crc32`, `Statistics.db`.
 //! - [`datadir`]: paths in a Cassandra data directory (tables, indexes, backups, snapshots) and what each file is.
 //! - [`commitlog`]: commit-log segment names and headers.
+//! - [`cql`]: the columns of a `CREATE TABLE` statement, and how two tables differ.
 //! - [`hash`]: SHA-256 helpers.
 //! - [`units`]: sizes and rates such as `100MiB/s`.
 
 #![forbid(unsafe_code)]
 
 pub mod commitlog;
+pub mod cql;
 pub mod datadir;
 pub mod hash;
 pub mod ids;

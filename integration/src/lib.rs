@@ -10,8 +10,10 @@
 //! - [`process`]: child processes stopped by pid, killed with the test.
 //! - [`servers`]: s3s-fs, moto, Azurite and directory storage on free ports.
 //! - [`proxy`]: drops or corrupts connections on demand.
+//! - [`gate`]: an `ObjectStore` decorator that holds chosen requests, to set up races exactly.
 //! - [`data`]: random test files.
 //! - [`conformance`]: the storage scenario every backend must pass.
+//! - [`node`]: an emulated node, a storage server and the real agent binary, for the single-node tests.
 
 #![deny(unsafe_code)]
 
@@ -19,7 +21,9 @@ pub mod conformance;
 pub mod data;
 pub mod emulator;
 pub mod fixtures;
+pub mod gate;
 pub mod harness;
+pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod servers;

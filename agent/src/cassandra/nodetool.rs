@@ -24,8 +24,8 @@ use super::process::{self, Invocation, Output};
 use super::snapshots::{self, Snapshot};
 use super::yaml;
 use super::{
-    ClearSnapshotRequest, ClearTarget, Directories, DirectorySource, FlushRequest, ImportRequest, NodeDescription,
-    ReleaseVersion, RingMember, SnapshotRequest, SnapshotScope,
+    ClearSnapshotRequest, ClearTarget, Directories, DirectorySource, FlushRequest, ImportRequest, LiveTable,
+    NodeDescription, ReleaseVersion, RingMember, SnapshotRequest, SnapshotScope,
 };
 
 /// The Cassandra adapter over `nodetool` and `cqlsh`.
@@ -711,6 +711,49 @@ impl super::CassandraControl for NodetoolControl {
         Self::check_name("truncate", keyspace)?;
         Self::check_name("truncate", table)?;
         self.cql(&format!("TRUNCATE \"{keyspace}\".\"{table}\";"), CommandKind::Operation).await.map(|_| ())
+    }
+
+    async fn schema(&self) -> Result<Vec<LiveTable>, CassandraError> {
+        use cassette_common::cql::{Column, ColumnKind, TableColumns, normalize_type};
+        use std::collections::BTreeMap;
+        // Whole tables, filtered here: every version answers these without ALLOW FILTERING.
+        let tables_stmt = "SELECT keyspace_name, table_name, id FROM system_schema.tables;";
+        let columns_stmt =
+            "SELECT keyspace_name, table_name, column_name, kind, position, type FROM system_schema.columns;";
+        let (tables_out, columns_out) =
+            tokio::try_join!(self.cql(tables_stmt, CommandKind::Query), self.cql(columns_stmt, CommandKind::Query))?;
+        let tables = parse::cql_rows(&tables_out).map_err(|r| Self::parse_err(tables_stmt, &tables_out, r))?;
+        let columns = parse::cql_rows(&columns_out).map_err(|r| Self::parse_err(columns_stmt, &columns_out, r))?;
+        let mut by_table: BTreeMap<(String, String), Vec<Column>> = BTreeMap::new();
+        for i in 0..columns.rows.len() {
+            let get = |c: &str| columns.get(i, c).unwrap_or_default().to_owned();
+            let Some(kind) = ColumnKind::parse(&get("kind")) else {
+                return Err(Self::parse_err(
+                    columns_stmt,
+                    &columns_out,
+                    format!("unknown column kind {:?}", get("kind")),
+                ));
+            };
+            // Cassandra writes -1 for regular columns.
+            let position = get("position").parse::<i64>().unwrap_or(0).max(0) as usize;
+            by_table.entry((get("keyspace_name"), get("table_name"))).or_default().push(Column {
+                name: get("column_name"),
+                cql_type: normalize_type(&get("type")),
+                kind,
+                position,
+            });
+        }
+        let mut out = Vec::new();
+        for i in 0..tables.rows.len() {
+            let get = |c: &str| tables.get(i, c).unwrap_or_default().to_owned();
+            let (keyspace, table) = (get("keyspace_name"), get("table_name"));
+            let id = get("id")
+                .parse::<cassette_common::datadir::TableId>()
+                .map_err(|e| Self::parse_err(tables_stmt, &tables_out, format!("table {keyspace}.{table}: {e}")))?;
+            let columns = by_table.remove(&(keyspace.clone(), table.clone())).unwrap_or_default();
+            out.push(LiveTable { keyspace, table, id, columns: TableColumns { columns } });
+        }
+        Ok(out)
     }
 }
 

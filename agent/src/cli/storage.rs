@@ -123,11 +123,23 @@ pub async fn run(cmd: StorageCommand, global: &GlobalArgs) -> anyhow::Result<i32
     }
 }
 
+/// The repository and transfer settings: config file, environment, then these flags.
 fn connect(
+    global: &GlobalArgs,
     storage: &StorageArgs,
-    transfer: &cassette_agent::storage::TransferConfig,
-) -> Result<Repository, StoreError> {
-    Repository::connect(&storage.location, &storage.config(), transfer, &Environment::capture())
+    transfer: Option<&TransferArgs>,
+) -> anyhow::Result<(Repository, cassette_agent::storage::TransferConfig)> {
+    let mut cfg = global.load_config()?;
+    storage.apply(&mut cfg);
+    if let Some(t) = transfer {
+        t.apply(&mut cfg);
+    }
+    cfg.validate()?;
+    let location = cfg.location.clone().context(
+        "no repository location: pass --location, set CASSETTE_LOCATION, or set `location` in the config file",
+    )?;
+    let repo = Repository::connect(&location, &cfg.storage, &cfg.transfer, &Environment::capture())?;
+    Ok((repo, cfg.transfer))
 }
 
 #[derive(Debug, Serialize)]
@@ -143,7 +155,7 @@ struct CheckReport {
 }
 
 async fn check(a: CheckArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
-    let repo = connect(&a.storage, &Default::default())?;
+    let (repo, _) = connect(global, &a.storage, None)?;
     let start = Instant::now();
     let mut report = CheckReport {
         location: repo.location().to_string(),
@@ -221,7 +233,7 @@ fn hostname() -> String {
 }
 
 async fn init(a: InitArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
-    let repo = connect(&a.storage, &Default::default())?;
+    let (repo, _) = connect(global, &a.storage, None)?;
     let marker = repo.init().await?;
     match global.output {
         OutputFormat::Json => print_json(&marker)?,
@@ -284,8 +296,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) -> anyhow::Re
 
 async fn put(a: PutArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
     let files = collect_files(&a.paths)?;
-    let transfer = a.transfer.config();
-    let repo = connect(&a.storage, &transfer)?;
+    let (repo, transfer) = connect(global, &a.storage, Some(&a.transfer))?;
     repo.init().await?;
     let bar = BarSink::new("upload", global.output);
     let engine = TransferEngine::new(repo, a.transfer.hash_cache(global), transfer, Arc::clone(&bar) as _)?;
@@ -344,8 +355,7 @@ fn safe_relative(p: &str) -> anyhow::Result<PathBuf> {
 }
 
 async fn get(a: GetArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
-    let transfer = a.transfer.config();
-    let repo = connect(&a.storage, &transfer)?;
+    let (repo, transfer) = connect(global, &a.storage, Some(&a.transfer))?;
     repo.open_existing().await?;
     let items = match (&a.list, &a.sha256) {
         (Some(list), _) => {

@@ -20,7 +20,7 @@ use cassette_common::ids::BlobHash;
 use serde::Serialize;
 
 pub use download::{DownloadItem, DownloadReport, DownloadedFile, temp_path_for};
-pub use upload::{UploadReport, UploadedFile};
+pub use upload::{ProbeReport, ProbedFile, UploadReport, UploadedFile};
 
 use super::config::TransferConfig;
 use super::error::StoreError;

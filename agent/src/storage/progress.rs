@@ -18,6 +18,9 @@ pub trait ProgressSink: Send + Sync + fmt::Debug {
     fn hashed(&self, _bytes: u64) {}
     /// A file is finished: transferred, or skipped because it was already there.
     fn file_finished(&self, _path: &Path, _size: u64, _skipped: bool) {}
+    /// An operation reached a step worth telling the operator ("snapshot taken", "waiting for a
+    /// removal to finish"): one line, no trailing newline.
+    fn message(&self, _text: &str) {}
 }
 
 /// A sink that ignores everything.

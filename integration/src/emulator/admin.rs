@@ -181,6 +181,9 @@ enum Command {
         /// `command:exit_code:stderr text`.
         #[arg(long)]
         fail: Vec<String>,
+        /// `command:exit_code:stderr text`: the command does its work, then fails.
+        #[arg(long)]
+        fail_after: Vec<String>,
         /// `command:milliseconds`.
         #[arg(long)]
         delay: Vec<String>,
@@ -344,18 +347,23 @@ fn apply(c: &mut Cluster, command: Command) -> anyhow::Result<String> {
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         }
         Command::AdvanceClock { seconds } => c.clock_offset_ms += seconds * 1000,
-        Command::Fault { node, fail, delay, noisy, clear } => {
+        Command::Fault { node, fail, fail_after, delay, noisy, clear } => {
             let n = c.node_index(&node).with_context(|| format!("no node {node}"))?;
             let f = &mut c.nodes[n].faults;
             if clear {
                 *f = Default::default();
             }
-            for spec in fail {
+            for (spec, after) in fail.iter().map(|s| (s, false)).chain(fail_after.iter().map(|s| (s, true))) {
                 let mut it = spec.splitn(3, ':');
                 let (Some(cmd), Some(code), text) = (it.next(), it.next(), it.next()) else {
                     bail!("--fail {spec:?} is not command:exit_code:stderr");
                 };
-                f.fail.insert(cmd.to_owned(), (code.parse()?, format!("{}\n", text.unwrap_or_default())));
+                let entry = (code.parse()?, format!("{}\n", text.unwrap_or_default()));
+                if after {
+                    f.fail_after.insert(cmd.to_owned(), entry);
+                } else {
+                    f.fail.insert(cmd.to_owned(), entry);
+                }
             }
             for spec in delay {
                 let (cmd, ms) = spec.split_once(':').with_context(|| format!("--delay {spec:?} is not command:ms"))?;

@@ -1,4 +1,5 @@
-//! The emulated `cqlsh -e`: `system_views.settings` (4.0+), `system.local`, `TRUNCATE`, with
+//! The emulated `cqlsh -e`: `system_views.settings` (4.0+), `system.local`, `system_schema.tables`
+//! and `system_schema.columns`, `TRUNCATE`, with
 //! cqlsh's table format, error lines and connection errors.
 
 use super::Outcome;
@@ -208,6 +209,48 @@ fn execute(c: &mut Cluster, node: usize, stmt: &str) -> Outcome {
             .map(|(k, v)| vec![k.to_owned(), v])
             .collect();
         return Outcome { stdout: render(&["name", "value"], &rows), stderr: String::new(), code: 0 };
+    }
+    if lower.starts_with("select") && lower.contains("from system_schema.tables") {
+        let mut rows = Vec::new();
+        for (ks, k) in &c.keyspaces {
+            for (name, t) in &k.tables {
+                rows.push(vec![ks.clone(), name.clone(), t.id.clone()]);
+            }
+        }
+        return Outcome {
+            stdout: render(&["keyspace_name", "table_name", "id"], &rows),
+            stderr: String::new(),
+            code: 0,
+        };
+    }
+    if lower.starts_with("select") && lower.contains("from system_schema.columns") {
+        let mut rows = Vec::new();
+        for (ks, k) in &c.keyspaces {
+            for (name, t) in &k.tables {
+                for (col, ty) in &t.columns {
+                    let (kind, position) = if let Some(p) = t.partition_key.iter().position(|x| x == col) {
+                        ("partition_key", p as i64)
+                    } else if let Some(p) = t.clustering.iter().position(|x| x == col) {
+                        ("clustering", p as i64)
+                    } else {
+                        ("regular", -1)
+                    };
+                    rows.push(vec![
+                        ks.clone(),
+                        name.clone(),
+                        col.clone(),
+                        kind.to_owned(),
+                        position.to_string(),
+                        ty.clone(),
+                    ]);
+                }
+            }
+        }
+        return Outcome {
+            stdout: render(&["keyspace_name", "table_name", "column_name", "kind", "position", "type"], &rows),
+            stderr: String::new(),
+            code: 0,
+        };
     }
     if lower.starts_with("select") && lower.contains("from system.local") {
         let n = &c.nodes[node];

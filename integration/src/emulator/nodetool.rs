@@ -176,6 +176,9 @@ pub fn run(state: &StateDir, args: &[String]) -> Outcome {
         Ok(o) => o,
         Err(f) => fail(f),
     };
+    if let Some((code, stderr)) = faults.fail_after.get(&command) {
+        out = Outcome { stdout: String::new(), stderr: stderr.clone(), code: *code };
+    }
     if faults.noisy {
         out.stdout = format!(
             "WARN  [main] 2024-01-01 00:00:00,000 Only 7.8 GiB free across all data volumes. Consider adding more capacity to your cluster or removing obsolete snapshots\n{}Unexpected: extra line from a newer nodetool\n",

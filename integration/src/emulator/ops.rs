@@ -873,7 +873,8 @@ fn run_split(cmd: &str) -> bool {
     std::process::Command::new(prog).args(args).status().map(|s| s.success()).unwrap_or(false)
 }
 
-/// Starts a stopped node the way Cassandra recovers its commit log (research §4.3–4.4):
+/// Starts a stopped node: loads the SSTables on disk ([`load_sstables`]), then recovers its
+/// commit log the way Cassandra does (research §4.3–4.4):
 /// 1. every segment already in the commit-log directory goes to `archive_command` (errors logged);
 /// 2. every file of each `restore_directories` entry whose header (and name, if it is a segment
 ///    name) is valid is copied in with `restore_command` (`%from`, `%to`) unless the target exists;
@@ -881,6 +882,7 @@ fn run_split(cmd: &str) -> bool {
 /// 4. the segment id base moves past them; ephemeral snapshots are dropped.
 pub fn start(c: &mut Cluster, node: usize) -> anyhow::Result<()> {
     use cassette_common::commitlog::{CommitLogHeader, CommitLogName};
+    load_sstables(c, node)?;
     let now = c.now_ms();
     let dir = c.nodes[node].commitlog_dir.clone();
     for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -935,6 +937,55 @@ pub fn start(c: &mut Cluster, node: usize) -> anyhow::Result<()> {
     for tag in ephemeral {
         clear(c, node, Some(&tag), &[], None, true)?;
     }
+    Ok(())
+}
+
+/// Rebuilds a node's live sets from its data directories, as Cassandra does at startup: files
+/// put in place while the node was down (an in-place restore) become live. Leftover transactions
+/// are cleaned as Cassandra's `LogTransaction` does: in a directory with a transaction log, the
+/// SSTables that were not live (being written when the node stopped) are deleted, then the logs
+/// and temporary files go.
+pub fn load_sstables(c: &mut Cluster, node: usize) -> anyhow::Result<()> {
+    let roots = c.nodes[node].roots();
+    let mut live: BTreeMap<String, BTreeSet<LiveSstable>> = BTreeMap::new();
+    for (ks, _, tdir, indexes) in tables(c) {
+        let stores = std::iter::once(None).chain(indexes.iter().map(|i| Some(i.as_str())));
+        for idx in stores {
+            let store = store_key(&ks, &tdir, idx);
+            let before = c.nodes[node].live.get(&store).cloned().unwrap_or_default();
+            for (root, root_dir) in roots.iter().enumerate() {
+                let dir = root_dir.join(&store);
+                let names: Vec<String> = std::fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect();
+                let unfinished = names.iter().any(|n| datadir::FileKind::of(n) == datadir::FileKind::TransactionLog);
+                for n in &names {
+                    if datadir::FileKind::of(n).is_ignored() {
+                        std::fs::remove_file(dir.join(n))?;
+                    }
+                }
+                for name in files::sstable_prefixes(&dir) {
+                    let l = LiveSstable { root, prefix: name.sstable_prefix() };
+                    if unfinished && !before.contains(&l) {
+                        for f in files::component_files(&dir, &l.prefix) {
+                            std::fs::remove_file(dir.join(f))?;
+                        }
+                        continue;
+                    }
+                    // The generation counter starts above every id on disk, as at Cassandra's startup.
+                    if let SstableId::Sequence(n) = name.id {
+                        let next = c.nodes[node].next_sequence.entry(store.clone()).or_insert(1);
+                        *next = (*next).max(u32::try_from(n + 1).unwrap_or(u32::MAX));
+                    }
+                    live.entry(store.clone()).or_default().insert(l);
+                }
+            }
+        }
+    }
+    c.nodes[node].live = live;
     Ok(())
 }
 

@@ -176,6 +176,10 @@ pub struct Faults {
     /// `nodetool <command>` fails with this exit code and stderr text.
     #[serde(default)]
     pub fail: BTreeMap<String, (i32, String)>,
+    /// `nodetool <command>` does its work, then fails with this exit code and stderr text (a
+    /// connection lost or a timeout after the node acted).
+    #[serde(default)]
+    pub fail_after: BTreeMap<String, (i32, String)>,
     /// `nodetool <command>` sleeps this many milliseconds before answering.
     #[serde(default)]
     pub delay_ms: BTreeMap<String, u64>,

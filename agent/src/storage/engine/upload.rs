@@ -63,6 +63,28 @@ impl UploadReport {
 /// Uploads of fewer files check each blob on its own (see [`TransferConfig::list_blobs_per_file`](crate::storage::TransferConfig::list_blobs_per_file)).
 const LISTING_MIN_FILES: usize = 16;
 
+/// One file as a dry run sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbedFile {
+    /// The local path.
+    pub path: PathBuf,
+    /// SHA-256 of its content.
+    pub sha256: BlobHash,
+    /// Size in bytes.
+    pub size: u64,
+    /// Whether the blob is already stored (an upload would skip it).
+    pub stored: bool,
+}
+
+/// What [`TransferEngine::probe_files`] found.
+#[derive(Debug)]
+pub struct ProbeReport {
+    /// Files hashed and checked.
+    pub files: Vec<ProbedFile>,
+    /// Files that could not be hashed or checked.
+    pub failures: Vec<FileFailure>,
+}
+
 /// How the hash of a file was obtained.
 enum Hashed {
     /// Read into memory and hashed; the buffer is sent as is.
@@ -125,7 +147,8 @@ impl TransferEngine {
     /// file (see [`TransferConfig::list_blobs_per_file`](crate::storage::TransferConfig::list_blobs_per_file)).
     async fn list_blobs_if_cheap(&self, files: usize) {
         let per_file = self.cfg.list_blobs_per_file;
-        if per_file == 0 || files < LISTING_MIN_FILES {
+        let listed_already = self.listing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some();
+        if per_file == 0 || files < LISTING_MIN_FILES || listed_already {
             return;
         }
         match self.repo.list_blobs_bounded(files.saturating_mul(per_file)).await {
@@ -141,6 +164,62 @@ impl TransferEngine {
             }
             Err(e) => tracing::debug!(error = %e, "listing blobs failed; checking blobs one by one"),
         }
+    }
+
+    /// Finds out what [`TransferEngine::upload_files`] would send, without sending anything:
+    /// hashes each file (from the hash cache when possible, which it also fills) and checks
+    /// whether its blob is stored. Blobs found stored are remembered, so an upload by the same
+    /// engine afterwards does not ask again. For dry runs and for pacing an upload over a duration.
+    pub async fn probe_files(&self, paths: Vec<PathBuf>) -> ProbeReport {
+        self.list_blobs_if_cheap(paths.len()).await;
+        let results: Vec<(PathBuf, Result<ProbedFile, StoreError>)> = futures::stream::iter(paths)
+            .map(|path| async move {
+                let r = async {
+                    let meta = tokio::fs::metadata(&path).await.map_err(|e| StoreError::local("stat", &path, e))?;
+                    let hash = match self.cache.lookup(&meta) {
+                        Some(h) => h,
+                        None => {
+                            let (h, len) = self.hash_file(&path).await?;
+                            let after =
+                                tokio::fs::metadata(&path).await.map_err(|e| StoreError::local("stat", &path, e))?;
+                            if len != meta.len() || !same_file(&meta, &after) {
+                                return Err(self.changed(&path, h, h));
+                            }
+                            self.cache.insert(&meta, h);
+                            h
+                        }
+                    };
+                    let size = match self.listed(&hash) {
+                        Some(listed) => listed,
+                        None if self.is_present(&hash) => Some(meta.len()),
+                        None => {
+                            self.progress.checked(1);
+                            self.repo.blob_size(&hash).await?
+                        }
+                    };
+                    let stored = size == Some(meta.len());
+                    if stored {
+                        self.mark_present(hash);
+                    }
+                    Ok(ProbedFile { path: path.clone(), sha256: hash, size: meta.len(), stored })
+                }
+                .await;
+                (path, r)
+            })
+            .buffer_unordered(self.cfg.concurrency)
+            .collect()
+            .await;
+        if let Err(e) = self.cache.save() {
+            tracing::warn!(error = %e, "could not save the hash cache; hashes will be recomputed next time");
+        }
+        let mut report = ProbeReport { files: Vec::new(), failures: Vec::new() };
+        for (path, r) in results {
+            match r {
+                Ok(f) => report.files.push(f),
+                Err(error) => report.failures.push(FileFailure { path, error }),
+            }
+        }
+        report
     }
 
     /// Stores one file as a blob (with retries).

@@ -1,0 +1,472 @@
+//! Removing backups, and every blob no remaining backup or commit-log entry references.
+//!
+//! The rule (also in `docs/layout.md`, "Removal and running backups"):
+//! 1. Take the exclusive *remove* lock; give up, having changed nothing, if any other operation
+//!    holds a fresh lock ([`super::locks`]). Backups started meanwhile wait for it.
+//! 2. Read every node manifest and every commit-log index entry of the repository (all clusters:
+//!    blobs are shared). Any unreadable manifest stops the removal before it deletes anything.
+//! 3. Delete the selected node manifests (and cluster manifests left without nodes) first: an
+//!    interrupted removal leaves unreferenced blobs, never manifests naming deleted blobs.
+//! 4. Delete, in batches, the blobs no remaining document references and that are older than the
+//!    grace period (by the storage's clock, relative to the lock). Before each batch the lock must
+//!    have been rewritten within half its stale timeout and no other fresh lock may have appeared.
+//!
+//! The grace period protects writers that take no lock: `commitlog-backup` storing a new segment
+//! before its index entry exists, and a backup whose lock lapsed (it checks its blobs again).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use cassette_common::ids::{BackupId, BlobHash, HostId};
+use cassette_common::layout;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
+
+use super::catalog::{self, CatalogError, ManifestCache, ManifestRef};
+use super::locks::{self, LockError, LockKind, RepoLock};
+use super::{OpContext, human_bytes};
+use crate::storage::{Retry, StoreError};
+
+/// Removal safety settings (`[removal]` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemovalConfig {
+    /// Blobs younger than this are never deleted, referenced or not.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Blobs deleted per batch (one lock check per batch).
+    pub delete_batch: usize,
+}
+
+impl Default for RemovalConfig {
+    fn default() -> Self {
+        Self { grace: Duration::from_secs(24 * 3600), delete_batch: 1000 }
+    }
+}
+
+impl RemovalConfig {
+    /// Every problem, one line each.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        if self.delete_batch == 0 {
+            return Err(vec!["removal.delete_batch must be at least 1".into()]);
+        }
+        Ok(())
+    }
+}
+
+/// Whose backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoveScope {
+    /// One node: cluster, host id. Selection (`keep_last`) counts that node's backups.
+    Node(String, HostId),
+    /// Every node of a cluster. Selection counts backup ids across the cluster.
+    Cluster(String),
+}
+
+/// Which backups to remove.
+#[derive(Debug, Clone, Default)]
+pub struct RemoveRequest {
+    /// These backups.
+    pub ids: Vec<BackupId>,
+    /// Backups started longer ago than this…
+    pub older_than: Option<Duration>,
+    /// …except the newest N (alone: every backup but the newest N).
+    pub keep_last: Option<usize>,
+    /// Only report what would be removed.
+    pub dry_run: bool,
+}
+
+/// A backup removed (from one node).
+#[derive(Debug, Clone, Serialize)]
+pub struct RemovedBackup {
+    /// The backup.
+    pub backup_id: BackupId,
+    /// Cluster.
+    pub cluster: String,
+    /// Node.
+    pub host_id: String,
+    /// Files.
+    pub files: usize,
+    /// Their size.
+    pub bytes: u64,
+}
+
+/// What a removal did (or would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RemoveReport {
+    /// A dry run: nothing deleted.
+    pub dry_run: bool,
+    /// Backups removed.
+    pub removed: Vec<RemovedBackup>,
+    /// Backups of the scope that remain.
+    pub kept: usize,
+    /// Manifests (node and cluster) deleted.
+    pub manifests_deleted: usize,
+    /// Blobs deleted.
+    pub blobs_deleted: usize,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// Unreferenced blobs kept because they are younger than the grace period.
+    pub blobs_kept_young: usize,
+    /// Their size.
+    pub bytes_kept_young: u64,
+    /// Blobs still referenced.
+    pub blobs_referenced: usize,
+    /// Stale locks (left by killed processes) deleted.
+    pub stale_locks_removed: usize,
+    /// Remarks.
+    pub warnings: Vec<String>,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// A removal that failed or was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The catalog could not be read; nothing was deleted.
+    #[error("{0} (nothing was deleted)")]
+    Catalog(#[from] CatalogError),
+    /// Another operation runs, or the lock lapsed.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The request cannot be carried out; nothing was deleted.
+    #[error("{0}; nothing was deleted")]
+    Refused(String),
+    /// Deletion stopped partway.
+    #[error(
+        "removal stopped after deleting {deleted} blob(s): {reason}; every remaining backup is intact (manifests go first, blobs only when no manifest names them): run the removal again to finish"
+    )]
+    Interrupted {
+        /// Blobs deleted before it stopped.
+        deleted: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl RemoveError {
+    /// Whether a retry makes sense.
+    pub fn retry(&self) -> Retry {
+        match self {
+            RemoveError::Store(e) => e.retry(),
+            RemoveError::Catalog(e) => e.retry(),
+            RemoveError::Lock(e) => e.retry(),
+            RemoveError::Refused(_) => Retry::Never,
+            RemoveError::Interrupted { .. } => Retry::Backoff,
+        }
+    }
+}
+
+/// Picks the victims among the scope's manifests (oldest first).
+fn select(
+    req: &RemoveRequest,
+    scope: &RemoveScope,
+    refs: &[ManifestRef],
+    now: DateTime<Utc>,
+) -> Result<BTreeSet<String>, RemoveError> {
+    if req.ids.is_empty() && req.older_than.is_none() && req.keep_last.is_none() {
+        return Err(RemoveError::Refused(
+            "say which backups to remove: backup ids, --older-than, --keep-last, or both of the last two".into(),
+        ));
+    }
+    let mut victims = BTreeSet::new();
+    if !req.ids.is_empty() {
+        let missing: Vec<String> =
+            req.ids.iter().filter(|id| !refs.iter().any(|r| &r.backup_id == *id)).map(ToString::to_string).collect();
+        if !missing.is_empty() {
+            return Err(RemoveError::Refused(format!("no backup {} in this scope", missing.join(", "))));
+        }
+        victims.extend(refs.iter().filter(|r| req.ids.contains(&r.backup_id)).map(|r| r.key.clone()));
+        return Ok(victims);
+    }
+    // --keep-last counts each node's own backups (standalone agents back up on their own
+    // schedules, with their own ids; a cluster backup has the same id on every node).
+    let _ = scope;
+    let mut groups: BTreeMap<String, Vec<&ManifestRef>> = BTreeMap::new();
+    for r in refs {
+        groups.entry(format!("{}/{}", r.cluster_key, r.host_id)).or_default().push(r);
+    }
+    for members in groups.values() {
+        let mut ids: Vec<&BackupId> = members.iter().map(|r| &r.backup_id).collect();
+        ids.sort();
+        ids.dedup();
+        let protected: BTreeSet<&BackupId> = ids.iter().rev().take(req.keep_last.unwrap_or(0)).copied().collect();
+        for r in members {
+            if protected.contains(&r.backup_id) {
+                continue;
+            }
+            let old_enough = match req.older_than {
+                Some(d) => {
+                    let cutoff = now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+                    r.backup_id.started_at() < cutoff
+                }
+                None => true,
+            };
+            if old_enough {
+                victims.insert(r.key.clone());
+            }
+        }
+    }
+    Ok(victims)
+}
+
+/// Removes backups and sweeps unreferenced blobs (see the module documentation).
+pub async fn remove(ctx: &OpContext, scope: &RemoveScope, req: &RemoveRequest) -> Result<RemoveReport, RemoveError> {
+    let start = Instant::now();
+    ctx.repo.open_existing().await?;
+    let mut report = RemoveReport { dry_run: req.dry_run, ..RemoveReport::default() };
+    let lock = if req.dry_run {
+        None
+    } else {
+        let what = match scope {
+            RemoveScope::Node(c, h) => format!("removal of backups of node {h} in cluster {c:?}"),
+            RemoveScope::Cluster(c) => format!("removal of backups of cluster {c:?}"),
+        };
+        let progress = std::sync::Arc::clone(&ctx.progress);
+        let on_wait = move |m: &str| progress.message(m);
+        Some(RepoLock::acquire(&ctx.repo, LockKind::Remove, what, &ctx.settings.locks, &ctx.cancel, &on_wait).await?)
+    };
+    let result = remove_locked(ctx, scope, req, lock.as_ref(), &mut report).await;
+    if let Some(l) = lock {
+        l.release().await;
+    }
+    result?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn remove_locked(
+    ctx: &OpContext,
+    scope: &RemoveScope,
+    req: &RemoveRequest,
+    lock: Option<&RepoLock>,
+    report: &mut RemoveReport,
+) -> Result<(), RemoveError> {
+    // Reference time from the storage's clock: our lock, else "now".
+    let now = lock.map(RepoLock::acquired_at).unwrap_or_else(Utc::now);
+    if let Some(l) = lock {
+        for stale in locks::list_locks(&ctx.repo, &ctx.settings.locks, now, Some(l.key()))
+            .await?
+            .into_iter()
+            .filter(|s| !s.fresh)
+        {
+            if ctx.repo.store().delete(&ObjectPath::from(stale.key.as_str())).await.is_ok() {
+                report.stale_locks_removed += 1;
+                report.warnings.push(format!("removed a stale lock: {stale}"));
+            }
+        }
+    }
+    // Mark: everything the repository references.
+    let index = catalog::scan(&ctx.repo).await?;
+    let cache = ManifestCache::for_context(ctx);
+    let all =
+        catalog::load_manifests(&ctx.repo, &index.node_manifests, &ctx.settings.manifests, cache.as_ref()).await?;
+    let entries =
+        catalog::load_entries(&ctx.repo, &index.commitlog_entries, &ctx.settings.manifests, cache.as_ref()).await?;
+    let in_scope: Vec<ManifestRef> = match scope {
+        RemoveScope::Node(c, h) => index.node(c, h),
+        RemoveScope::Cluster(c) => index.cluster(c),
+    };
+    let victims = select(req, scope, &in_scope, now)?;
+    // Per-node removal of part of a coordinator's cluster backup would leave its cluster manifest
+    // naming a node manifest that is gone.
+    if let RemoveScope::Node(..) = scope {
+        let clustered: Vec<String> = in_scope
+            .iter()
+            .filter(|r| victims.contains(&r.key) && index.cluster_manifest(&r.cluster_key, &r.backup_id).is_some())
+            .map(|r| r.backup_id.to_string())
+            .collect();
+        if !clustered.is_empty() {
+            return Err(RemoveError::Refused(format!(
+                "backup(s) {} are cluster backups (they have a cluster manifest): remove them for every node with --all-nodes",
+                clustered.join(", ")
+            )));
+        }
+    }
+    // A cluster backup goes as a whole or not at all.
+    let mut victims = victims;
+    if let RemoveScope::Cluster(_) = scope {
+        let partial: BTreeSet<(String, BackupId)> = in_scope
+            .iter()
+            .filter(|r| index.cluster_manifest(&r.cluster_key, &r.backup_id).is_some() && !victims.contains(&r.key))
+            .map(|r| (r.cluster_key.clone(), r.backup_id.clone()))
+            .collect();
+        let before = victims.len();
+        victims.retain(|k| {
+            !in_scope.iter().any(|r| &r.key == k && partial.contains(&(r.cluster_key.clone(), r.backup_id.clone())))
+        });
+        if victims.len() < before {
+            report.warnings.push(format!(
+                "{} node manifest(s) of cluster backups were kept because other nodes keep the same backup",
+                before - victims.len()
+            ));
+        }
+    }
+    let mut referenced: HashSet<BlobHash> = HashSet::new();
+    for (r, m) in &all {
+        if victims.contains(&r.key) {
+            report.removed.push(RemovedBackup {
+                backup_id: m.backup_id.clone(),
+                cluster: m.node.cluster.clone(),
+                host_id: m.node.host_id.to_string(),
+                files: m.files.len(),
+                bytes: m.total_bytes(),
+            });
+        } else {
+            referenced.extend(m.blobs().map(|(h, _)| h));
+        }
+    }
+    referenced.extend(entries.iter().map(|e| e.sha256));
+    report.kept = in_scope.iter().filter(|r| !victims.contains(&r.key)).count();
+    report.blobs_referenced = referenced.len();
+    // Cluster manifests left without any node manifest.
+    let remaining: BTreeSet<(String, BackupId)> = index
+        .node_manifests
+        .iter()
+        .filter(|r| !victims.contains(&r.key))
+        .map(|r| (r.cluster_key.clone(), r.backup_id.clone()))
+        .collect();
+    let orphan_clusters: Vec<String> = index
+        .cluster_manifests
+        .iter()
+        .filter(|(_, c, b)| !remaining.contains(&(c.clone(), b.clone())))
+        .map(|(k, _, _)| k.clone())
+        .collect();
+
+    // Sweep candidates.
+    let blobs = ctx.repo.list(layout::BLOBS_PREFIX).await?;
+    let grace = chrono::Duration::from_std(ctx.settings.removal.grace).unwrap_or(chrono::Duration::MAX);
+    let mut doomed: Vec<(ObjectPath, u64)> = Vec::new();
+    for m in blobs {
+        let Some(hash) = layout::parse_blob_key(m.location.as_ref()) else { continue };
+        if referenced.contains(&hash) {
+            continue;
+        }
+        if m.last_modified + grace > now {
+            report.blobs_kept_young += 1;
+            report.bytes_kept_young += m.size;
+            continue;
+        }
+        doomed.push((m.location, m.size));
+    }
+    if req.dry_run {
+        report.manifests_deleted = victims.len() + orphan_clusters.len();
+        report.blobs_deleted = doomed.len();
+        report.bytes_freed = doomed.iter().map(|(_, s)| s).sum();
+        return Ok(());
+    }
+    let Some(lock) = lock else { return Ok(()) };
+    ctx.say(format!(
+        "removing {} backup manifest(s), then {} unreferenced blob(s) ({})",
+        victims.len(),
+        doomed.len(),
+        human_bytes(doomed.iter().map(|(_, s)| s).sum())
+    ));
+    // Manifests first.
+    for key in victims.iter().chain(orphan_clusters.iter()) {
+        lock.ensure_fresh()?;
+        match ctx.repo.store().delete(&ObjectPath::from(key.as_str())).await {
+            Ok(()) => report.manifests_deleted += 1,
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                return Err(
+                    StoreError::remote("delete manifest", key.as_str(), &ctx.repo.location().to_string(), e).into()
+                );
+            }
+        }
+    }
+    // Then blobs, in batches, each after checking the lock.
+    for batch in doomed.chunks(ctx.settings.removal.delete_batch.max(1)) {
+        if ctx.cancel.is_cancelled() {
+            return Err(RemoveError::Interrupted { deleted: report.blobs_deleted, reason: "cancelled".into() });
+        }
+        if let Err(e) = check_still_exclusive(ctx, lock).await {
+            return Err(RemoveError::Interrupted { deleted: report.blobs_deleted, reason: e.to_string() });
+        }
+        let paths: Vec<object_store::Result<ObjectPath>> = batch.iter().map(|(p, _)| Ok(p.clone())).collect();
+        let sizes: BTreeMap<ObjectPath, u64> = batch.iter().cloned().collect();
+        let mut results = ctx.repo.store().delete_stream(futures::stream::iter(paths).boxed());
+        while let Some(r) = results.next().await {
+            match r {
+                Ok(p) => {
+                    report.blobs_deleted += 1;
+                    report.bytes_freed += sizes.get(&p).copied().unwrap_or(0);
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(RemoveError::Interrupted {
+                        deleted: report.blobs_deleted,
+                        reason: StoreError::remote("delete blob", "blobs/…", &ctx.repo.location().to_string(), e)
+                            .to_string(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Before a batch of deletions: our lock is fresh, and nobody else holds a fresh one (a backup
+/// that judged our lock stale would have one).
+async fn check_still_exclusive(ctx: &OpContext, lock: &RepoLock) -> Result<(), LockError> {
+    lock.ensure_fresh()?;
+    let others: Vec<_> = lock.others().await?.into_iter().filter(|l| l.fresh).collect();
+    if !others.is_empty() {
+        return Err(LockError::Busy { location: ctx.repo.location().to_string(), holders: others });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(id: &str, host: &str) -> ManifestRef {
+        ManifestRef {
+            key: format!("k/{id}/{host}"),
+            cluster_key: "c".into(),
+            backup_id: id.parse().unwrap(),
+            host_id: host.parse().unwrap(),
+            size: 1,
+            last_modified: Utc::now(),
+        }
+    }
+
+    const H1: &str = "1b1c2ce9-e5ab-4b1e-a2cf-0f5cd9f8b1c3";
+    const H2: &str = "2b1c2ce9-e5ab-4b1e-a2cf-0f5cd9f8b1c3";
+
+    #[test]
+    fn selection_by_id_age_and_count() {
+        let refs = vec![
+            r("20240101T000000Z-00000001", H1),
+            r("20240201T000000Z-00000002", H1),
+            r("20240301T000000Z-00000003", H1),
+            r("20240115T000000Z-00000004", H2),
+        ];
+        let now = DateTime::parse_from_rfc3339("2024-03-02T00:00:00Z").unwrap().to_utc();
+        let node = RemoveScope::Node("c".into(), H1.parse().unwrap());
+        let keep2 = RemoveRequest { keep_last: Some(2), ..Default::default() };
+        assert_eq!(select(&keep2, &node, &refs[..3], now).unwrap(), BTreeSet::from([refs[0].key.clone()]));
+        let old = RemoveRequest { older_than: Some(Duration::from_secs(40 * 86400)), ..Default::default() };
+        assert_eq!(select(&old, &node, &refs[..3], now).unwrap(), BTreeSet::from([refs[0].key.clone()]));
+        let both =
+            RemoveRequest { older_than: Some(Duration::from_secs(86400)), keep_last: Some(2), ..Default::default() };
+        assert_eq!(select(&both, &node, &refs[..3], now).unwrap().len(), 1, "the newest two stay whatever their age");
+        // Per node: each node keeps its own newest.
+        let cluster = RemoveScope::Cluster("c".into());
+        let keep1 = RemoveRequest { keep_last: Some(1), ..Default::default() };
+        let v = select(&keep1, &cluster, &refs, now).unwrap();
+        assert_eq!(v, BTreeSet::from([refs[0].key.clone(), refs[1].key.clone()]), "every node keeps its newest");
+        let byid = RemoveRequest { ids: vec![refs[1].backup_id.clone()], ..Default::default() };
+        assert_eq!(select(&byid, &node, &refs, now).unwrap(), BTreeSet::from([refs[1].key.clone()]));
+        let missing = RemoveRequest { ids: vec!["20990101T000000Z-0000000f".parse().unwrap()], ..Default::default() };
+        assert!(select(&missing, &node, &refs, now).unwrap_err().to_string().contains("no backup"));
+        assert!(select(&RemoveRequest::default(), &node, &refs, now).is_err());
+    }
+}

@@ -95,6 +95,13 @@ fn scenario(env: &NodeEnv, version: Version, big: bool) {
     assert_eq!(u(&r2, "files_uploaded") as usize, to_send.len(), "{r2}");
     assert_eq!(u(&r2, "bytes_uploaded"), to_send.values().sum::<u64>(), "{r2}");
     assert_eq!(u(&r2, "files_total") as usize, b.len() + auth.len());
+    assert!(u(&r2, "existence_checks") <= new.len() as u64 + 1, "only new files are checked (or one listing): {r2}");
+    no_cassette_snapshots(env);
+
+    step("a backup of the unchanged node reads nothing, sends nothing, asks nothing about blobs");
+    let r3 = env.agent_ok(&["backup"]);
+    assert_eq!((u(&r3, "bytes_hashed"), u(&r3, "files_uploaded")), (0, 0), "{r3}");
+    assert_eq!(u(&r3, "existence_checks"), 0, "the previous backup's blobs are known stored: {r3}");
     no_cassette_snapshots(env);
     let snapshotted = content(&b);
 

@@ -26,6 +26,7 @@ use cassette_common::units::Rate;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::catalog;
 use super::locks::{LockError, LockKind, RepoLock};
 use super::{EntitySelection, NodeIdentity, OpContext, human_bytes, remember_node};
 use crate::cassandra::{
@@ -157,6 +158,9 @@ pub struct BackupReport {
     pub bytes_hashed: u64,
     /// Retried transfers.
     pub retries: u64,
+    /// Requests made to find out whether blobs were stored (zero for an unchanged node: the
+    /// blobs of its previous backup are known to be there).
+    pub existence_checks: u64,
     /// Wall time, seconds.
     pub seconds: f64,
     /// Whether the snapshot was cleared.
@@ -533,6 +537,10 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
         }
     }
 
+    if let Some((previous, blobs)) = blobs_of_previous_backup(ctx, snap).await {
+        ctx.say(format!("{} blobs of backup {previous} are known to be stored", blobs.len()));
+        engine.assume_present(blobs);
+    }
     let report =
         ctx.cancellable(engine.upload_files(paths.clone())).await.ok_or(BackupError::Cancelled { cleared: false })?;
     if !report.failures.is_empty() {
@@ -552,6 +560,30 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
     warnings.sort();
     warnings.dedup();
     Ok(Uploaded { files, tables, sources, stats: report.stats, would_send, warnings })
+}
+
+/// The blobs of this node's newest earlier backup, which the upload may treat as stored without
+/// asking: blobs a kept manifest references are never removed, and no removal runs while this
+/// backup holds its lock (see [`super::locks`]); should the lock lapse, the manifest phase checks
+/// every blob again. Best effort: a failure here only means every file is checked.
+async fn blobs_of_previous_backup(ctx: &OpContext, snap: &Snapshotted) -> Option<(BackupId, Vec<BlobHash>)> {
+    let index = match catalog::scan_backups(&ctx.repo, &snap.node.cluster).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list earlier backups; every blob will be checked");
+            return None;
+        }
+    };
+    let newest =
+        index.node(&snap.node.cluster, &snap.node.host_id).into_iter().rfind(|m| m.backup_id != snap.backup_id)?;
+    let cache = catalog::ManifestCache::for_context(ctx);
+    match catalog::load_manifest(&ctx.repo, &newest, &ctx.settings.manifests, cache.as_ref()).await {
+        Ok(m) => Some((m.backup_id, m.files.iter().map(|f| f.sha256).collect())),
+        Err(e) => {
+            tracing::debug!(error = %e, key = %newest.key, "cannot read the previous backup; every blob will be checked");
+            None
+        }
+    }
 }
 
 fn entry(f: &SnapshotFile, sha256: BlobHash, size: u64) -> FileEntry {
@@ -696,6 +728,7 @@ pub async fn run(ctx: &OpContext, req: &BackupRequest) -> Result<BackupReport, B
         bytes_skipped: s.bytes_skipped,
         bytes_hashed: s.bytes_hashed,
         retries: s.retries,
+        existence_checks: s.remote_checks,
         seconds: start.elapsed().as_secs_f64(),
         snapshot_cleared: cleared,
         snapshot_clear_error: clear_error.map(|e| e.to_string()),

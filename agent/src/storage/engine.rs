@@ -65,9 +65,12 @@ pub struct TransferEngine {
     progress: Arc<Progress>,
     /// Blobs confirmed stored during this operation.
     present: Mutex<HashSet<BlobHash>>,
-    /// Every stored blob and its size, from one bounded listing at the start of an upload, when
-    /// the repository was small enough for that to be cheaper than one request per file.
-    listing: Mutex<Option<HashMap<BlobHash, u64>>>,
+    /// Every stored blob and its size, from one bounded listing taken when the first file of a
+    /// large enough upload needs an existence check; `None` inside when the repository was too
+    /// large for that to be cheaper than one request per file.
+    listing: tokio::sync::OnceCell<Option<HashMap<BlobHash, u64>>>,
+    /// Files in the current upload or probe, which sizes the listing.
+    listing_files: std::sync::atomic::AtomicUsize,
     /// One lock per blob being checked or uploaded, so that two files with the same content in
     /// one operation upload it once.
     blob_locks: Mutex<HashMap<BlobHash, Arc<tokio::sync::Mutex<()>>>>,
@@ -95,7 +98,8 @@ impl TransferEngine {
             backoff,
             progress,
             present: Mutex::default(),
-            listing: Mutex::default(),
+            listing: tokio::sync::OnceCell::new(),
+            listing_files: std::sync::atomic::AtomicUsize::new(0),
             blob_locks: Mutex::default(),
         })
     }
@@ -143,11 +147,43 @@ impl TransferEngine {
         self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(hashes);
     }
 
-    /// What the start-of-upload listing says about a blob: `Some(Some(size))` stored,
-    /// `Some(None)` not stored at listing time, `None` no listing.
-    fn listed(&self, hash: &BlobHash) -> Option<Option<u64>> {
-        let listing = self.listing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// What the listing says about a blob: `Some(Some(size))` stored, `Some(None)` not stored at
+    /// listing time, `None` no listing (too few files, or too large a repository). The listing is
+    /// taken at the first call, so an upload whose blobs are all known needs no request at all.
+    async fn listed(&self, hash: &BlobHash) -> Option<Option<u64>> {
+        let files = self.listing_files.load(std::sync::atomic::Ordering::Relaxed);
+        let per_file = self.cfg.list_blobs_per_file;
+        if per_file == 0 || files < LISTING_MIN_FILES {
+            return None;
+        }
+        let listing = self
+            .listing
+            .get_or_init(|| async {
+                match self.repo.list_blobs_bounded(files.saturating_mul(per_file)).await {
+                    Ok(Some(map)) => {
+                        tracing::debug!(blobs = map.len(), files, "checking blobs against one listing");
+                        self.progress.checked(map.len().div_ceil(1000).max(1) as u64);
+                        Some(map)
+                    }
+                    Ok(None) => {
+                        // The pages read before giving up count as checks too.
+                        self.progress.checked(files.saturating_mul(per_file).div_ceil(1000) as u64);
+                        tracing::debug!(files, "repository too large to list; checking blobs one by one");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "listing blobs failed; checking blobs one by one");
+                        None
+                    }
+                }
+            })
+            .await;
         listing.as_ref().map(|l| l.get(hash).copied())
+    }
+
+    /// Sizes the listing for an upload or probe of `files` files (see [`Self::listed`]).
+    fn expect_files(&self, files: usize) {
+        self.listing_files.fetch_max(files, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Hashes a file on a blocking thread, reporting progress as it reads.
@@ -163,6 +199,10 @@ impl TransferEngine {
         .map_err(|e| StoreError::local("hash", path, e))
     }
 }
+
+/// Uploads of fewer files check each blob on its own (see
+/// [`TransferConfig::list_blobs_per_file`](crate::storage::TransferConfig::list_blobs_per_file)).
+const LISTING_MIN_FILES: usize = 16;
 
 /// Whether two stats of the same path show the same file content, by the hash cache's rules.
 fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {

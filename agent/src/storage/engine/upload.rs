@@ -60,9 +60,6 @@ impl UploadReport {
     }
 }
 
-/// Uploads of fewer files check each blob on its own (see [`TransferConfig::list_blobs_per_file`](crate::storage::TransferConfig::list_blobs_per_file)).
-const LISTING_MIN_FILES: usize = 16;
-
 /// One file as a dry run sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProbedFile {
@@ -107,7 +104,7 @@ impl TransferEngine {
             sizes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         }
         self.progress.add_total(paths.len() as u64, sizes);
-        self.list_blobs_if_cheap(paths.len()).await;
+        self.expect_files(paths.len());
         let stop = std::sync::atomic::AtomicBool::new(false);
         let results: Vec<(PathBuf, Result<UploadedFile, StoreError>)> = futures::stream::iter(paths)
             .map(|path| {
@@ -143,35 +140,12 @@ impl TransferEngine {
         report
     }
 
-    /// For many files, one listing of the repository's blobs can replace one existence check per
-    /// file (see [`TransferConfig::list_blobs_per_file`](crate::storage::TransferConfig::list_blobs_per_file)).
-    async fn list_blobs_if_cheap(&self, files: usize) {
-        let per_file = self.cfg.list_blobs_per_file;
-        let listed_already = self.listing.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some();
-        if per_file == 0 || files < LISTING_MIN_FILES || listed_already {
-            return;
-        }
-        match self.repo.list_blobs_bounded(files.saturating_mul(per_file)).await {
-            Ok(Some(map)) => {
-                tracing::debug!(blobs = map.len(), files, "checking blobs against one listing");
-                self.progress.checked(map.len().div_ceil(1000) as u64);
-                *self.listing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(map);
-            }
-            Ok(None) => {
-                // The pages read before giving up count as checks too.
-                self.progress.checked(files.saturating_mul(per_file).div_ceil(1000) as u64);
-                tracing::debug!(files, "repository too large to list; checking blobs one by one");
-            }
-            Err(e) => tracing::debug!(error = %e, "listing blobs failed; checking blobs one by one"),
-        }
-    }
-
     /// Finds out what [`TransferEngine::upload_files`] would send, without sending anything:
     /// hashes each file (from the hash cache when possible, which it also fills) and checks
     /// whether its blob is stored. Blobs found stored are remembered, so an upload by the same
     /// engine afterwards does not ask again. For dry runs and for pacing an upload over a duration.
     pub async fn probe_files(&self, paths: Vec<PathBuf>) -> ProbeReport {
-        self.list_blobs_if_cheap(paths.len()).await;
+        self.expect_files(paths.len());
         let results: Vec<(PathBuf, Result<ProbedFile, StoreError>)> = futures::stream::iter(paths)
             .map(|path| async move {
                 let r = async {
@@ -189,12 +163,15 @@ impl TransferEngine {
                             h
                         }
                     };
-                    let size = match self.listed(&hash) {
-                        Some(listed) => listed,
-                        None if self.is_present(&hash) => Some(meta.len()),
-                        None => {
-                            self.progress.checked(1);
-                            self.repo.blob_size(&hash).await?
+                    let size = if self.is_present(&hash) {
+                        Some(meta.len())
+                    } else {
+                        match self.listed(&hash).await {
+                            Some(listed) => listed,
+                            None => {
+                                self.progress.checked(1);
+                                self.repo.blob_size(&hash).await?
+                            }
                         }
                     };
                     let stored = size == Some(meta.len());
@@ -263,9 +240,10 @@ impl TransferEngine {
                 return Ok(false);
             }
             // The listing answers first attempts; after a failure, ask the store itself.
-            let stored = match self.listed(&hash) {
-                Some(listed) if attempt == 1 => listed,
-                _ => {
+            let listed = if attempt == 1 { self.listed(&hash).await } else { None };
+            let stored = match listed {
+                Some(listed) => listed,
+                None => {
                     self.progress.checked(1);
                     self.repo.blob_size(&hash).await?
                 }

@@ -1,5 +1,6 @@
 //! The `cassette-agent` command line: shared options, output and progress.
 
+pub mod serve;
 pub mod storage;
 
 use std::io::IsTerminal;

@@ -4,11 +4,15 @@
 //! - [`cassandra`]: control of the local Cassandra node over nodetool and cqlsh.
 //! - [`storage`]: the storage engine (content-addressed, verified transfers).
 //! - [`hashcache`]: the persistent per-file SHA-256 cache.
+//! - [`jobs`]: phases pushed by the coordinator, run as durable jobs with idempotent ids.
+//! - [`server`]: the gRPC service of `cassette-agent serve`.
 
 #![forbid(unsafe_code)]
 
 pub mod cassandra;
 pub mod hashcache;
+pub mod jobs;
+pub mod server;
 pub mod storage;
 
 /// Installs the process-wide rustls crypto provider (aws-lc-rs). Call first thing in `main`;

@@ -27,6 +27,8 @@ enum Command {
     /// Use a storage location directly: check it, store files as blobs, fetch them back.
     #[command(subcommand)]
     Storage(cli::storage::StorageCommand),
+    /// Serve the agent API to the coordinator (mutual TLS).
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() {
@@ -46,6 +48,7 @@ fn main() {
     let code = runtime.block_on(async {
         let result = match args.command {
             Command::Storage(cmd) => cli::storage::run(cmd, &args.global).await,
+            Command::Serve(cmd) => cli::serve::run(cmd, &args.global).await,
         };
         match result {
             Ok(code) => code,

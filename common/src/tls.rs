@@ -79,6 +79,17 @@ impl Role {
     }
 }
 
+impl Role {
+    /// "a coordinator", "an agent", "an operator".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Role::Coordinator => "a coordinator",
+            Role::Agent => "an agent",
+            Role::Operator => "an operator",
+        }
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -148,8 +159,9 @@ pub fn require_role<T>(
             let wanted: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
             tracing::warn!(%peer, service, "refused a request: wrong certificate role");
             Err(tonic::Status::permission_denied(format!(
-                "{service} accepts only {} certificates, but this connection presented an {r} certificate ({:?}): use a certificate issued with `cassette certs issue --role {}`",
+                "{service} accepts only {} certificates, but this connection presented {} certificate ({:?}): use a certificate issued with `cassette certs issue --role {}`",
                 wanted.join(" or "),
+                r.with_article(),
                 peer.name,
                 wanted.first().copied().unwrap_or("operator"),
             )))
@@ -924,11 +936,61 @@ pub fn explain_transport_error(err: &(dyn std::error::Error + 'static), side: Si
         }
         if let Some(io) = e.downcast_ref::<io::Error>()
             && let Some(inner) = io.get_ref()
-            && let Some(t) = inner.downcast_ref::<rustls::Error>()
         {
-            return Some(explain_rustls(t, side));
+            if let Some(t) = inner.downcast_ref::<rustls::Error>() {
+                return Some(explain_rustls(t, side));
+            }
+            // tokio-rustls keeps only the text of the rustls error.
+            if let Some(t) = rustls_error_from_text(&inner.to_string()) {
+                return Some(explain_rustls(&t, side));
+            }
         }
         cur = e.source();
+    }
+    None
+}
+
+/// Rebuilds the rustls errors that matter from their text (see `explain_transport_error`).
+fn rustls_error_from_text(text: &str) -> Option<rustls::Error> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    if let Some(alert) = text.strip_prefix("received fatal alert: ") {
+        let a = match alert.trim() {
+            "CertificateRequired" => A::CertificateRequired,
+            "UnknownCA" => A::UnknownCA,
+            "BadCertificate" => A::BadCertificate,
+            "DecryptError" => A::DecryptError,
+            "CertificateExpired" => A::CertificateExpired,
+            "CertificateUnknown" => A::CertificateUnknown,
+            "UnsupportedCertificate" => A::UnsupportedCertificate,
+            "AccessDenied" => A::AccessDenied,
+            "HandshakeFailure" => A::HandshakeFailure,
+            "ProtocolVersion" => A::ProtocolVersion,
+            "NoApplicationProtocol" => A::NoApplicationProtocol,
+            _ => A::InternalError,
+        };
+        return Some(E::AlertReceived(a));
+    }
+    if let Some(detail) = text.strip_prefix("invalid peer certificate: ") {
+        let c = if detail.starts_with("UnknownIssuer") {
+            C::UnknownIssuer
+        } else if detail.starts_with("BadSignature") {
+            C::BadSignature
+        } else if detail.starts_with("certificate expired") || detail.starts_with("Expired") {
+            C::Expired
+        } else if detail.starts_with("certificate not valid yet") || detail.starts_with("NotValidYet") {
+            C::NotValidYet
+        } else if detail.starts_with("certificate not valid for name") || detail.starts_with("NotValidForName") {
+            C::NotValidForName
+        } else {
+            C::Other(rustls::OtherError(Arc::new(io::Error::other(detail.to_owned()))))
+        };
+        return Some(E::InvalidCertificate(c));
+    }
+    if text.starts_with("peer sent no certificates") {
+        return Some(E::NoCertificatesPresented);
+    }
+    if text.starts_with("received corrupt message") || text.contains("InvalidContentType") {
+        return Some(E::InvalidMessage(rustls::InvalidMessage::InvalidContentType));
     }
     None
 }

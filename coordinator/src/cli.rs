@@ -242,14 +242,16 @@ pub enum DebugCommand {
     /// Write a diagnostic value through raft (debug/<key>).
     Put {
         /// Key.
-        key: String,
+        #[arg(value_name = "KEY")]
+        name: String,
         /// Value.
         value: String,
     },
     /// Read replicated records (linearizable): a key (`debug/x`, `cluster/prod`) or a prefix ending in `/`.
     Get {
         /// Key or prefix.
-        key: String,
+        #[arg(value_name = "KEY")]
+        name: String,
     },
     /// Fault injection on the raft transport of ONE replica (the first --coordinator; it must run
     /// with --enable-fault-injection).
@@ -623,7 +625,7 @@ async fn run_debug(
     out: OutputFormat,
 ) -> anyhow::Result<i32> {
     match c {
-        DebugCommand::Put { key, value } => {
+        DebugCommand::Put { name: key, value } => {
             let req = pb::DebugPutRequest { key: key.clone(), value };
             let r = client
                 .call(|mut c| {
@@ -635,7 +637,7 @@ async fn run_debug(
                 format!("debug/{key} written at raft index {}", r.index)
             });
         }
-        DebugCommand::Get { key } => {
+        DebugCommand::Get { name: key } => {
             let req = pb::StateGetRequest { key };
             let r = client
                 .call(|mut c| {
@@ -876,6 +878,7 @@ where
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(log).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -157,6 +157,10 @@ impl OperatorClient {
                 };
                 Err((None, msg))
             }
+            _ if matches!(self.tls, TlsMode::Insecure) && s.message().contains("h2 protocol error") => Ok(ClientError::Denied {
+                address: address.to_owned(),
+                message: "the replica does not answer in plain text: it requires mutual TLS; drop --insecure and pass --ca, --cert and --key".into(),
+            }),
             code => Ok(ClientError::Failed { address: address.to_owned(), code, message: s.message().to_owned() }),
         }
     }

@@ -11,11 +11,13 @@
 //! - [`servers`]: s3s-fs, moto, Azurite and directory storage on free ports.
 //! - [`proxy`]: drops or corrupts connections on demand.
 //! - [`data`]: random test files.
+//! - [`coordinator`]: coordinator replicas as processes, per-run certificates, the `cassette` CLI.
 //! - [`conformance`]: the storage scenario every backend must pass.
 
 #![deny(unsafe_code)]
 
 pub mod conformance;
+pub mod coordinator;
 pub mod data;
 pub mod emulator;
 pub mod fixtures;

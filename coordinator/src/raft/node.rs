@@ -458,7 +458,7 @@ impl Loop {
                 }
                 next_tick = Instant::now() + self.config.tick;
             }
-            if let Err(e) = self.on_ready() {
+            if let Err(e) = self.on_ready().and_then(|()| self.maybe_snapshot()) {
                 tracing::error!(id = self.id, error = %e, "raft loop stopped: the state store failed");
                 self.status_tx.send_modify(|s| s.fatal = Some(e.to_string()));
                 break;
@@ -627,7 +627,6 @@ impl Loop {
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.answer_reads();
-        self.maybe_snapshot()?;
         Ok(())
     }
 
@@ -735,7 +734,10 @@ impl Loop {
                 return Ok(());
             }
         };
-        let membership = Membership { voters: cs.voters.clone(), learners: cs.learners.clone() };
+        let (mut voters, mut learners) = (cs.voters.clone(), cs.learners.clone());
+        voters.sort_unstable();
+        learners.sort_unstable();
+        let membership = Membership { voters, learners };
         let address = String::from_utf8_lossy(&cc.context).into_owned();
         let (add, remove) = match cc.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => (Some((cc.node_id, address.as_str())), None),

@@ -66,10 +66,16 @@ pub struct LogStore {
 impl LogStore {
     /// Opens the log in `tree` (with the state machine over the same tree).
     pub fn open(tree: KvTree, sm: StateMachine) -> Result<Self, KvError> {
-        let hard_state = match tree.get(HARD_STATE)? {
+        let mut hard_state = match tree.get(HARD_STATE)? {
             Some(b) => HardState::decode(&b[..]).map_err(|e| corrupt("r/hs", e))?,
             None => HardState::default(),
         };
+        // Only committed entries are applied, but the commit index is written without an fsync
+        // and may trail the applied index after a crash: what was applied was committed.
+        let applied = sm.applied()?;
+        if applied.index > hard_state.commit {
+            hard_state.commit = applied.index;
+        }
         let truncated = match tree.get(TRUNCATED)? {
             Some(b) => Applied::decode(&b).map_err(|e| corrupt("r/trunc", e))?,
             None => Applied::default(),
@@ -307,6 +313,18 @@ impl Storage for LogStore {
                 return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
             }
         };
+        let conf = snap.get_metadata().get_conf_state();
+        if !conf.voters.contains(&to) && !conf.learners.contains(&to) {
+            // A replica added after this snapshot would refuse it (it is not in its membership):
+            // make a new one that includes it.
+            tracing::info!(
+                to,
+                have = snap.get_metadata().index,
+                "new replica needs a snapshot that includes it; making one"
+            );
+            self.snapshot_wanted.store(true, Ordering::Relaxed);
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
         if snap.get_metadata().index < request_index {
             tracing::info!(
                 to,
@@ -363,6 +381,7 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 7;
         snap.mut_metadata().term = 6;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
         s.save_snapshot_and_compact(&snap, 6).unwrap();
         assert_eq!(s.first_index().unwrap(), 7);
         assert_eq!(s.term(6).unwrap(), 5);
@@ -373,6 +392,7 @@ mod tests {
         ));
         assert_eq!(s.snapshot(0, 2).unwrap().get_metadata().index, 7);
         assert!(s.snapshot(9, 2).is_err() && s.take_snapshot_wanted());
+        assert!(s.snapshot(0, 7).is_err() && s.take_snapshot_wanted(), "a replica outside the snapshot's membership");
         drop(s);
         let s = open(&kv);
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap(), s.snapshot_index()), (7, 7, 7));

@@ -140,6 +140,8 @@ impl GrpcTransport {
         {
             return Some(l.queue.clone());
         }
+        // Called from the raft thread: the channel spawns its worker on our runtime.
+        let _rt = self.runtime.enter();
         let channel = match tls::channel(
             &address,
             &self.tls,

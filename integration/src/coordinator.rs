@@ -1,0 +1,296 @@
+//! Coordinator replicas and agents as separate processes, with per-run certificates.
+//!
+//! ```ignore
+//! let pki = TestPki::new(dir)?;                         // CA + operator certificate
+//! let mut group = CoordinatorGroup::start(&pki, dir, 3, &[])?;   // three replicas, one group
+//! let client = group.client()?;                          // follows the leader
+//! let leader = group.wait_for_leader(Duration::from_secs(10)).await?;
+//! group.kill9(leader);
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cassette_common::tls::{Role, TlsMode, TlsPaths};
+use cassette_coordinator::certs::{self, IssueRequest};
+use cassette_coordinator::client::OperatorClient;
+use cassette_proto::v1 as pb;
+
+use crate::process::ManagedProcess;
+use crate::tools::{free_port, workspace_binary};
+
+/// A CA for one test run, and certificates issued from it.
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    /// The CA directory (ca.pem, ca.key, and every issued certificate).
+    pub dir: PathBuf,
+}
+
+impl TestPki {
+    /// Creates a CA in `dir` and an operator certificate `operator`.
+    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+        certs::init_ca(dir, "test-ca", 30, false)?;
+        let pki = Self { dir: dir.to_owned() };
+        pki.issue(Role::Operator, "operator", &[])?;
+        Ok(pki)
+    }
+
+    /// Issues `<name>.pem`/`<name>.key` (no-op if they exist).
+    pub fn issue(&self, role: Role, name: &str, sans: &[&str]) -> anyhow::Result<TlsPaths> {
+        let paths = TlsPaths::in_dir(&self.dir, name);
+        if !paths.cert.exists() {
+            let req = IssueRequest::valid_for_days(role, name, sans.iter().map(|s| s.to_string()).collect(), 30);
+            certs::issue(&self.dir, &self.dir, &req, false)?;
+        }
+        Ok(paths)
+    }
+
+    /// The operator's material.
+    pub fn operator(&self) -> anyhow::Result<TlsMode> {
+        Ok(TlsMode::load(Some(&TlsPaths::in_dir(&self.dir, "operator")), false)?)
+    }
+
+    /// `--ca/--cert/--key` arguments for `name`.
+    pub fn args(&self, name: &str) -> Vec<String> {
+        let p = TlsPaths::in_dir(&self.dir, name);
+        vec![
+            "--ca".into(),
+            p.ca.display().to_string(),
+            "--cert".into(),
+            p.cert.display().to_string(),
+            "--key".into(),
+            p.key.display().to_string(),
+        ]
+    }
+}
+
+/// One replica process.
+#[derive(Debug)]
+pub struct ReplicaProcess {
+    /// Raft id.
+    pub id: u64,
+    /// Its address.
+    pub address: String,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+    /// The process (None while stopped).
+    pub process: Option<ManagedProcess>,
+    args: Vec<String>,
+}
+
+/// A group of replica processes.
+#[derive(Debug)]
+pub struct CoordinatorGroup {
+    /// The replicas by id.
+    pub replicas: BTreeMap<u64, ReplicaProcess>,
+    pki: TestPki,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+/// Raft settings for tests: fast ticks, small snapshots optional.
+pub const FAST_RAFT: &[&str] = &["--tick", "50ms", "--election-ticks", "10", "--heartbeat-ticks", "2"];
+
+impl CoordinatorGroup {
+    /// Starts `n` replicas (ids 1..=n) bootstrapped as one group. `extra` is passed to every
+    /// `serve` (e.g. `--snapshot-interval 20`).
+    pub fn start(pki: &TestPki, dir: &Path, n: u64, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut g = Self {
+            replicas: BTreeMap::new(),
+            pki: pki.clone(),
+            dir: dir.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            ports.push(free_port()?);
+        }
+        let peers: Vec<String> = (1..=n).zip(&ports).map(|(id, p)| format!("{id}=127.0.0.1:{p}")).collect();
+        for (id, port) in (1..=n).zip(ports) {
+            let address = format!("127.0.0.1:{port}");
+            let mut args = vec!["--peers".to_owned(), peers.join(",")];
+            if n == 1 {
+                args.clear();
+            }
+            g.add_process(id, address, args)?;
+        }
+        Ok(g)
+    }
+
+    fn add_process(&mut self, id: u64, address: String, bootstrap_args: Vec<String>) -> anyhow::Result<()> {
+        let name = format!("coordinator{id}");
+        self.pki.issue(Role::Coordinator, &name, &["127.0.0.1", "localhost"])?;
+        let state_dir = self.dir.join(format!("replica{id}"));
+        let mut args = vec![
+            "serve".to_owned(),
+            "--listen".into(),
+            address.clone(),
+            "--id".into(),
+            id.to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--enable-fault-injection".into(),
+            "--health-interval".into(),
+            "2s".into(),
+        ];
+        args.extend(self.pki.args(&name));
+        args.extend(FAST_RAFT.iter().map(|s| s.to_string()));
+        args.extend(self.extra.iter().cloned());
+        args.extend(bootstrap_args);
+        let log = self.dir.join(format!("replica{id}.log"));
+        let mut r = ReplicaProcess { id, address, state_dir, log, process: None, args };
+        spawn_replica(&mut r)?;
+        self.replicas.insert(id, r);
+        Ok(())
+    }
+
+    /// Starts a new empty replica with `--join` (add it with [`OperatorClient`] `add_replica`).
+    pub fn start_joining(&mut self, id: u64) -> anyhow::Result<String> {
+        let address = format!("127.0.0.1:{}", free_port()?);
+        self.add_process(id, address.clone(), vec!["--join".into()])?;
+        Ok(address)
+    }
+
+    /// Every replica's address.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.replicas.values().map(|r| r.address.clone()).collect()
+    }
+
+    /// An operator client over every replica, waiting up to 10 s for a leader.
+    pub fn client(&self) -> anyhow::Result<OperatorClient> {
+        Ok(OperatorClient::new(self.endpoints(), self.pki.operator()?, Duration::from_secs(10))?)
+    }
+
+    /// A replica's own status (no redirect).
+    pub async fn status(&self, id: u64) -> anyhow::Result<pb::ReplicaStatusResponse> {
+        let r = self.replicas.get(&id).context("no such replica")?;
+        let c = OperatorClient::new(vec![r.address.clone()], self.pki.operator()?, Duration::from_secs(2))?;
+        Ok(c.at(&r.address, |mut c| async move { c.replica_status(pb::ReplicaStatusRequest {}).await }).await?)
+    }
+
+    /// Sets fault injection on replica `id`.
+    pub async fn faults(&self, id: u64, isolate: bool, drop_rate: f64) -> anyhow::Result<()> {
+        let r = self.replicas.get(&id).context("no such replica")?;
+        let c = OperatorClient::new(vec![r.address.clone()], self.pki.operator()?, Duration::from_secs(2))?;
+        c.at(&r.address, |mut c| async move {
+            c.set_faults(pb::SetFaultsRequest { isolate, drop_rate, delay_ms: 0 }).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Waits until the running replicas (except `excluding`) agree on one leader; returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration, excluding: &[u64]) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let mut leaders = Vec::new();
+            let mut ok = true;
+            for (id, r) in &self.replicas {
+                if excluding.contains(id) || r.process.is_none() {
+                    continue;
+                }
+                match self.status(*id).await {
+                    Ok(s) if s.role == "removed" => {}
+                    Ok(s) => leaders.push(s.leader_id),
+                    Err(e) => {
+                        last = e.to_string();
+                        ok = false;
+                    }
+                }
+            }
+            if ok
+                && !leaders.is_empty()
+                && leaders[0] != 0
+                && leaders.iter().all(|l| *l == leaders[0])
+                && !excluding.contains(&leaders[0])
+            {
+                return Ok(leaders[0]);
+            }
+            last = format!("leaders seen: {leaders:?} {last}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("no agreed leader within {timeout:?}: {last}")
+    }
+
+    /// Waits until replica `id` has applied at least `index`.
+    pub async fn wait_applied(
+        &self,
+        id: u64,
+        index: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<pb::ReplicaStatusResponse> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status(id).await;
+            if let Ok(s) = &s
+                && s.applied_index >= index
+            {
+                return Ok(s.clone());
+            }
+            if Instant::now() >= deadline {
+                bail!("replica {id} did not apply index {index} within {timeout:?}: {s:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(r) = self.replicas.get_mut(&id)
+            && let Some(mut p) = r.process.take()
+        {
+            p.kill9();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(r) = self.replicas.get_mut(&id)
+            && let Some(mut p) = r.process.take()
+        {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+
+    /// Starts a stopped replica again from its state directory.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        let r = self.replicas.get_mut(&id).context("no such replica")?;
+        spawn_replica(r)
+    }
+
+    /// The tail of every replica's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.replicas
+            .values()
+            .map(|r| format!("--- replica {} ({}):\n{}", r.id, r.log.display(), crate::process::tail(&r.log, 3000)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn spawn_replica(r: &mut ReplicaProcess) -> anyhow::Result<()> {
+    let bin = workspace_binary("cassette-coordinator", "cassette-coordinator");
+    let mut cmd = Command::new(bin);
+    cmd.args(&r.args).env("RUST_LOG", "info,raft=info").env("NO_COLOR", "1");
+    // After the first start the bootstrap flags are ignored (state exists), which is what a
+    // restart from the directory must do.
+    r.process = Some(ManagedProcess::spawn(&format!("coordinator{}", r.id), cmd, &r.log)?);
+    Ok(())
+}
+
+/// Runs the `cassette` CLI with `args`; returns (exit code, stdout, stderr).
+pub fn cassette_cli(args: &[String]) -> anyhow::Result<(i32, String, String)> {
+    let bin = workspace_binary("cassette-coordinator", "cassette");
+    let out = Command::new(bin).args(args).env("NO_COLOR", "1").output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}

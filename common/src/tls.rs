@@ -560,8 +560,10 @@ impl fmt::Display for WrongRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "expected a {} certificate but the server presented an {} certificate ({:?})",
-            self.expected, self.got, self.name
+            "expected {} certificate but the server presented {} certificate ({:?})",
+            self.expected.with_article(),
+            self.got.with_article(),
+            self.name
         )
     }
 }
@@ -781,30 +783,33 @@ pub fn serve_incoming(
                         io: ServerIo::Plain(stream),
                         peer: PeerIdentity { role: None, name: String::new(), address: Some(addr) },
                     },
-                    Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Err(_) => {
-                            tracing::warn!(peer = %addr, "TLS handshake timed out; closing the connection");
-                            return;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(peer = %addr, "rejected a TLS connection: {}", explain_io_error(&e, Side::Server));
-                            return;
-                        }
-                        Ok(Ok(tls)) => {
-                            let peer = tls
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .and_then(|c| role_of(c).ok())
-                                .map(|(role, name)| PeerIdentity { role: Some(role), name, address: Some(addr) });
-                            let Some(peer) = peer else {
-                                tracing::warn!(peer = %addr, "TLS connection without a usable client certificate; closing");
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream).into_fallible()).await {
+                            Err(_) => {
+                                tracing::warn!(peer = %addr, "TLS handshake timed out; closing the connection");
                                 return;
-                            };
-                            ServerConn { io: ServerIo::Tls(Box::new(tls)), peer }
+                            }
+                            Ok(Err((e, tcp))) => {
+                                tracing::warn!(peer = %addr, "rejected a TLS connection: {}", explain_io_error(&e, Side::Server));
+                                drain_then_close(tcp).await;
+                                return;
+                            }
+                            Ok(Ok(tls)) => {
+                                let peer = tls
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .and_then(|c| role_of(c).ok())
+                                    .map(|(role, name)| PeerIdentity { role: Some(role), name, address: Some(addr) });
+                                let Some(peer) = peer else {
+                                    tracing::warn!(peer = %addr, "TLS connection without a usable client certificate; closing");
+                                    return;
+                                };
+                                ServerConn { io: ServerIo::Tls(Box::new(tls)), peer }
+                            }
                         }
-                    },
+                    }
                 };
                 let _ = tx.send(Ok(conn)).await;
             });
@@ -813,10 +818,29 @@ pub fn serve_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// A client-side connection.
+/// Reads and discards what the refused client still sends (for at most a second) before closing.
+/// Closing at once with unread data makes the kernel answer with a reset, which can destroy the
+/// alert we just sent before the client reads it; the client would then see "broken pipe"
+/// instead of why it was refused.
+async fn drain_then_close(mut tcp: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// A client-side connection; `prefix` holds bytes read ahead after the handshake.
 #[derive(Debug)]
 pub struct ClientConn {
     io: ClientIo,
+    prefix: Vec<u8>,
+    pos: usize,
 }
 
 #[derive(Debug)]
@@ -825,12 +849,69 @@ enum ClientIo {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-delegate_io!(ClientConn, io, ClientIo::Plain, ClientIo::Tls);
+impl AsyncRead for ClientConn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        let mut s = ClientStreamRef(&mut this.io);
+        Pin::new(&mut s).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientConn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut ClientStreamRef(&mut self.get_mut().io)).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut ClientStreamRef(&mut self.get_mut().io)).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut ClientStreamRef(&mut self.get_mut().io)).poll_shutdown(cx)
+    }
+}
+
+struct ClientStreamRef<'a>(&'a mut ClientIo);
+
+impl AsyncRead for ClientStreamRef<'_> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().0 {
+            ClientIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStreamRef<'_> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut().0 {
+            ClientIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().0 {
+            ClientIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().0 {
+            ClientIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Dials one address over TLS (or plain TCP) for a tonic `Channel`.
 #[derive(Clone)]
 struct Connector {
     address: String,
+    first_read: Duration,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
 }
 
@@ -854,11 +935,32 @@ impl tower_service::Service<tonic::codegen::http::Uri> for Connector {
         Box::pin(async move {
             let tcp = TcpStream::connect(&this.address).await?;
             let _ = tcp.set_nodelay(true);
-            let io = match this.tls {
-                None => ClientIo::Plain(tcp),
-                Some((connector, name)) => ClientIo::Tls(Box::new(connector.connect(name, tcp).await?)),
+            let (io, prefix) = match this.tls {
+                None => (ClientIo::Plain(tcp), Vec::new()),
+                Some((connector, name)) => {
+                    let mut tls = connector.connect(name, tcp).await?;
+                    // With TLS 1.3 the server checks our certificate after our side of the
+                    // handshake is done, and a refusal only shows on the first read. Read the
+                    // server's first bytes (its HTTP/2 settings) now, so that a refusal fails the
+                    // connection attempt with the server's reason instead of surfacing later as
+                    // a cancelled request or a broken pipe. The bytes are replayed to HTTP/2.
+                    let mut first = vec![0u8; 16 * 1024];
+                    let n = tokio::time::timeout(this.first_read, tokio::io::AsyncReadExt::read(&mut tls, &mut first))
+                        .await
+                        .map_err(|_| {
+                            io::Error::new(io::ErrorKind::TimedOut, "the server sent nothing after the TLS handshake")
+                        })??;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the server closed the connection after the TLS handshake",
+                        ));
+                    }
+                    first.truncate(n);
+                    (ClientIo::Tls(Box::new(tls)), first)
+                }
             };
-            Ok(hyper_util::rt::TokioIo::new(ClientConn { io }))
+            Ok(hyper_util::rt::TokioIo::new(ClientConn { io, prefix, pos: 0 }))
         })
     }
 }
@@ -904,7 +1006,11 @@ pub fn channel(
     if let Some(t) = timeouts.request {
         endpoint = endpoint.timeout(t);
     }
-    Ok(endpoint.connect_with_connector_lazy(Connector { address: address.to_owned(), tls }))
+    Ok(endpoint.connect_with_connector_lazy(Connector {
+        address: address.to_owned(),
+        first_read: timeouts.connect,
+        tls,
+    }))
 }
 
 /// The host part of `host:port` or `[v6]:port`.

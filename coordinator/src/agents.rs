@@ -86,8 +86,13 @@ impl AgentError {
         };
         let message = match tls {
             Some(t) => t,
-            None if kind == AgentErrorKind::Unreachable && s.message().contains("transport error") => {
-                let detail = source_chain(&s);
+            None if s.code() == Code::DeadlineExceeded => format!("no answer in time ({})", s.message()),
+            None if kind == AgentErrorKind::Unreachable => {
+                let detail = if s.message().contains("transport error") || s.message().is_empty() {
+                    source_chain(&s)
+                } else {
+                    s.message().to_owned()
+                };
                 format!("cannot connect ({detail}): is `cassette-agent serve` running there?")
             }
             None => s.message().to_owned(),

@@ -65,9 +65,10 @@ impl TlsArgs {
             && c.role() != role
         {
             bail!(
-                "{} is a {} certificate, but this program needs a {role} certificate (`cassette certs issue --role {role}`)",
+                "{} is {} certificate, but this program needs {} certificate (`cassette certs issue --role {role}`)",
                 cert.display(),
-                c.role()
+                c.role().with_article(),
+                role.with_article()
             );
         }
         Ok(mode)

@@ -294,3 +294,185 @@ pub fn cassette_cli(args: &[String]) -> anyhow::Result<(i32, String, String)> {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
 }
+
+impl TestPki {
+    /// Issues a certificate that expired yesterday (`<name>.pem`/`<name>.key`, replacing any).
+    pub fn issue_expired(&self, role: Role, name: &str, sans: &[&str]) -> anyhow::Result<TlsPaths> {
+        let now = time::OffsetDateTime::now_utc();
+        let req = IssueRequest {
+            role,
+            name: name.to_owned(),
+            sans: sans.iter().map(|s| s.to_string()).collect(),
+            not_before: now - time::Duration::days(10),
+            not_after: now - time::Duration::days(1),
+        };
+        let (cert, key) = certs::issue_pem(
+            &std::fs::read_to_string(self.dir.join("ca.pem"))?,
+            &std::fs::read_to_string(self.dir.join("ca.key"))?,
+            &req,
+        )?;
+        let paths = TlsPaths::in_dir(&self.dir, name);
+        std::fs::write(&paths.key, key)?;
+        std::fs::write(&paths.cert, cert)?;
+        Ok(paths)
+    }
+
+    /// Re-issues a valid certificate over `<name>.pem`/`<name>.key` (for reload tests).
+    pub fn reissue(&self, role: Role, name: &str, sans: &[&str]) -> anyhow::Result<TlsPaths> {
+        let req = IssueRequest::valid_for_days(role, name, sans.iter().map(|s| s.to_string()).collect(), 30);
+        certs::issue(&self.dir, &self.dir, &req, true)?;
+        Ok(TlsPaths::in_dir(&self.dir, name))
+    }
+
+    /// Mutual-TLS material for `name` (any role).
+    pub fn mode(&self, name: &str) -> anyhow::Result<TlsMode> {
+        Ok(TlsMode::load(Some(&TlsPaths::in_dir(&self.dir, name)), false)?)
+    }
+}
+
+/// An agent process (`cassette-agent serve`) for one emulated node.
+#[derive(Debug)]
+pub struct AgentProcess {
+    /// `host:port` it listens on.
+    pub address: String,
+    /// Log file.
+    pub log: PathBuf,
+    /// The process (None while stopped).
+    pub process: Option<ManagedProcess>,
+    args: Vec<String>,
+    name: String,
+}
+
+impl AgentProcess {
+    /// Starts an agent for the emulated node at `node` (e.g. `127.0.0.2`), listening on
+    /// `node:port`, with certificate `cert_name` from `pki`, state in `dir/<name>`.
+    pub fn start(
+        cluster: &crate::harness::EmulatedCluster,
+        node: &str,
+        port: u16,
+        pki: &TestPki,
+        cert_name: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let name = format!("agent-{node}");
+        let address = format!("{node}:{port}");
+        let mut args = vec![
+            "--state-dir".to_owned(),
+            dir.join(&name).display().to_string(),
+            "serve".into(),
+            "--listen".into(),
+            address.clone(),
+            "--nodetool".into(),
+            cluster.nodetool_path().display().to_string(),
+            "--cqlsh".into(),
+            cluster.cqlsh_path().display().to_string(),
+            "--jmx-host".into(),
+            node.into(),
+            "--cql-host".into(),
+            node.into(),
+            "--enable-test-phases".into(),
+            "--tls-reload-interval".into(),
+            "200ms".into(),
+        ];
+        args.extend(pki.args(cert_name));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = dir.join(format!("{name}.log"));
+        let mut a = Self { address, log, process: None, args, name };
+        a.restart()?;
+        Ok(a)
+    }
+
+    /// Starts it (again), and waits until it listens.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let bin = workspace_binary("cassette-agent", "cassette-agent");
+        let mut cmd = Command::new(bin);
+        cmd.args(&self.args).env("RUST_LOG", "info").env("NO_COLOR", "1");
+        let before = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
+        let mut p = ManagedProcess::spawn(&self.name, cmd, &self.log)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.get(before as usize..).is_some_and(|t| t.contains("cassette-agent listening on")) {
+                break;
+            }
+            if !p.is_running() || Instant::now() > deadline {
+                bail!("agent {} did not start:\n{}", self.name, p.log_tail(3000));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.process = Some(p);
+        Ok(())
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill9();
+        }
+    }
+
+    /// The log without terminal colour codes.
+    pub fn log_text(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+}
+
+/// Removes terminal colour sequences (`ESC [ … m`).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' && it.peek() == Some(&'[') {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A port that is free on every one of `hosts` (loopback aliases such as 127.0.0.2).
+pub fn free_port_on(hosts: &[&str]) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let p = free_port()?;
+        if hosts.iter().all(|h| std::net::TcpListener::bind((*h, p)).is_ok()) {
+            return Ok(p);
+        }
+    }
+    bail!("no port free on all of {hosts:?}")
+}
+
+/// Opens a TLS connection to `address` trusting `ca` but presenting NO client certificate, and
+/// returns how the failure is explained to the client (the server must refuse it).
+pub async fn connect_without_certificate(address: &str, ca: &Path) -> anyhow::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+        roots.add(c?)?;
+    }
+    let cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(address).await?;
+    let host = cassette_common::tls::host_of(address).context("host")?.to_owned();
+    let name = rustls::pki_types::ServerName::try_from(host)?;
+    let err = match connector.connect(name, tcp).await {
+        Err(e) => e,
+        Ok(mut s) => {
+            // TLS 1.3: the client finishes its side first; the refusal arrives on the next read.
+            s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+            let mut buf = [0u8; 64];
+            match s.read(&mut buf).await {
+                Err(e) => e,
+                Ok(n) => bail!("the server accepted a connection without a client certificate (read {n} bytes)"),
+            }
+        }
+    };
+    Ok(cassette_common::tls::explain_transport_error(&err, cassette_common::tls::Side::Client)
+        .unwrap_or_else(|| err.to_string()))
+}

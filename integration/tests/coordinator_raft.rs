@@ -151,9 +151,17 @@ async fn t51_an_isolated_replica_heals() {
     let c2 = OperatorClient::new(others, pki.operator().unwrap(), Duration::from_secs(10)).unwrap();
     let (more, last) = write_n(&c2, "c", 10).await;
     keys.extend(more);
-    // The isolated old leader stepped down (check-quorum) and serves no writes.
-    let old = g.status(leader).await.unwrap();
-    assert_ne!(old.role, "leader", "an isolated leader must step down: {old:?}");
+    // The isolated old leader steps down after an election timeout without a quorum
+    // (check-quorum), so it stops serving.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let old = g.status(leader).await.unwrap();
+        if old.role != "leader" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "an isolated leader must step down: {old:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     step("heal the old leader: it follows and catches up");
     g.faults(leader, false, 0.0).await.unwrap();
     let s = guard(&g, g.wait_applied(leader, last, Duration::from_secs(10)).await);

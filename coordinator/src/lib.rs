@@ -12,6 +12,7 @@
 //! - [`raft`]: the raft loop, log storage, transport.
 //! - [`agents`]: the [`agents::AgentClient`] seam and its gRPC implementation.
 //! - [`registry`]: registering clusters through their agents, health checks.
+//! - [`dispatch`]: a phase's start committed before the agent is called; re-attach by job id.
 //! - [`service`]: the operator API and raft transport gRPC services.
 //! - [`server`]: a replica: configuration and `run(listener, …, shutdown)`.
 //! - [`client`]: the operator API client that follows the leader.
@@ -24,6 +25,7 @@ pub mod agents;
 pub mod certs;
 pub mod cli;
 pub mod client;
+pub mod dispatch;
 pub mod kv;
 pub mod model;
 pub mod raft;

@@ -225,7 +225,12 @@ async fn t57_agent_jobs_are_idempotent_and_survive_agent_restarts() {
     step("kill -9 the agent with two jobs running");
     agents.start_job(&agent, &job("long", "synthetic.sleep", 3000)).await.unwrap();
     agents.start_job(&agent, &job("once", "synthetic.sleep-once", 60_000)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill it once the long job has made progress.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agents.job(&agent, "long").await.unwrap().progress.unwrap_or_default().done < 2 {
+        assert!(Instant::now() < deadline, "job 'long' makes no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     s.agents[0].kill9();
     let e = agents.job(&agent, "long").await.unwrap_err();
     assert_eq!(e.kind, AgentErrorKind::Unreachable, "{e}");
@@ -248,8 +253,18 @@ async fn t57_agent_jobs_are_idempotent_and_survive_agent_restarts() {
     wait_job(&agents, &agent, "cancel-me", pb::JobState::Cancelled, Duration::from_secs(10)).await;
 }
 
-fn assert_log(log: &str, needle: &str, who: &str) {
-    assert!(log.contains(needle), "{who} log lacks {needle:?}:\n{}", &log[log.len().saturating_sub(4000)..]);
+/// Waits (up to 5 s) for a server's log to say `needle`: the server may log just after the
+/// client has seen the refusal.
+async fn assert_log(log: impl Fn() -> String, needle: &str, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = log();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{who} log lacks {needle:?}:\n{}", &text[text.len().saturating_sub(4000)..]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,13 +286,11 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
     step("no certificate: operator API");
     let client_msg = connect_without_certificate(&coord, &ca).await.unwrap();
     assert!(client_msg.contains("this end presented no certificate"), "{client_msg}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_log(&s.coordinator_log(), "the client presented no certificate", "coordinator");
+    assert_log(|| s.coordinator_log(), "the client presented no certificate", "coordinator").await;
     step("no certificate: agent API");
     let client_msg = connect_without_certificate(&agent, &ca).await.unwrap();
     assert!(client_msg.contains("this end presented no certificate"), "{client_msg}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_log(&s.agents[0].log_text(), "the client presented no certificate", "agent");
+    assert_log(|| s.agents[0].log_text(), "the client presented no certificate", "agent").await;
     step("plain text against TLS");
     let (code, _, err) = cassette_cli(&[
         "--coordinator".into(),
@@ -292,8 +305,7 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
     .unwrap();
     assert_eq!(code, 1);
     assert!(err.contains("requires mutual TLS"), "{err}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_log(&s.coordinator_log(), "does not speak TLS", "coordinator");
+    assert_log(|| s.coordinator_log(), "does not speak TLS", "coordinator").await;
 
     step("another CA: operator API (the CLI)");
     let foreign = |name: &str| {
@@ -314,7 +326,7 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
     let (code, _, err) = cassette_cli(&args).unwrap();
     assert_eq!(code, 1);
     assert!(err.contains("not issued by the CA the peer trusts"), "{err}");
-    assert_log(&s.coordinator_log(), "was not issued by our CA", "coordinator");
+    assert_log(|| s.coordinator_log(), "was not issued by our CA", "coordinator").await;
     step("another CA: agent API");
     let mixed = TlsMode::load(
         Some(&cassette_common::tls::TlsPaths {
@@ -329,7 +341,7 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
         GrpcAgents::new(mixed, cassette_coordinator::agents::default_timeouts()).describe(&agent).await.unwrap_err();
     assert_eq!(e.kind, AgentErrorKind::Denied, "{e}");
     assert!(e.to_string().contains("not issued by the CA the peer trusts"), "{e}");
-    assert_log(&s.agents[0].log_text(), "was not issued by our CA", "agent");
+    assert_log(|| s.agents[0].log_text(), "was not issued by our CA", "agent").await;
 
     step("wrong role: an agent certificate on the operator API");
     let as_agent =
@@ -341,7 +353,7 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
             .contains("accepts only operator certificates, but this connection presented an agent certificate"),
         "{e}"
     );
-    assert_log(&s.coordinator_log(), "refused a request: wrong certificate role", "coordinator");
+    assert_log(|| s.coordinator_log(), "refused a request: wrong certificate role", "coordinator").await;
     step("wrong role: an operator certificate on the agent API");
     let e = GrpcAgents::new(s.pki.operator().unwrap(), cassette_coordinator::agents::default_timeouts())
         .describe(&agent)
@@ -353,7 +365,7 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
             .contains("accepts only coordinator certificates, but this connection presented an operator certificate"),
         "{e}"
     );
-    assert_log(&s.agents[0].log_text(), "refused a request: wrong certificate role", "agent");
+    assert_log(|| s.agents[0].log_text(), "refused a request: wrong certificate role", "agent").await;
     step("wrong role: the CLI refuses a non-operator certificate before connecting");
     let mut args = vec!["--coordinator".to_owned(), coord.clone()];
     args.extend(s.pki.args("coordinator-client"));
@@ -369,7 +381,7 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
     let (code, _, err) = cassette_cli(&args).unwrap();
     assert_eq!(code, 1);
     assert!(err.contains("certificate has expired"), "{err}");
-    assert_log(&s.coordinator_log(), "the client presented an expired certificate", "coordinator");
+    assert_log(|| s.coordinator_log(), "the client presented an expired certificate", "coordinator").await;
     step("expired: coordinator certificate at an agent");
     s.pki.issue_expired(Role::Coordinator, "expired-coordinator", &[]).unwrap();
     let e =
@@ -378,7 +390,7 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
             .await
             .unwrap_err();
     assert!(e.to_string().contains("certificate has expired"), "{e}");
-    assert_log(&s.agents[0].log_text(), "the client presented an expired certificate", "agent");
+    assert_log(|| s.agents[0].log_text(), "the client presented an expired certificate", "agent").await;
 
     step("the server side: an agent with an expired certificate, then renewed in place");
     let coordinator =
@@ -389,14 +401,14 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
     let a3 = s.agents[2].address.clone();
     let e = coordinator.describe(&a3).await.unwrap_err();
     assert!(e.to_string().contains("the server presented an expired certificate"), "{e}");
-    assert_log(&s.agents[2].log_text(), "the client rejected the TLS handshake", "agent");
+    assert_log(|| s.agents[2].log_text(), "the client rejected the TLS handshake", "agent").await;
     s.pki.reissue(Role::Agent, "agent3", &["127.0.0.3"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while coordinator.describe(&a3).await.is_err() {
         assert!(Instant::now() < deadline, "the renewed certificate was not picked up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_log(&s.agents[2].log_text(), "reloaded TLS certificate", "agent");
+    assert_log(|| s.agents[2].log_text(), "reloaded TLS certificate", "agent").await;
 
     step("the server side: a server with the wrong role");
     // A coordinator dialling a coordinator replica as if it were an agent.

@@ -1175,4 +1175,20 @@ mod tests {
         assert_eq!(host_of("node1.example.com:7000"), Some("node1.example.com"));
         assert_eq!(host_of("node1"), None);
     }
+
+    #[test]
+    fn tls_failures_are_explained_even_when_only_their_text_survives() {
+        let io = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
+        let client = |m: &str| explain_transport_error(&io(m), Side::Client).unwrap();
+        assert!(client("received fatal alert: CertificateExpired").contains("this end's certificate has expired"));
+        assert!(client("received fatal alert: CertificateRequired").contains("presented no certificate"));
+        assert!(client("received fatal alert: UnknownCA").contains("not issued by the CA the peer trusts"));
+        assert!(
+            client("invalid peer certificate: UnknownIssuer")
+                .contains("the server presented a certificate that was not issued by our CA")
+        );
+        let server = explain_transport_error(&io("peer sent no certificates"), Side::Server).unwrap();
+        assert!(server.contains("the client presented no certificate"), "{server}");
+        assert!(explain_transport_error(&io("something else"), Side::Client).is_none());
+    }
 }

@@ -191,6 +191,9 @@ pub enum ClusterCommand {
     /// Registered clusters.
     List,
     /// Every node: agent reachable, Cassandra up, version, dc, rack, tokens, disk free.
+    ///
+    /// Probes every agent now (or shows the last recorded health with --cached). Exit code 2
+    /// when an agent is unreachable or a node is down. Example: cassette cluster status prod
     Status {
         /// The cluster.
         name: String,

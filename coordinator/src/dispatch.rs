@@ -62,6 +62,9 @@ impl DispatchError {
 pub fn job_id(operation: &str, host_id: &str, phase: &str, attempt: u32) -> String {
     let host: String = host_id.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
     let phase: String = phase.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+    // Agents accept ids of up to 128 characters.
+    let operation: String = operation.chars().take(64).collect();
+    let phase: String = phase.chars().take(40).collect();
     format!("{operation}.{host}.{phase}.{attempt}")
 }
 

@@ -139,7 +139,10 @@ impl CoordinatorGroup {
             "2s".into(),
         ];
         args.extend(self.pki.args(&name));
-        args.extend(FAST_RAFT.iter().map(|s| s.to_string()));
+        // CASSETTE_TEST_DEFAULT_RAFT=1 runs with the production timing (100 ms ticks) instead.
+        if std::env::var("CASSETTE_TEST_DEFAULT_RAFT").map_or(true, |v| v != "1") {
+            args.extend(FAST_RAFT.iter().map(|s| s.to_string()));
+        }
         args.extend(self.extra.iter().cloned());
         args.extend(bootstrap_args);
         let log = self.dir.join(format!("replica{id}.log"));

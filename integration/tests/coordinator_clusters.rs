@@ -418,3 +418,61 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t59_plain_text_only_behind_insecure_with_a_warning() {
+    // - without certificates, the replica, the agent and the CLI refuse to start and say how to
+    //   get certificates (or that --insecure exists);
+    // - with --insecure everywhere they work, and each prints the warning.
+    let dir = tempfile::Builder::new().prefix("cassette-t59-").tempdir().unwrap();
+    let coordinator = cassette_integration::tools::workspace_binary("cassette-coordinator", "cassette-coordinator");
+    let agent_bin = cassette_integration::tools::workspace_binary("cassette-agent", "cassette-agent");
+    let port = cassette_integration::tools::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let state = dir.path().join("state").display().to_string();
+    step("no certificates: refused, with the way out");
+    let out = std::process::Command::new(&coordinator)
+        .args(["serve", "--listen", &addr, "--state-dir", &state])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("mutual TLS needs --ca, --cert and --key") && err.contains("--insecure"),
+        "{err}"
+    );
+    let out = std::process::Command::new(&agent_bin).args(["serve", "--listen", &addr]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--ca"), "{err}");
+    let (code, _, err) =
+        cassette_cli(&["--coordinator".into(), addr.clone(), "cluster".into(), "list".into()]).unwrap();
+    assert!(code == 1 && err.contains("cassette certs init"), "{err}");
+    step("--insecure: works, with a warning");
+    let log = dir.path().join("coordinator.log");
+    let mut cmd = std::process::Command::new(&coordinator);
+    cmd.args(["serve", "--listen", &addr, "--state-dir", &state, "--insecure"]);
+    let mut p = cassette_integration::process::ManagedProcess::spawn("coordinator", cmd, &log).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = cassette_cli(&[
+            "--coordinator".into(),
+            addr.clone(),
+            "--insecure".into(),
+            "--output".into(),
+            "json".into(),
+            "debug".into(),
+            "put".into(),
+            "k".into(),
+            "v".into(),
+        ])
+        .unwrap();
+        if code == 0 {
+            assert!(err.contains("WARNING: --insecure"), "{err}");
+            assert!(out.contains("\"index\""), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline && p.is_running(), "{err}\n{}", p.log_tail(3000));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(std::fs::read_to_string(&log).unwrap().contains("WARNING: --insecure"));
+    p.stop(Duration::from_secs(10));
+}

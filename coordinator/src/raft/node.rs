@@ -334,6 +334,12 @@ impl RaftNode {
                 ));
             }
             (Bootstrap::Join, false) => tracing::info!(id, "starting empty; waiting for a leader to add this replica"),
+            (Bootstrap::NewGroup(peers), true) => {
+                let stored = sm.peers()?;
+                if stored != *peers && peers.len() > 1 {
+                    tracing::warn!(?stored, given = ?peers, "--peers differs from the membership in the state directory; the stored membership is used (change it with `cassette replica add/remove`)");
+                }
+            }
             (_, true) => {}
         }
         let applied = sm.applied()?;

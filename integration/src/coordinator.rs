@@ -99,27 +99,66 @@ pub const FAST_RAFT: &[&str] = &["--tick", "50ms", "--election-ticks", "10", "--
 impl CoordinatorGroup {
     /// Starts `n` replicas (ids 1..=n) bootstrapped as one group. `extra` is passed to every
     /// `serve` (e.g. `--snapshot-interval 20`).
+    ///
+    /// A free port can be taken by another process between the check and the bind; then the
+    /// whole group is started again on new ports (the peer list names every port).
     pub fn start(pki: &TestPki, dir: &Path, n: u64, extra: &[&str]) -> anyhow::Result<Self> {
-        let mut g = Self {
-            replicas: BTreeMap::new(),
-            pki: pki.clone(),
-            dir: dir.to_owned(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        let mut ports = Vec::new();
-        for _ in 0..n {
-            ports.push(free_port()?);
-        }
-        let peers: Vec<String> = (1..=n).zip(&ports).map(|(id, p)| format!("{id}=127.0.0.1:{p}")).collect();
-        for (id, port) in (1..=n).zip(ports) {
-            let address = format!("127.0.0.1:{port}");
-            let mut args = vec!["--peers".to_owned(), peers.join(",")];
-            if n == 1 {
-                args.clear();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut g = Self {
+                replicas: BTreeMap::new(),
+                pki: pki.clone(),
+                dir: dir.to_owned(),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            let mut ports = Vec::new();
+            for _ in 0..n {
+                ports.push(free_port()?);
             }
-            g.add_process(id, address, args)?;
+            let peers: Vec<String> = (1..=n).zip(&ports).map(|(id, p)| format!("{id}=127.0.0.1:{p}")).collect();
+            for (id, port) in (1..=n).zip(ports) {
+                let address = format!("127.0.0.1:{port}");
+                let mut args = vec!["--peers".to_owned(), peers.join(",")];
+                if n == 1 {
+                    args.clear();
+                }
+                g.add_process(id, address, args)?;
+            }
+            match g.wait_listening(Duration::from_secs(30)) {
+                Ok(()) => return Ok(g),
+                Err(e) if attempt < 4 && e.to_string().contains("Address already in use") => {
+                    eprintln!("a port was taken while starting the group; retrying on new ports: {e}");
+                    for r in g.replicas.values_mut() {
+                        if let Some(mut p) = r.process.take() {
+                            p.kill9();
+                        }
+                        let _ = std::fs::remove_dir_all(&r.state_dir);
+                        let _ = std::fs::remove_file(&r.log);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(g)
+    }
+
+    /// Waits until every started replica prints that it listens; fails with its log if one exits.
+    fn wait_listening(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for r in self.replicas.values_mut() {
+            loop {
+                let text = std::fs::read_to_string(&r.log).unwrap_or_default();
+                if text.contains("cassette-coordinator listening on") {
+                    break;
+                }
+                let running = r.process.as_mut().is_some_and(|p| p.is_running());
+                if !running || Instant::now() > deadline {
+                    bail!("replica {} did not start: {}", r.id, crate::process::tail(&r.log, 2000));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 
     fn add_process(&mut self, id: u64, address: String, bootstrap_args: Vec<String>) -> anyhow::Result<()> {

@@ -42,13 +42,32 @@ impl Setup {
         spec.datacenters = vec![("dc1".into(), 2), ("dc2".into(), 1)];
         let cluster = EmulatedCluster::create_in(&dir.path().join("cassandra"), EMULATOR, &spec).unwrap();
         let group = CoordinatorGroup::start(&pki, dir.path(), 1, &[]).unwrap();
-        let port = free_port_on(&NODES).unwrap();
-        let mut agents = Vec::new();
-        for (i, node) in NODES.iter().enumerate() {
-            let cert = format!("agent{}", i + 1);
-            pki.issue(Role::Agent, &cert, &[node]).unwrap();
-            agents.push(AgentProcess::start(&cluster, node, port, &pki, &cert, dir.path(), &[]).unwrap());
-        }
+        // A free port can be taken before the agents bind it: then all start again on another.
+        let mut attempt = 0;
+        let (agents, port) = loop {
+            attempt += 1;
+            let port = free_port_on(&NODES).unwrap();
+            let mut agents = Vec::new();
+            let mut failed = None;
+            for (i, node) in NODES.iter().enumerate() {
+                let cert = format!("agent{}", i + 1);
+                pki.issue(Role::Agent, &cert, &[node]).unwrap();
+                match AgentProcess::start(&cluster, node, port, &pki, &cert, dir.path(), &[]) {
+                    Ok(a) => agents.push(a),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => break (agents, port),
+                Some(e) if attempt < 4 && e.to_string().contains("Address already in use") => {
+                    eprintln!("port {port} taken; starting the agents on another: {e}");
+                }
+                Some(e) => panic!("{e:#}"),
+            }
+        };
         Self { dir: Some(dir), pki, cluster, group, agents, port }
     }
 

@@ -385,6 +385,15 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
         "{e}"
     );
     assert_log(|| s.agents[0].log_text(), "refused a request: wrong certificate role", "agent").await;
+    step("wrong role: an operator certificate on the raft transport");
+    let ch = cassette_common::tls::channel(&coord, &s.pki.operator().unwrap(), Role::Coordinator, Default::default())
+        .unwrap();
+    let e = pb::raft_transport_client::RaftTransportClient::new(ch)
+        .send(pb::RaftBatch { from: 9, from_address: "127.0.0.1:1".into(), to: 1, messages: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("the raft transport accepts only coordinator certificates, but this connection presented an operator certificate"), "{e}");
     step("wrong role: the CLI refuses a non-operator certificate before connecting");
     let mut args = vec!["--coordinator".to_owned(), coord.clone()];
     args.extend(s.pki.args("coordinator-client"));

@@ -150,7 +150,9 @@ impl OperatorClient {
                 Ok(ClientError::Denied { address: address.to_owned(), message: s.message().to_owned() })
             }
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-                let msg = if s.message().contains("transport error") || s.message().is_empty() {
+                // A status made from a connection failure has the failure as its source; one
+                // sent by a replica (e.g. "no answer within 10s") has none.
+                let msg = if std::error::Error::source(&s).is_some() || s.message().is_empty() {
                     format!("cannot connect ({})", transport_detail(&s))
                 } else {
                     s.message().to_owned()

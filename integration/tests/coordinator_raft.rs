@@ -171,7 +171,8 @@ async fn t51_an_isolated_replica_heals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t52_every_replica_restarts_from_disk() {
-    // - writes, then every replica killed (-9, no clean shutdown);
+    // - writes, then every replica killed (-9, no clean shutdown); meanwhile the CLI reports
+    //   that no leader is reachable, with what each replica answered;
     // - all restarted from their directories: same state, a leader, new writes accepted.
     let w = Workdir::new("t52");
     let pki = TestPki::new(&w.path().join("pki")).unwrap();
@@ -179,10 +180,24 @@ async fn t52_every_replica_restarts_from_disk() {
     guard(&g, g.wait_for_leader(Duration::from_secs(20), &[]).await);
     let c = g.client().unwrap();
     let (mut keys, last) = write_n(&c, "k", 25).await;
-    step("kill -9 every replica");
-    for id in [1, 2, 3] {
-        g.kill9(id);
-    }
+    step("kill -9 two replicas: the CLI says no leader is reachable, and why for each");
+    g.kill9(1);
+    g.kill9(2);
+    let cli = |g: &CoordinatorGroup| {
+        let mut a = vec!["--coordinator".to_owned(), g.endpoints().join(","), "--wait".into(), "1s".into()];
+        a.extend(pki.args("operator"));
+        a.extend(["debug".into(), "put".into(), "x".into(), "1".into()]);
+        cassette_integration::coordinator::cassette_cli(&a).unwrap()
+    };
+    let (code, _, err) = cli(&g);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no coordinator leader reachable within"), "{err}");
+    assert!(err.contains(&format!("{}: cannot connect", g.replicas[&1].address)), "{err}");
+    assert!(err.contains("replica 3 is not the leader; no leader is known"), "{err}");
+    g.kill9(3);
+    let (code, _, err) = cli(&g);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("{}: cannot connect", g.replicas[&3].address)), "{err}");
     step("restart every replica");
     for id in [1, 2, 3] {
         g.restart(id).unwrap();

@@ -306,6 +306,8 @@ pub mod keys {
     pub const APPLIED: &str = "s/meta/applied";
     /// The raft configuration (voters, learners).
     pub const CONF_STATE: &str = "s/meta/conf_state";
+    /// The group's identity (fixed at bootstrap).
+    pub const GROUP: &str = "s/meta/group";
     /// Replica id → address.
     pub fn peer(id: u64) -> String {
         format!("s/peer/{id:020}")

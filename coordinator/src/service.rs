@@ -415,6 +415,14 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
                 self.id, b.to
             )));
         }
+        let ours = self.transport.group();
+        if !ours.is_empty() && !b.group.is_empty() && b.group != ours {
+            tracing::warn!(from = b.from, address = %b.from_address, theirs = %b.group, ours = %ours, "refused raft messages from another coordinator group");
+            return Err(Status::failed_precondition(format!(
+                "replica {} at {} belongs to another coordinator group ({} vs {ours}): a replica that should join this group must start with an empty state directory and --join",
+                b.from, b.from_address, b.group
+            )));
+        }
         self.transport.learn(b.from, &b.from_address);
         for m in b.messages {
             if self.faults.drop_one() {

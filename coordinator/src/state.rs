@@ -55,6 +55,32 @@ impl Versioned for PeerRecord {
     const VERSION: u32 = 1;
 }
 
+/// The identity of a raft group: replicas refuse raft messages from another group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// 16 hex digits.
+    pub id: String,
+}
+
+impl Versioned for GroupRecord {
+    const KIND: &'static str = "group";
+    const VERSION: u32 = 1;
+}
+
+/// The group id of a new group: FNV-1a of its initial members, so every initial replica
+/// (bootstrapped independently with the same `--peers`) computes the same id, and two groups
+/// started separately (e.g. a replica started alone by mistake) get different ones.
+pub fn group_id(peers: &BTreeMap<u64, String>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (id, addr) in peers {
+        for b in format!("{id}={addr};").bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
 /// What applying a command returned to its proposer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOutput {
@@ -108,6 +134,11 @@ impl StateMachine {
     /// The membership as of the applied index.
     pub fn membership(&self) -> Result<Membership, KvError> {
         Ok(self.read(keys::CONF_STATE)?.unwrap_or_default())
+    }
+
+    /// The group id (empty before bootstrap or the first snapshot).
+    pub fn group(&self) -> Result<String, KvError> {
+        Ok(self.read::<GroupRecord>(keys::GROUP)?.map(|g| g.id).unwrap_or_default())
     }
 
     /// Replica id → address.
@@ -206,6 +237,7 @@ impl StateMachine {
     /// The bootstrap state of a new group: membership and peer table at `index`/`term`.
     pub fn bootstrap_batch(index: u64, term: u64, peers: &BTreeMap<u64, String>) -> WriteBatch {
         let mut b = Self::applied_batch(index, term);
+        b.put(keys::GROUP, GroupRecord { id: group_id(peers) }.encode());
         b.put(keys::CONF_STATE, Membership { voters: peers.keys().copied().collect(), learners: vec![] }.encode());
         for (id, addr) in peers {
             b.put(keys::peer(*id), PeerRecord { address: addr.clone() }.encode());
@@ -422,6 +454,14 @@ mod tests {
         put(&sm, 9, Command::DebugPut { key: "a".into(), value: "2".into() }).unwrap();
         assert_eq!(sm.debug("a").unwrap().unwrap(), DebugRecord { value: "2".into(), writes: 2, index: 9 });
         assert_eq!(sm.dump("cluster/").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn group_ids_depend_on_the_initial_members_only() {
+        let a: BTreeMap<u64, String> = [(1, "a:1".to_owned()), (2, "b:1".to_owned())].into();
+        assert_eq!(group_id(&a), group_id(&a.clone()));
+        assert_eq!(group_id(&a).len(), 16);
+        assert_ne!(group_id(&a), group_id(&[(1, "a:1".to_owned())].into()));
     }
 
     #[test]

@@ -198,6 +198,13 @@ impl CoordinatorGroup {
         Ok(address)
     }
 
+    /// Starts a new replica with neither --peers nor --join: it founds a one-replica group of its own.
+    pub fn start_alone(&mut self, id: u64) -> anyhow::Result<String> {
+        let address = format!("127.0.0.1:{}", free_port()?);
+        self.add_process(id, address.clone(), vec![])?;
+        Ok(address)
+    }
+
     /// Every replica's address.
     pub fn endpoints(&self) -> Vec<String> {
         self.replicas.values().map(|r| r.address.clone()).collect()

@@ -389,7 +389,13 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
     let ch = cassette_common::tls::channel(&coord, &s.pki.operator().unwrap(), Role::Coordinator, Default::default())
         .unwrap();
     let e = pb::raft_transport_client::RaftTransportClient::new(ch)
-        .send(pb::RaftBatch { from: 9, from_address: "127.0.0.1:1".into(), to: 1, messages: vec![] })
+        .send(pb::RaftBatch {
+            from: 9,
+            from_address: "127.0.0.1:1".into(),
+            to: 1,
+            messages: vec![],
+            group: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");

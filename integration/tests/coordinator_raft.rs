@@ -325,3 +325,44 @@ async fn t54_membership_from_three_to_five_and_back() {
     keys.extend(more);
     assert_all_present(&read_all(&c3).await, &keys);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t54b_a_replica_of_another_group_is_refused() {
+    // - a replica started by mistake without --join founds its own one-replica group;
+    // - added to the real group, its messages and the leader's are refused on both sides with
+    //   an explanation (no state is mixed); the real group keeps committing.
+    let w = Workdir::new("t54b");
+    let pki = TestPki::new(&w.path().join("pki")).unwrap();
+    let mut g = CoordinatorGroup::start(&pki, w.path(), 3, &[]).unwrap();
+    let leader = guard(&g, g.wait_for_leader(Duration::from_secs(20), &[]).await);
+    let c = g.client().unwrap();
+    let (mut keys, _) = write_n(&c, "a", 3).await;
+    step("start replica 4 alone, then add it");
+    let address = g.start_alone(4).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while g.status(4).await.map(|s| s.role != "leader").unwrap_or(true) {
+        assert!(Instant::now() < deadline, "the lone replica never led its own group\n{}", g.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let req = pb::AddReplicaRequest { id: 4, address };
+    c.call(|mut c| {
+        let r = req.clone();
+        async move { c.add_replica(r).await }
+    })
+    .await
+    .unwrap();
+    let (more, _) = write_n(&c, "b", 3).await;
+    keys.extend(more);
+    let leader_log = || std::fs::read_to_string(&g.replicas[&leader].log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !leader_log().contains("belongs to another coordinator group") {
+        assert!(Instant::now() < deadline, "the leader never reported the foreign replica\n{}", g.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lone = std::fs::read_to_string(&g.replicas[&4].log).unwrap_or_default();
+    assert!(lone.contains("refused raft messages from another coordinator group"), "{lone}");
+    let s4 = g.status(4).await.unwrap();
+    assert_eq!(s4.replicas.len(), 1, "the lone replica's state was mixed with the group's: {s4:?}");
+    assert!(read_all(&c).await.keys().all(|k| k.starts_with("debug/a-") || k.starts_with("debug/b-")));
+    assert_all_present(&read_all(&c).await, &keys);
+}

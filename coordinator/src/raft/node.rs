@@ -359,6 +359,7 @@ impl RaftNode {
             .map_err(|e| StartError::Config(format!("start raft: {e}")))?;
         let peers = sm.peers()?;
         transport.update_peers(&peers);
+        transport.set_group(&sm.group()?);
         let (status_tx, status_rx) = watch::channel(RaftStatus { id, ..Default::default() });
         let (tx, rx) = input;
         let mut node = Loop {
@@ -659,6 +660,7 @@ impl Loop {
         self.membership = self.sm.membership()?;
         self.peers = self.sm.peers()?;
         self.transport.update_peers(&self.peers);
+        self.transport.set_group(&self.sm.group()?);
         self.snapshots_received += 1;
         // Proposals at or below the snapshot can no longer be matched to their entries.
         let rest = self.proposals.split_off(&(meta.index + 1));

@@ -27,6 +27,8 @@ pub trait Transport: Send + Sync {
     fn send(&self, msgs: Vec<Message>);
     /// The current peer table (id → address), after a membership change or snapshot.
     fn update_peers(&self, peers: &BTreeMap<u64, String>);
+    /// The group this replica belongs to (known after bootstrap or the first snapshot).
+    fn set_group(&self, _group: &str) {}
 }
 
 /// Fault injection for tests: applied to outgoing and incoming raft messages.
@@ -82,6 +84,7 @@ pub struct GrpcTransport {
     /// Addresses learnt from incoming batches, for replicas not (yet) in the peer table.
     learnt: Mutex<HashMap<u64, String>>,
     known: Mutex<BTreeMap<u64, String>>,
+    group: Arc<Mutex<String>>,
     queue_len: usize,
 }
 
@@ -104,8 +107,14 @@ impl GrpcTransport {
             links: Mutex::new(HashMap::new()),
             learnt: Mutex::new(HashMap::new()),
             known: Mutex::new(BTreeMap::new()),
+            group: Arc::new(Mutex::new(String::new())),
             queue_len: 4096,
         })
+    }
+
+    /// This replica's group id (empty until known).
+    pub fn group(&self) -> String {
+        self.group.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Notes the address a replica sent from (a replica that is joining knows no peers yet).
@@ -165,6 +174,7 @@ impl GrpcTransport {
                 .max_encoding_message_size(usize::MAX),
             node: self.node.clone(),
             faults: Arc::clone(&self.faults),
+            group: Arc::clone(&self.group),
         };
         self.runtime.spawn(sender.run(rx));
         links.insert(id, PeerLink { address, queue: tx.clone() });
@@ -205,6 +215,10 @@ impl Transport for GrpcTransport {
         });
         *self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = peers;
     }
+
+    fn set_group(&self, group: &str) {
+        *self.group.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = group.to_owned();
+    }
 }
 
 struct PeerSender {
@@ -215,6 +229,7 @@ struct PeerSender {
     client: pb::raft_transport_client::RaftTransportClient<tonic::transport::Channel>,
     node: Sender<Input>,
     faults: Arc<Faults>,
+    group: Arc<Mutex<String>>,
 }
 
 impl PeerSender {
@@ -237,7 +252,14 @@ impl PeerSender {
             if messages.is_empty() {
                 continue;
             }
-            let req = pb::RaftBatch { from: self.from, from_address: self.from_address.clone(), to: self.to, messages };
+            let group = self.group.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let req = pb::RaftBatch {
+                from: self.from,
+                from_address: self.from_address.clone(),
+                to: self.to,
+                messages,
+                group,
+            };
             match self.client.send(req).await {
                 Ok(_) => {
                     if failing {

@@ -6,7 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(p) => p.into(),
         None => protoc_bin_vendored::protoc_bin_path()?,
     };
-    let protos = ["proto/cassette/v1/transfer.proto"];
+    let protos =
+        ["proto/cassette/v1/transfer.proto", "proto/cassette/v1/agent.proto", "proto/cassette/v1/coordinator.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod catalog;
 pub mod commitlog;
 pub mod restore;
+pub mod serve;
 pub mod storage;
 
 use std::io::IsTerminal;

@@ -6,13 +6,17 @@
 //! - [`hashcache`]: the persistent per-file SHA-256 cache.
 //! - [`ops`]: backup, restore, commit logs, list, verify and removal, as phase functions.
 //! - [`config`]: the agent's configuration: file, `CASSETTE_*` environment, flags.
+//! - [`jobs`]: phases pushed by the coordinator, run as durable jobs with idempotent ids.
+//! - [`server`]: the gRPC service of `cassette-agent serve`.
 
 #![forbid(unsafe_code)]
 
 pub mod cassandra;
 pub mod config;
 pub mod hashcache;
+pub mod jobs;
 pub mod ops;
+pub mod server;
 pub mod storage;
 
 /// Installs the process-wide rustls crypto provider (aws-lc-rs). Call first thing in `main`;

@@ -41,6 +41,8 @@ enum Command {
     /// Use a storage location directly: check it, store files as blobs, fetch them back.
     #[command(subcommand)]
     Storage(cli::storage::StorageCommand),
+    /// Serve the agent API to the coordinator (mutual TLS).
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() {
@@ -67,6 +69,7 @@ fn main() {
             Command::Verify(a) => cli::catalog::verify(a, &args.global).await,
             Command::RemoveBackup(a) => cli::catalog::remove(a, &args.global).await,
             Command::Storage(cmd) => cli::storage::run(cmd, &args.global).await,
+            Command::Serve(cmd) => cli::serve::run(cmd, &args.global).await,
         };
         match result {
             Ok(code) => code,

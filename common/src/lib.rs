@@ -14,6 +14,8 @@
 //! - [`cql`]: the columns of a `CREATE TABLE` statement, and how two tables differ.
 //! - [`hash`]: SHA-256 helpers.
 //! - [`units`]: sizes and rates such as `100MiB/s`.
+//! - [`tls`]: mutual TLS with roles, certificate reloading, tonic glue.
+//! - [`worker`]: the shape of every background loop.
 
 #![forbid(unsafe_code)]
 
@@ -26,7 +28,9 @@ pub mod layout;
 pub mod location;
 pub mod manifest;
 pub mod sstable;
+pub mod tls;
 pub mod units;
+pub mod worker;
 
 /// `cassette <version>` for markers, logs and `--version`.
 pub fn build_id(program: &str) -> String {

@@ -12,12 +12,14 @@
 //! - [`proxy`]: drops or corrupts connections on demand.
 //! - [`gate`]: an `ObjectStore` decorator that holds chosen requests, to set up races exactly.
 //! - [`data`]: random test files.
+//! - [`coordinator`]: coordinator replicas as processes, per-run certificates, the `cassette` CLI.
 //! - [`conformance`]: the storage scenario every backend must pass.
 //! - [`node`]: an emulated node, a storage server and the real agent binary, for the single-node tests.
 
 #![deny(unsafe_code)]
 
 pub mod conformance;
+pub mod coordinator;
 pub mod data;
 pub mod emulator;
 pub mod fixtures;

@@ -1,0 +1,169 @@
+//! `cassette-agent serve`: the agent as a gRPC service for the coordinator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cassette_agent::cassandra::{CassandraConfig, NodetoolControl};
+use cassette_agent::jobs::{JobManager, JobsConfig, PhaseRunner};
+use cassette_agent::server::{self, AgentService};
+use cassette_common::tls::{Role, TlsMode, TlsPaths};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use super::GlobalArgs;
+
+/// Serve the agent API to the coordinator (mutual TLS).
+///
+/// Example:
+///   cassette-agent serve --listen 10.0.0.5:7079 --ca /etc/cassette/ca.pem \
+///       --cert /etc/cassette/node1.pem --key /etc/cassette/node1.key --nodetool /usr/bin/nodetool
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. The coordinator reaches each node's agent at an address pattern
+    /// such as `{address}:7079` (`cassette cluster add --agent-pattern`).
+    #[arg(long, default_value = "0.0.0.0:7079", env = "CASSETTE_AGENT_LISTEN")]
+    pub listen: SocketAddr,
+    /// CA certificate (PEM) that issued the coordinators' certificates.
+    #[arg(long, env = "CASSETTE_TLS_CA", required_unless_present = "insecure")]
+    pub ca: Option<PathBuf>,
+    /// This agent's certificate (PEM, role agent; `cassette certs issue --role agent --san <address>`).
+    #[arg(long, env = "CASSETTE_TLS_CERT", required_unless_present = "insecure")]
+    pub cert: Option<PathBuf>,
+    /// This agent's private key (PEM).
+    #[arg(long, env = "CASSETTE_TLS_KEY", required_unless_present = "insecure")]
+    pub key: Option<PathBuf>,
+    /// Plain text, no authentication: anyone who reaches the port can run phases. Tests only.
+    #[arg(long)]
+    pub insecure: bool,
+    /// How often the certificate files are checked for changes.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Cassandra adapter settings as a JSON file (fields of CassandraConfig); flags below override it.
+    #[arg(long)]
+    pub cassandra_config: Option<PathBuf>,
+    /// The nodetool program.
+    #[arg(long)]
+    pub nodetool: Option<PathBuf>,
+    /// The cqlsh program.
+    #[arg(long)]
+    pub cqlsh: Option<PathBuf>,
+    /// JMX host of the local node.
+    #[arg(long)]
+    pub jmx_host: Option<String>,
+    /// CQL host of the local node.
+    #[arg(long)]
+    pub cql_host: Option<String>,
+    /// The node's cassandra.yaml (for the data directories of 3.11).
+    #[arg(long)]
+    pub cassandra_yaml: Option<PathBuf>,
+    /// Jobs that run at once.
+    #[arg(long, default_value_t = JobsConfig::default().max_running)]
+    pub max_running_jobs: usize,
+    /// Register the synthetic phases (`synthetic.sleep`, …) used by tests and benchmarks.
+    #[arg(long, hide = true)]
+    pub enable_test_phases: bool,
+}
+
+impl ServeArgs {
+    fn cassandra(&self) -> anyhow::Result<CassandraConfig> {
+        let mut c = match &self.cassandra_config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+                serde_json::from_str(&text).with_context(|| format!("parse the Cassandra settings {}", p.display()))?
+            }
+            None => CassandraConfig::default(),
+        };
+        if let Some(v) = &self.nodetool {
+            c.nodetool = v.clone();
+        }
+        if let Some(v) = &self.cqlsh {
+            c.cqlsh = v.clone();
+        }
+        if let Some(v) = &self.jmx_host {
+            c.jmx_host = v.clone();
+        }
+        if let Some(v) = &self.cql_host {
+            c.cql_host = v.clone();
+        }
+        if let Some(v) = &self.cassandra_yaml {
+            c.cassandra_yaml = Some(v.clone());
+        }
+        Ok(c)
+    }
+}
+
+/// Runs the service until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
+    let tls = match (&args.ca, &args.cert, &args.key) {
+        _ if args.insecure => {
+            eprintln!("{}", TlsMode::INSECURE_WARNING);
+            tracing::warn!("{}", TlsMode::INSECURE_WARNING);
+            TlsMode::Insecure
+        }
+        (Some(ca), Some(cert), Some(key)) => {
+            let paths = TlsPaths { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+            let mode = TlsMode::load(Some(&paths), false)?;
+            if let Some(ctx) = mode.context()
+                && ctx.role() != Role::Agent
+            {
+                anyhow::bail!(
+                    "{} is a {} certificate: the agent needs one issued with `cassette certs issue --role agent`",
+                    cert.display(),
+                    ctx.role()
+                );
+            }
+            mode
+        }
+        _ => anyhow::bail!("pass --ca, --cert and --key (or --insecure for plain text in tests)"),
+    };
+    let control = NodetoolControl::new(args.cassandra()?).context("configure the Cassandra adapter")?;
+    let shutdown = CancellationToken::new();
+    let mut runners: Vec<Arc<dyn PhaseRunner>> = Vec::new();
+    if args.enable_test_phases {
+        runners.extend(cassette_agent::jobs::synthetic::all());
+    }
+    let jobs_dir = global.state_dir().join("jobs");
+    let jobs = JobManager::open(
+        &jobs_dir,
+        runners,
+        JobsConfig { max_running: args.max_running_jobs, ..JobsConfig::default() },
+        shutdown.clone(),
+    )
+    .with_context(|| format!("open the job records in {}", jobs_dir.display()))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let reloader = tls.context().map(|c| c.spawn_reloader(args.tls_reload_interval, shutdown.clone()));
+    // The line tests and scripts wait for.
+    eprintln!("cassette-agent listening on {local}");
+    tracing::info!(address = %local, phases = ?jobs.phases(), "agent serving");
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    server::run(listener, tls, AgentService::new(Arc::new(control), jobs), shutdown.clone())
+        .await
+        .context("serve the agent API")?;
+    shutdown.cancel();
+    if let Some(r) = reloader {
+        r.join().await;
+    }
+    Ok(0)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

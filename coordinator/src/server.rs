@@ -1,0 +1,282 @@
+//! One coordinator replica: settings and `run(listener, config, tls, shutdown)`.
+//!
+//! The caller binds the listener (tests bind port 0). A replica serves the raft transport and the
+//! operator API on that one port, runs its raft loop on a thread, and, while it is the leader,
+//! a health-check worker over the agents of every registered cluster.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cassette_common::tls::{self, TlsMode};
+use cassette_common::worker::{self, WorkerHandle};
+use cassette_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::{AgentClient, GrpcAgents};
+use crate::kv::Kv;
+use crate::model::Command;
+use crate::raft::{Bootstrap, Faults, GrpcTransport, RaftConfig, RaftHandle, RaftNode, StartError};
+use crate::registry;
+use crate::service::{OperatorService, RaftService, ReplicaContext};
+
+/// Settings of a replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// This replica's raft id (unique in the group, never reused).
+    pub id: u64,
+    /// The address other replicas and the CLI reach this one at (`host:port`).
+    pub advertise: String,
+    /// Where the replicated state lives.
+    pub state_dir: PathBuf,
+    /// Raft timing and compaction.
+    pub raft: RaftConfig,
+    /// How often the leader checks every agent.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// Time allowed for one agent to answer a health probe.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// Time allowed for a write or read through raft.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How often certificate files are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub tls_reload_interval: Duration,
+    /// Accept fault-injection requests (tests only).
+    pub fault_injection: bool,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            advertise: String::new(),
+            state_dir: PathBuf::new(),
+            raft: RaftConfig::default(),
+            health_interval: Duration::from_secs(30),
+            probe_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            tls_reload_interval: Duration::from_secs(10),
+            fault_injection: false,
+        }
+    }
+}
+
+impl ReplicaConfig {
+    /// Every problem, one line each.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut p = self.raft.problems();
+        if self.id == 0 {
+            p.push("id must be at least 1".into());
+        }
+        if tls::host_of(&self.advertise).is_none() {
+            p.push(format!("advertise address {:?} is not host:port", self.advertise));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            p.push("state_dir must be set".into());
+        }
+        for (name, d) in [("probe_timeout", self.probe_timeout), ("request_timeout", self.request_timeout)] {
+            if d < Duration::from_millis(100) {
+                p.push(format!("{name} must be at least 100ms"));
+            }
+        }
+        if self.health_interval < Duration::from_secs(1) {
+            p.push("health_interval must be at least 1s".into());
+        }
+        if p.is_empty() { Ok(()) } else { Err(p) }
+    }
+}
+
+/// Why a replica stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Invalid settings.
+    #[error("invalid settings: {}", .0.join("; "))]
+    Config(Vec<String>),
+    /// The state could not be opened or the loop not started.
+    #[error("start the replica: {0}")]
+    Start(#[from] StartError),
+    /// The state store.
+    #[error(transparent)]
+    Store(#[from] crate::kv::KvError),
+    /// The gRPC server.
+    #[error("serve gRPC: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// The raft loop stopped on an unrecoverable error.
+    #[error("the raft loop failed: {0}")]
+    Fatal(String),
+}
+
+/// A started replica (for callers that need its raft handle, e.g. in-process tests).
+#[derive(Debug)]
+pub struct Replica {
+    /// The raft handle.
+    pub raft: RaftHandle,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl Replica {
+    /// Starts a replica on `listener`; it stops when `shutdown` is cancelled.
+    pub async fn start(
+        listener: TcpListener,
+        config: ReplicaConfig,
+        bootstrap: Bootstrap,
+        tls: TlsMode,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ServerError> {
+        config.validate().map_err(ServerError::Config)?;
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| ServerError::Config(vec![format!("create {}: {e}", config.state_dir.display())]))?;
+        let kv = Kv::open(&config.state_dir.join("db"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let faults = Arc::new(Faults::default());
+        let transport =
+            GrpcTransport::new(config.id, config.advertise.clone(), tls.clone(), tx.clone(), Arc::clone(&faults));
+        let (raft, join) = RaftNode::start(
+            config.id,
+            kv.clone(),
+            bootstrap,
+            config.raft.clone(),
+            transport.clone(),
+            (tx.clone(), rx),
+            config.request_timeout,
+        )?;
+        let agents: Arc<dyn AgentClient> = Arc::new(GrpcAgents::new(tls.clone(), crate::agents::default_timeouts()));
+        let ctx = ReplicaContext {
+            raft: raft.clone(),
+            address: config.advertise.clone(),
+            agents: Arc::clone(&agents),
+            faults: config.fault_injection.then(|| Arc::clone(&faults)),
+            probe_timeout: config.probe_timeout,
+        };
+        let operator = OperatorService::new(ctx);
+        let raft_service = RaftService::new(config.id, tx.clone(), Arc::clone(&transport), faults);
+        let task = tokio::spawn(serve(
+            listener,
+            config,
+            tls,
+            raft.clone(),
+            operator,
+            raft_service,
+            agents,
+            kv,
+            join,
+            shutdown,
+        ));
+        Ok(Self { raft, task })
+    }
+
+    /// Waits for the replica to stop.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task.await.unwrap_or_else(|e| Err(ServerError::Fatal(format!("replica task panicked: {e}"))))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    listener: TcpListener,
+    config: ReplicaConfig,
+    tls: TlsMode,
+    raft: RaftHandle,
+    operator: OperatorService,
+    raft_service: RaftService,
+    agents: Arc<dyn AgentClient>,
+    kv: Kv,
+    join: std::thread::JoinHandle<()>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let stop = shutdown.child_token();
+    let mut workers: Vec<WorkerHandle> = Vec::new();
+    if let Some(ctx) = tls.context() {
+        workers.push(ctx.spawn_reloader(config.tls_reload_interval, stop.clone()));
+    }
+    workers.push(health_worker(raft.clone(), agents, config.health_interval, config.probe_timeout, stop.clone()));
+    // Stop serving when the raft loop dies: a replica without raft must not answer.
+    let fatal = {
+        let mut w = raft.watch();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(f) = w.borrow_and_update().fatal.clone() {
+                    stop.cancel();
+                    return Some(f);
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    r = w.changed() => if r.is_err() { return None },
+                }
+            }
+        })
+    };
+    let incoming = tls::serve_incoming(listener, tls, stop.clone());
+    let result = tonic::transport::Server::builder()
+        .add_service(
+            pb::raft_transport_server::RaftTransportServer::new(raft_service)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(pb::operator_server::OperatorServer::new(operator))
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
+        .await;
+    stop.cancel();
+    for w in workers {
+        w.join().await;
+    }
+    raft.stop();
+    let _ = tokio::task::spawn_blocking(move || join.join()).await;
+    kv.flush()?;
+    if let Ok(Some(f)) = fatal.await {
+        return Err(ServerError::Fatal(f));
+    }
+    result?;
+    Ok(())
+}
+
+/// While this replica leads: probes every registered cluster's agents and records changes.
+fn health_worker(
+    raft: RaftHandle,
+    agents: Arc<dyn AgentClient>,
+    interval: Duration,
+    probe_timeout: Duration,
+    shutdown: CancellationToken,
+) -> WorkerHandle {
+    worker::spawn_periodic("health-check", interval, shutdown, move |state| {
+        let raft = raft.clone();
+        let agents = Arc::clone(&agents);
+        async move {
+            if !raft.status().is_leader() {
+                state.set("idle (not the leader)");
+                return;
+            }
+            let Ok(clusters) = raft.state().clusters() else { return };
+            let mut problems = 0;
+            for c in clusters {
+                let Ok(nodes) = raft.state().nodes(&c.name) else { continue };
+                state.set(format!("probing {} agents of {}", nodes.len(), c.name));
+                let probes = registry::probe_all(Arc::clone(&agents), &nodes, probe_timeout).await;
+                let mut changed = BTreeMap::new();
+                for (n, (h, _)) in nodes.iter().zip(probes) {
+                    problems += usize::from(!h.problem.is_empty());
+                    if registry::health_changed(&n.health, &h) {
+                        if !h.problem.is_empty() {
+                            tracing::warn!(cluster = %c.name, node = %n.address, problem = %h.problem, "node unhealthy");
+                        }
+                        changed.insert(n.host_id.clone(), h);
+                    }
+                }
+                if !changed.is_empty()
+                    && let Err(e) =
+                        raft.propose(&Command::RecordHealth { cluster: c.name.clone(), health: changed }).await
+                {
+                    tracing::debug!(error = %e, "could not record node health");
+                }
+            }
+            state.set(format!("idle ({problems} nodes with problems)"));
+        }
+    })
+}

@@ -1,0 +1,439 @@
+//! The coordinator's gRPC services: the operator API (operator certificates only) and the raft
+//! transport (coordinator certificates only).
+//!
+//! Calls that need the leader are answered by followers with `UNAVAILABLE` plus the metadata
+//! [`LEADER_ID`] and [`LEADER_ADDRESS`] when a leader is known; the CLI retries there. Reads go
+//! through a raft read barrier, so what the CLI shows is never older than what it wrote.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use cassette_common::tls::{self, Role};
+use cassette_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::agents::AgentClient;
+use crate::model::Command;
+use crate::raft::{FaultState, Faults, GrpcTransport, Input, MembershipChange, RaftError, RaftHandle, RaftStatus};
+use crate::registry;
+
+/// Metadata key: the leader's raft id, on a not-the-leader answer.
+pub const LEADER_ID: &str = "x-cassette-leader-id";
+/// Metadata key: the leader's address, on a not-the-leader answer.
+pub const LEADER_ADDRESS: &str = "x-cassette-leader-address";
+/// Metadata key present on every not-the-leader answer.
+pub const NOT_LEADER: &str = "x-cassette-not-leader";
+
+/// Maps a raft error to a gRPC status (the one mapping at this edge).
+pub fn raft_status(e: RaftError) -> Status {
+    let msg = e.to_string();
+    match e {
+        RaftError::NotLeader { leader, .. } => {
+            let mut s = Status::unavailable(msg);
+            let md = s.metadata_mut();
+            md.insert(NOT_LEADER, tonic::metadata::MetadataValue::from_static("1"));
+            if let Some((id, addr)) = leader
+                && !addr.is_empty()
+                && let (Ok(i), Ok(a)) = (id.to_string().parse(), addr.parse())
+            {
+                md.insert(LEADER_ID, i);
+                md.insert(LEADER_ADDRESS, a);
+            }
+            s
+        }
+        RaftError::Rejected(_) => Status::failed_precondition(msg),
+        RaftError::Dropped(_) | RaftError::Busy(_) | RaftError::Timeout(_) => Status::unavailable(msg),
+        RaftError::Stopped(_) => Status::unavailable(msg),
+    }
+}
+
+fn store_status(e: crate::kv::KvError) -> Status {
+    Status::internal(format!("read the replicated state: {e}"))
+}
+
+/// What the services share.
+#[derive(Clone)]
+pub struct ReplicaContext {
+    /// The raft loop.
+    pub raft: RaftHandle,
+    /// This replica's address.
+    pub address: String,
+    /// Agent clients.
+    pub agents: Arc<dyn AgentClient>,
+    /// Fault injection, when enabled.
+    pub faults: Option<Arc<Faults>>,
+    /// Time allowed for one agent probe.
+    pub probe_timeout: Duration,
+}
+
+impl std::fmt::Debug for ReplicaContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaContext").field("address", &self.address).finish()
+    }
+}
+
+/// Builds the operator's view of a replica's status.
+pub fn status_view(s: &RaftStatus, version: &str) -> pb::ReplicaStatusResponse {
+    let mut replicas = Vec::new();
+    for id in &s.membership.voters {
+        replicas.push((*id, "voter"));
+    }
+    for id in &s.membership.learners {
+        replicas.push((*id, "learner"));
+    }
+    pb::ReplicaStatusResponse {
+        id: s.id,
+        address: s.peers.get(&s.id).cloned().unwrap_or_default(),
+        role: s.role.clone(),
+        term: s.term,
+        leader_id: s.leader_id,
+        leader_address: s.leader().map(|l| l.1).unwrap_or_default(),
+        commit_index: s.commit,
+        applied_index: s.applied,
+        first_index: s.first_index,
+        last_index: s.last_index,
+        snapshot_index: s.snapshot_index,
+        replicas: replicas
+            .into_iter()
+            .map(|(id, kind)| pb::ReplicaInfo {
+                id,
+                address: s.peers.get(&id).cloned().unwrap_or_default(),
+                kind: kind.into(),
+                matched: s.matched.get(&id).copied().unwrap_or(0),
+            })
+            .collect(),
+        version: version.to_owned(),
+        snapshots_received: s.snapshots_received,
+    }
+}
+
+/// The operator API.
+#[derive(Debug, Clone)]
+pub struct OperatorService {
+    ctx: ReplicaContext,
+}
+
+const OPERATOR_API: &str = "the coordinator's operator API";
+
+impl OperatorService {
+    /// The service over a replica.
+    pub fn new(ctx: ReplicaContext) -> Self {
+        Self { ctx }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn check<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        tls::require_role(r, OPERATOR_API, &[Role::Operator]).map(|_| ())
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn require_leader(&self) -> Result<(), Status> {
+        let s = self.ctx.raft.status();
+        if s.is_leader() { Ok(()) } else { Err(raft_status(RaftError::NotLeader { id: s.id, leader: s.leader() })) }
+    }
+
+    fn view(&self) -> pb::ReplicaStatusResponse {
+        status_view(&self.ctx.raft.status(), &cassette_common::build_id("cassette-coordinator"))
+    }
+
+    /// Waits until `f` holds for the raft status, up to `timeout`.
+    async fn wait_for(&self, timeout: Duration, f: impl Fn(&RaftStatus) -> bool) -> bool {
+        let mut w = self.ctx.raft.watch();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if f(&w.borrow_and_update()) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, w.changed()).await.is_err() {
+                return f(&w.borrow());
+            }
+        }
+    }
+
+    async fn cluster_and_nodes(
+        &self,
+        name: &str,
+    ) -> Result<(crate::model::ClusterRecord, Vec<crate::model::NodeRecord>), Status> {
+        let sm = self.ctx.raft.state();
+        let c = sm.cluster(name).map_err(store_status)?.ok_or_else(|| {
+            Status::not_found(format!("no cluster named {name} is registered (see `cassette cluster list`)"))
+        })?;
+        let nodes = sm.nodes(name).map_err(store_status)?;
+        Ok((c, nodes))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::operator_server::Operator for OperatorService {
+    async fn replica_status(
+        &self,
+        request: Request<pb::ReplicaStatusRequest>,
+    ) -> Result<Response<pb::ReplicaStatusResponse>, Status> {
+        self.check(&request)?;
+        Ok(Response::new(self.view()))
+    }
+
+    async fn add_replica(
+        &self,
+        request: Request<pb::AddReplicaRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("replica ids start at 1"));
+        }
+        if tls::host_of(&r.address).is_none() {
+            return Err(Status::invalid_argument(format!("replica address {:?} is not host:port", r.address)));
+        }
+        let index = self
+            .ctx
+            .raft
+            .change_membership(MembershipChange::AddVoter { id: r.id, address: r.address.clone() })
+            .await
+            .map_err(raft_status)?;
+        Ok(Response::new(pb::MembershipResponse {
+            status: Some(self.view()),
+            message: format!(
+                "replica {} at {} added as a voter (raft index {index}); it catches up from a snapshot",
+                r.id, r.address
+            ),
+        }))
+    }
+
+    async fn remove_replica(
+        &self,
+        request: Request<pb::RemoveReplicaRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.check(&request)?;
+        let id = request.into_inner().id;
+        self.require_leader()?;
+        let me = self.ctx.raft.status();
+        if id == me.id {
+            // A leader does not remove itself: hand leadership to the most caught-up voter, then
+            // let the client retry at the new leader.
+            let to = me
+                .membership
+                .voters
+                .iter()
+                .filter(|v| **v != me.id)
+                .max_by_key(|v| me.matched.get(v).copied().unwrap_or(0))
+                .copied()
+                .ok_or_else(|| Status::failed_precondition(format!("replica {id} is the only voter")))?;
+            tracing::info!(from = me.id, to, "transferring leadership before removing this replica");
+            self.ctx.raft.transfer_leader(to);
+            self.wait_for(Duration::from_secs(5), |s| !s.is_leader()).await;
+            return Err(raft_status(RaftError::NotLeader { id: me.id, leader: self.ctx.raft.status().leader() }));
+        }
+        let index = self.ctx.raft.change_membership(MembershipChange::Remove { id }).await.map_err(raft_status)?;
+        Ok(Response::new(pb::MembershipResponse {
+            status: Some(self.view()),
+            message: format!("replica {id} removed (raft index {index}); stop its process"),
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.check(&request)?;
+        let to = request.into_inner().to;
+        self.require_leader()?;
+        if !self.ctx.raft.status().membership.voters.contains(&to) {
+            return Err(Status::invalid_argument(format!("replica {to} is not a voter")));
+        }
+        self.ctx.raft.transfer_leader(to);
+        let ok = self.wait_for(Duration::from_secs(5), |s| s.leader_id == to).await;
+        if !ok {
+            return Err(Status::unavailable(format!(
+                "replica {to} did not take over within 5s (is it caught up and reachable?)"
+            )));
+        }
+        Ok(Response::new(pb::MembershipResponse {
+            status: Some(self.view()),
+            message: format!("replica {to} is the leader"),
+        }))
+    }
+
+    async fn cluster_add(&self, request: Request<pb::ClusterAddRequest>) -> Result<Response<pb::ClusterView>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        self.require_leader()?;
+        if self.ctx.raft.state().cluster(&r.name).map_err(store_status)?.is_some() {
+            return Err(Status::already_exists(format!("cluster {} is already registered", r.name)));
+        }
+        let (cluster, nodes) = registry::discover(
+            Arc::clone(&self.ctx.agents),
+            &r.name,
+            &r.seed_agent,
+            Some(r.agent_pattern.as_str()),
+            r.allow_unhealthy,
+            self.ctx.probe_timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            registry::RegistryError::InvalidName(_) | registry::RegistryError::InvalidPattern(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            _ => Status::failed_precondition(e.to_string()),
+        })?;
+        self.ctx
+            .raft
+            .propose(&Command::PutCluster { cluster: cluster.clone(), nodes: nodes.clone(), replace: false })
+            .await
+            .map_err(raft_status)?;
+        tracing::info!(cluster = %cluster.name, nodes = nodes.len(), "cluster registered");
+        Ok(Response::new(registry::cluster_view(&cluster, &nodes)))
+    }
+
+    async fn cluster_list(
+        &self,
+        request: Request<pb::ClusterListRequest>,
+    ) -> Result<Response<pb::ClusterListResponse>, Status> {
+        self.check(&request)?;
+        self.ctx.raft.read_barrier().await.map_err(raft_status)?;
+        let sm = self.ctx.raft.state();
+        let mut clusters = Vec::new();
+        for c in sm.clusters().map_err(store_status)? {
+            let nodes = sm.nodes(&c.name).map_err(store_status)?;
+            clusters.push(registry::cluster_view(&c, &nodes));
+        }
+        Ok(Response::new(pb::ClusterListResponse { clusters }))
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        self.ctx.raft.read_barrier().await.map_err(raft_status)?;
+        let (cluster, mut nodes) = self.cluster_and_nodes(&r.name).await?;
+        if !r.cached {
+            let probes = registry::probe_all(Arc::clone(&self.ctx.agents), &nodes, self.ctx.probe_timeout).await;
+            let mut changed = BTreeMap::new();
+            for (n, (h, id)) in nodes.iter_mut().zip(probes) {
+                if registry::health_changed(&n.health, &h) {
+                    changed.insert(n.host_id.clone(), h.clone());
+                }
+                if let Some(id) = id
+                    && !id.release_version.is_empty()
+                {
+                    n.release_version = id.release_version;
+                }
+                n.health = h;
+            }
+            if !changed.is_empty() {
+                // Advisory: the answer does not depend on this write succeeding.
+                if let Err(e) =
+                    self.ctx.raft.propose(&Command::RecordHealth { cluster: r.name.clone(), health: changed }).await
+                {
+                    tracing::debug!(error = %e, "could not record node health");
+                }
+            }
+        }
+        Ok(Response::new(pb::ClusterStatusResponse { cluster: Some(registry::cluster_view(&cluster, &nodes)) }))
+    }
+
+    async fn cluster_remove(
+        &self,
+        request: Request<pb::ClusterRemoveRequest>,
+    ) -> Result<Response<pb::ClusterRemoveResponse>, Status> {
+        self.check(&request)?;
+        let name = request.into_inner().name;
+        self.ctx.raft.propose(&Command::RemoveCluster { name }).await.map_err(|e| match e {
+            RaftError::Rejected(m) => Status::not_found(m),
+            e => raft_status(e),
+        })?;
+        Ok(Response::new(pb::ClusterRemoveResponse {}))
+    }
+
+    async fn state_get(&self, request: Request<pb::StateGetRequest>) -> Result<Response<pb::StateGetResponse>, Status> {
+        self.check(&request)?;
+        let key = request.into_inner().key;
+        let index = self.ctx.raft.read_barrier().await.map_err(raft_status)?;
+        let values = self.ctx.raft.state().dump(&key).map_err(store_status)?;
+        Ok(Response::new(pb::StateGetResponse { values: values.into_iter().collect(), applied_index: index }))
+    }
+
+    async fn debug_put(&self, request: Request<pb::DebugPutRequest>) -> Result<Response<pb::DebugPutResponse>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        let index =
+            self.ctx.raft.propose(&Command::DebugPut { key: r.key, value: r.value }).await.map_err(raft_status)?;
+        Ok(Response::new(pb::DebugPutResponse { index }))
+    }
+
+    async fn set_faults(
+        &self,
+        request: Request<pb::SetFaultsRequest>,
+    ) -> Result<Response<pb::SetFaultsResponse>, Status> {
+        self.check(&request)?;
+        let Some(faults) = &self.ctx.faults else {
+            return Err(Status::failed_precondition(
+                "fault injection is off on this replica (it is a test facility: start it with --enable-fault-injection)",
+            ));
+        };
+        let r = request.into_inner();
+        if !(0.0..=1.0).contains(&r.drop_rate) {
+            return Err(Status::invalid_argument("drop_rate must be between 0 and 1"));
+        }
+        faults.set(FaultState { isolate: r.isolate, drop_rate: r.drop_rate, delay: Duration::from_millis(r.delay_ms) });
+        Ok(Response::new(pb::SetFaultsResponse {}))
+    }
+}
+
+/// The raft transport service.
+#[derive(Debug)]
+pub struct RaftService {
+    id: u64,
+    input: Sender<Input>,
+    transport: Arc<GrpcTransport>,
+    faults: Arc<Faults>,
+}
+
+impl RaftService {
+    /// The service delivering into replica `id`'s raft loop.
+    pub fn new(id: u64, input: Sender<Input>, transport: Arc<GrpcTransport>, faults: Arc<Faults>) -> Self {
+        Self { id, input, transport, faults }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_transport_server::RaftTransport for RaftService {
+    async fn send(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
+        tls::require_role(&request, "the raft transport", &[Role::Coordinator])?;
+        if self.faults.get().isolate {
+            return Err(Status::unavailable("replica isolated by fault injection"));
+        }
+        let b = request.into_inner();
+        if b.to != self.id {
+            return Err(Status::failed_precondition(format!(
+                "this replica is {}, not {}: two replicas share an address, or the peer table is stale",
+                self.id, b.to
+            )));
+        }
+        let ours = self.transport.group();
+        if !ours.is_empty() && !b.group.is_empty() && b.group != ours {
+            tracing::warn!(from = b.from, address = %b.from_address, theirs = %b.group, ours = %ours, "refused raft messages from another coordinator group");
+            return Err(Status::failed_precondition(format!(
+                "replica {} at {} belongs to another coordinator group ({} vs {ours}): a replica that should join this group must start with an empty state directory and --join",
+                b.from, b.from_address, b.group
+            )));
+        }
+        self.transport.learn(b.from, &b.from_address);
+        for m in b.messages {
+            if self.faults.drop_one() {
+                continue;
+            }
+            let msg = crate::raft::node::decode_message(&m)
+                .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+            self.input
+                .send(Input::Step(Box::new(msg)))
+                .map_err(|_| Status::unavailable("the replica is shutting down"))?;
+        }
+        Ok(Response::new(pb::RaftAck {}))
+    }
+}

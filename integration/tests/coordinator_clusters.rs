@@ -1,0 +1,512 @@
+//! Clusters, agents and mutual TLS, as processes: an emulated three-node cluster in two
+//! datacenters with `cassette-agent serve` on every node (each on its own loopback address),
+//! a coordinator replica, and the `cassette` CLI.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use cassette_common::tls::{Role, TlsMode};
+use cassette_coordinator::agents::{AgentClient, AgentErrorKind, GrpcAgents, JobRequest};
+use cassette_coordinator::client::{ClientError, OperatorClient};
+use cassette_integration::coordinator::{
+    AgentProcess, CoordinatorGroup, TestPki, cassette_cli, connect_without_certificate, free_port_on, strip_ansi,
+};
+use cassette_integration::emulator::{ClusterSpec, Version};
+use cassette_integration::harness::EmulatedCluster;
+use cassette_proto::v1 as pb;
+use serde_json::Value;
+
+const EMULATOR: &str = env!("CARGO_BIN_EXE_cassandra-emulator");
+const NODES: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+
+fn step(s: &str) {
+    eprintln!("--- step {s}");
+}
+
+struct Setup {
+    dir: Option<tempfile::TempDir>,
+    pki: TestPki,
+    cluster: EmulatedCluster,
+    group: CoordinatorGroup,
+    agents: Vec<AgentProcess>,
+    port: u16,
+}
+
+impl Setup {
+    fn new(name: &str) -> Self {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::Builder::new().prefix(&format!("cassette-{name}-")).tempdir().unwrap();
+        let pki = TestPki::new(&dir.path().join("pki")).unwrap();
+        let mut spec = ClusterSpec::single(Version::V41);
+        spec.datacenters = vec![("dc1".into(), 2), ("dc2".into(), 1)];
+        let cluster = EmulatedCluster::create_in(&dir.path().join("cassandra"), EMULATOR, &spec).unwrap();
+        let group = CoordinatorGroup::start(&pki, dir.path(), 1, &[]).unwrap();
+        // A free port can be taken before the agents bind it: then all start again on another.
+        let mut attempt = 0;
+        let (agents, port) = loop {
+            attempt += 1;
+            let port = free_port_on(&NODES).unwrap();
+            let mut agents = Vec::new();
+            let mut failed = None;
+            for (i, node) in NODES.iter().enumerate() {
+                let cert = format!("agent{}", i + 1);
+                pki.issue(Role::Agent, &cert, &[node]).unwrap();
+                match AgentProcess::start(&cluster, node, port, &pki, &cert, dir.path(), &[]) {
+                    Ok(a) => agents.push(a),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => break (agents, port),
+                Some(e) if attempt < 4 && e.to_string().contains("Address already in use") => {
+                    eprintln!("port {port} taken; starting the agents on another: {e}");
+                }
+                Some(e) => panic!("{e:#}"),
+            }
+        };
+        Self { dir: Some(dir), pki, cluster, group, agents, port }
+    }
+
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut a: Vec<String> = vec!["--coordinator".into(), self.group.endpoints().join(",")];
+        a.extend(self.pki.args("operator"));
+        a.extend(args.iter().map(|s| s.to_string()));
+        cassette_cli(&a).unwrap()
+    }
+
+    fn cli_json(&self, args: &[&str]) -> (i32, Value) {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        let (code, out, err) = self.cli(&a);
+        let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}\nstderr: {err}"));
+        (code, v)
+    }
+
+    fn coordinator_log(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.group.replicas[&1].log).unwrap_or_default())
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(d) = self.dir.take()
+        {
+            eprintln!("test failed: its directory (logs, state, certificates) is kept at {}", d.keep().display());
+        }
+    }
+}
+
+fn node<'a>(v: &'a Value, address: &str) -> &'a Value {
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["address"] == address)
+        .unwrap_or_else(|| panic!("no node {address} in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t56_cluster_add_and_status_through_agents() {
+    // - `cassette cluster add` reads the ring through one agent and finds the other two by the
+    //   address pattern; every node's dc, rack, tokens, version, disk are reported;
+    // - `cluster status` probes again: a stopped Cassandra node shows as down, a killed agent
+    //   as unreachable, with the reason; the exit code says something is wrong;
+    // - registering twice, or with a pattern that points nowhere, fails with a clear message.
+    let mut s = Setup::new("t56");
+    s.group.wait_for_leader(Duration::from_secs(20), &[]).await.unwrap();
+    let seed = format!("127.0.0.1:{}", s.port);
+    step("cluster add");
+    let (code, v) = s.cli_json(&["cluster", "add", "prod", "--agent", &seed]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["cassandra_cluster_name"], "Test Cluster");
+    assert_eq!(v["agent_pattern"], format!("{{address}}:{}", s.port));
+    let state = s.cluster.cluster().unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+    for n in &state.nodes {
+        let j = node(&v, &n.address);
+        assert_eq!(j["host_id"], n.host_id);
+        assert_eq!(j["datacenter"], n.datacenter);
+        assert_eq!(j["rack"], n.rack);
+        assert_eq!(j["tokens"], n.tokens.len());
+        assert_eq!(j["release_version"], Version::V41.release());
+        assert_eq!(j["agent_address"], format!("{}:{}", n.address, s.port));
+        assert!(j["agent_reachable"].as_bool().unwrap() && j["cassandra_up"].as_bool().unwrap(), "{j}");
+        assert!(j["disk_free_bytes"].as_u64().unwrap() > 0 && j["disk_total_bytes"].as_u64().unwrap() > 0, "{j}");
+    }
+    step("cluster status (text)");
+    let (code, out, _) = s.cli(&["cluster", "status", "prod"]);
+    assert_eq!(code, 0, "{out}");
+    eprintln!("{out}");
+    for h in ["ADDRESS", "DC", "RACK", "AGENT", "CASSANDRA", "VERSION", "TOKENS", "DISK FREE", "dc2", "4.1"] {
+        assert!(out.contains(h), "{h} missing from\n{out}");
+    }
+    step("registering twice is refused");
+    let (code, out, err) = s.cli(&["cluster", "add", "prod", "--agent", &seed]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("cluster prod is already registered"), "{err}");
+    step("a pattern that points nowhere is refused with every node's problem");
+    let (code, _, err) = s.cli(&["cluster", "add", "other", "--agent", &seed, "--agent-pattern", "{address}:1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("3 of 3 nodes have a problem") && err.contains("--allow-unhealthy"), "{err}");
+    assert!(err.contains("127.0.0.2:1") && err.contains("cannot connect"), "{err}");
+    step("stop Cassandra on 127.0.0.3, kill the agent of 127.0.0.2");
+    s.cluster.admin(&["stop", "127.0.0.3"]).unwrap();
+    s.agents[1].kill9();
+    let (code, v) = s.cli_json(&["cluster", "status", "prod"]);
+    assert_eq!(code, 2, "{v}");
+    let n3 = node(&v, "127.0.0.3");
+    assert!(n3["agent_reachable"].as_bool().unwrap() && !n3["cassandra_up"].as_bool().unwrap(), "{n3}");
+    assert!(n3["problem"].as_str().unwrap().contains("Cassandra is not up"), "{n3}");
+    let n2 = node(&v, "127.0.0.2");
+    assert!(!n2["agent_reachable"].as_bool().unwrap(), "{n2}");
+    assert!(n2["problem"].as_str().unwrap().contains("cannot connect"), "{n2}");
+    assert!(node(&v, "127.0.0.1")["cassandra_up"].as_bool().unwrap());
+    step("the leader's health check records it; --cached shows the record");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = s.cli_json(&["cluster", "status", "prod", "--cached"]);
+        if !node(&v, "127.0.0.2")["agent_reachable"].as_bool().unwrap() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "health never recorded: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    step("cluster list and remove");
+    let (_, v) = s.cli_json(&["cluster", "list"]);
+    assert_eq!(v["clusters"][0]["name"], "prod");
+    let (code, _, _) = s.cli(&["cluster", "remove", "prod"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = s.cli(&["cluster", "status", "prod"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no cluster named prod"), "{err}");
+}
+
+async fn wait_job(
+    agents: &GrpcAgents,
+    agent: &str,
+    job: &str,
+    state: pb::JobState,
+    timeout: Duration,
+) -> pb::JobStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(j) = agents.job(agent, job).await
+            && j.state == state as i32
+        {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job {job} on {agent} never reached {state:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t57_agent_jobs_are_idempotent_and_survive_agent_restarts() {
+    // - a job started twice with the same id runs once; the same id with other parameters is refused;
+    // - progress streams until the end;
+    // - kill -9 of the agent mid-job: after a restart a resumable job resumes (attempt 2) and
+    //   finishes, a non-resumable one is reported failed with the reason, finished ones keep
+    //   their results;
+    // - cancel stops a running job.
+    let mut s = Setup::new("t57");
+    s.pki.issue(Role::Coordinator, "coordinator1", &["127.0.0.1"]).unwrap();
+    let agents = GrpcAgents::new(s.pki.mode("coordinator1").unwrap(), cassette_coordinator::agents::default_timeouts());
+    let agent = s.agents[0].address.clone();
+    let job = |id: &str, phase: &str, ms: u64| JobRequest {
+        job_id: id.into(),
+        phase: phase.into(),
+        params: serde_json::json!({ "duration_ms": ms, "steps": 20 }),
+        operation_id: "op-t57".into(),
+    };
+    step("idempotent start");
+    let a = agents.start_job(&agent, &job("quick", "synthetic.sleep", 300)).await.unwrap();
+    let b = agents.start_job(&agent, &job("quick", "synthetic.sleep", 300)).await.unwrap();
+    assert_eq!(a.started_at_ms, b.started_at_ms);
+    let e = agents.start_job(&agent, &job("quick", "synthetic.sleep", 301)).await.unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Conflict, "{e}");
+    step("watch until done");
+    let mut stream = agents.watch_job(&agent, "quick").await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(st) = futures::StreamExt::next(&mut stream).await {
+        seen.push(st.unwrap());
+    }
+    assert_eq!(seen.last().unwrap().state, pb::JobState::Succeeded as i32);
+    assert!(seen.len() >= 2, "{seen:?}");
+    let e = agents.start_job(&agent, &job("x", "no-such-phase", 1)).await.unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Invalid);
+    assert!(e.to_string().contains("synthetic.sleep"), "{e}");
+
+    step("kill -9 the agent with two jobs running");
+    agents.start_job(&agent, &job("long", "synthetic.sleep", 3000)).await.unwrap();
+    agents.start_job(&agent, &job("once", "synthetic.sleep-once", 60_000)).await.unwrap();
+    // Kill it once the long job has made progress.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agents.job(&agent, "long").await.unwrap().progress.unwrap_or_default().done < 2 {
+        assert!(Instant::now() < deadline, "job 'long' makes no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.agents[0].kill9();
+    let e = agents.job(&agent, "long").await.unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Unreachable, "{e}");
+    s.agents[0].restart().unwrap();
+    step("after the restart");
+    let long = wait_job(&agents, &agent, "long", pb::JobState::Succeeded, Duration::from_secs(20)).await;
+    assert_eq!(long.attempt, 2);
+    let once = agents.job(&agent, "once").await.unwrap();
+    assert_eq!(once.state, pb::JobState::Failed as i32);
+    assert!(once.error.unwrap().message.contains("cannot resume"));
+    let quick = agents.job(&agent, "quick").await.unwrap();
+    assert_eq!((quick.state, quick.attempt), (pb::JobState::Succeeded as i32, 1));
+    // Re-attaching to a finished job by starting it again returns its result, it does not rerun.
+    let again = agents.start_job(&agent, &job("long", "synthetic.sleep", 3000)).await.unwrap();
+    assert_eq!((again.state, again.finished_at_ms), (pb::JobState::Succeeded as i32, long.finished_at_ms));
+
+    step("cancel");
+    agents.start_job(&agent, &job("cancel-me", "synthetic.sleep", 60_000)).await.unwrap();
+    agents.cancel_job(&agent, "cancel-me").await.unwrap();
+    wait_job(&agents, &agent, "cancel-me", pb::JobState::Cancelled, Duration::from_secs(10)).await;
+}
+
+/// Waits (up to 5 s) for a server's log to say `needle`: the server may log just after the
+/// client has seen the refusal.
+async fn assert_log(log: impl Fn() -> String, needle: &str, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = log();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{who} log lacks {needle:?}:\n{}", &text[text.len().saturating_sub(4000)..]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t58_mtls_rejections_are_clear_on_both_sides() {
+    // For the operator API (coordinator) and the agent API, each of: no certificate, a
+    // certificate from another CA, the wrong role, an expired certificate is refused, and both
+    // the client's error and the server's log say which. Also: a server with the wrong role or
+    // an expired certificate is refused by the client; plain text against TLS is explained; a
+    // renewed certificate is picked up without a restart.
+    let mut s = Setup::new("t58");
+    s.group.wait_for_leader(Duration::from_secs(20), &[]).await.unwrap();
+    let coord = s.group.endpoints()[0].clone();
+    let agent = s.agents[0].address.clone();
+    let ca = s.pki.dir.join("ca.pem");
+    s.pki.issue(Role::Coordinator, "coordinator-client", &["127.0.0.1"]).unwrap();
+    let other = TestPki::new(&s.dir.as_ref().unwrap().path().join("other-pki")).unwrap();
+    other.issue(Role::Coordinator, "foreign-coordinator", &[]).unwrap();
+
+    step("no certificate: operator API");
+    let client_msg = connect_without_certificate(&coord, &ca).await.unwrap();
+    assert!(client_msg.contains("this end presented no certificate"), "{client_msg}");
+    assert_log(|| s.coordinator_log(), "the client presented no certificate", "coordinator").await;
+    step("no certificate: agent API");
+    let client_msg = connect_without_certificate(&agent, &ca).await.unwrap();
+    assert!(client_msg.contains("this end presented no certificate"), "{client_msg}");
+    assert_log(|| s.agents[0].log_text(), "the client presented no certificate", "agent").await;
+    step("plain text against TLS");
+    let (code, _, err) = cassette_cli(&[
+        "--coordinator".into(),
+        coord.clone(),
+        "--insecure".into(),
+        "--wait".into(),
+        "1s".into(),
+        "debug".into(),
+        "get".into(),
+        "debug/".into(),
+    ])
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("requires mutual TLS"), "{err}");
+    assert_log(|| s.coordinator_log(), "does not speak TLS", "coordinator").await;
+
+    step("another CA: operator API (the CLI)");
+    let foreign = |name: &str| {
+        let p = cassette_common::tls::TlsPaths::in_dir(&other.dir, name);
+        vec![
+            "--coordinator".to_owned(),
+            coord.clone(),
+            "--ca".into(),
+            ca.display().to_string(),
+            "--cert".into(),
+            p.cert.display().to_string(),
+            "--key".into(),
+            p.key.display().to_string(),
+        ]
+    };
+    let mut args = foreign("operator");
+    args.extend(["cluster".into(), "list".into()]);
+    let (code, _, err) = cassette_cli(&args).unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("not issued by the CA the peer trusts"), "{err}");
+    assert_log(|| s.coordinator_log(), "was not issued by our CA", "coordinator").await;
+    step("another CA: agent API");
+    let mixed = TlsMode::load(
+        Some(&cassette_common::tls::TlsPaths {
+            ca: ca.clone(),
+            cert: other.dir.join("foreign-coordinator.pem"),
+            key: other.dir.join("foreign-coordinator.key"),
+        }),
+        false,
+    )
+    .unwrap();
+    let e =
+        GrpcAgents::new(mixed, cassette_coordinator::agents::default_timeouts()).describe(&agent).await.unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Denied, "{e}");
+    assert!(e.to_string().contains("not issued by the CA the peer trusts"), "{e}");
+    assert_log(|| s.agents[0].log_text(), "was not issued by our CA", "agent").await;
+
+    step("wrong role: an agent certificate on the operator API");
+    let as_agent =
+        OperatorClient::new(vec![coord.clone()], s.pki.mode("agent1").unwrap(), Duration::from_secs(2)).unwrap();
+    let e = as_agent.call(|mut c| async move { c.cluster_list(pb::ClusterListRequest {}).await }).await.unwrap_err();
+    assert!(matches!(e, ClientError::Denied { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("accepts only operator certificates, but this connection presented an agent certificate"),
+        "{e}"
+    );
+    assert_log(|| s.coordinator_log(), "refused a request: wrong certificate role", "coordinator").await;
+    step("wrong role: an operator certificate on the agent API");
+    let e = GrpcAgents::new(s.pki.operator().unwrap(), cassette_coordinator::agents::default_timeouts())
+        .describe(&agent)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, AgentErrorKind::Denied);
+    assert!(
+        e.to_string()
+            .contains("accepts only coordinator certificates, but this connection presented an operator certificate"),
+        "{e}"
+    );
+    assert_log(|| s.agents[0].log_text(), "refused a request: wrong certificate role", "agent").await;
+    step("wrong role: an operator certificate on the raft transport");
+    let ch = cassette_common::tls::channel(&coord, &s.pki.operator().unwrap(), Role::Coordinator, Default::default())
+        .unwrap();
+    let e = pb::raft_transport_client::RaftTransportClient::new(ch)
+        .send(pb::RaftBatch {
+            from: 9,
+            from_address: "127.0.0.1:1".into(),
+            to: 1,
+            messages: vec![],
+            group: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("the raft transport accepts only coordinator certificates, but this connection presented an operator certificate"), "{e}");
+    step("wrong role: the CLI refuses a non-operator certificate before connecting");
+    let mut args = vec!["--coordinator".to_owned(), coord.clone()];
+    args.extend(s.pki.args("coordinator-client"));
+    args.extend(["cluster".into(), "list".into()]);
+    let (_, _, err) = cassette_cli(&args).unwrap();
+    assert!(err.contains("is a coordinator certificate, but this program needs an operator certificate"), "{err}");
+
+    step("expired: operator certificate");
+    s.pki.issue_expired(Role::Operator, "expired-operator", &[]).unwrap();
+    let mut args = vec!["--coordinator".to_owned(), coord.clone()];
+    args.extend(s.pki.args("expired-operator"));
+    args.extend(["cluster".into(), "list".into()]);
+    let (code, _, err) = cassette_cli(&args).unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("certificate has expired"), "{err}");
+    assert_log(|| s.coordinator_log(), "the client presented an expired certificate", "coordinator").await;
+    step("expired: coordinator certificate at an agent");
+    s.pki.issue_expired(Role::Coordinator, "expired-coordinator", &[]).unwrap();
+    let e =
+        GrpcAgents::new(s.pki.mode("expired-coordinator").unwrap(), cassette_coordinator::agents::default_timeouts())
+            .describe(&agent)
+            .await
+            .unwrap_err();
+    assert!(e.to_string().contains("certificate has expired"), "{e}");
+    assert_log(|| s.agents[0].log_text(), "the client presented an expired certificate", "agent").await;
+
+    step("the server side: an agent with an expired certificate, then renewed in place");
+    let coordinator =
+        GrpcAgents::new(s.pki.mode("coordinator-client").unwrap(), cassette_coordinator::agents::default_timeouts());
+    s.agents[2].kill9();
+    s.pki.issue_expired(Role::Agent, "agent3", &["127.0.0.3"]).unwrap();
+    s.agents[2].restart().unwrap();
+    let a3 = s.agents[2].address.clone();
+    let e = coordinator.describe(&a3).await.unwrap_err();
+    assert!(e.to_string().contains("the server presented an expired certificate"), "{e}");
+    assert_log(|| s.agents[2].log_text(), "the client rejected the TLS handshake", "agent").await;
+    s.pki.reissue(Role::Agent, "agent3", &["127.0.0.3"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while coordinator.describe(&a3).await.is_err() {
+        assert!(Instant::now() < deadline, "the renewed certificate was not picked up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_log(|| s.agents[2].log_text(), "reloaded TLS certificate", "agent").await;
+
+    step("the server side: a server with the wrong role");
+    // A coordinator dialling a coordinator replica as if it were an agent.
+    let e = coordinator.describe(&coord).await.unwrap_err();
+    assert!(
+        e.to_string().contains("expected an agent certificate but the server presented a coordinator certificate"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t59_plain_text_only_behind_insecure_with_a_warning() {
+    // - without certificates, the replica, the agent and the CLI refuse to start and say how to
+    //   get certificates (or that --insecure exists);
+    // - with --insecure everywhere they work, and each prints the warning.
+    let dir = tempfile::Builder::new().prefix("cassette-t59-").tempdir().unwrap();
+    let coordinator = cassette_integration::tools::workspace_binary("cassette-coordinator", "cassette-coordinator");
+    let agent_bin = cassette_integration::tools::workspace_binary("cassette-agent", "cassette-agent");
+    let port = cassette_integration::tools::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let state = dir.path().join("state").display().to_string();
+    step("no certificates: refused, with the way out");
+    let out = std::process::Command::new(&coordinator)
+        .args(["serve", "--listen", &addr, "--state-dir", &state])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("mutual TLS needs --ca, --cert and --key") && err.contains("--insecure"),
+        "{err}"
+    );
+    let out = std::process::Command::new(&agent_bin).args(["serve", "--listen", &addr]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--ca"), "{err}");
+    let (code, _, err) =
+        cassette_cli(&["--coordinator".into(), addr.clone(), "cluster".into(), "list".into()]).unwrap();
+    assert!(code == 1 && err.contains("cassette certs init"), "{err}");
+    step("--insecure: works, with a warning");
+    let log = dir.path().join("coordinator.log");
+    let mut cmd = std::process::Command::new(&coordinator);
+    cmd.args(["serve", "--listen", &addr, "--state-dir", &state, "--insecure"]);
+    let mut p = cassette_integration::process::ManagedProcess::spawn("coordinator", cmd, &log).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = cassette_cli(&[
+            "--coordinator".into(),
+            addr.clone(),
+            "--insecure".into(),
+            "--output".into(),
+            "json".into(),
+            "debug".into(),
+            "put".into(),
+            "k".into(),
+            "v".into(),
+        ])
+        .unwrap();
+        if code == 0 {
+            assert!(err.contains("WARNING: --insecure"), "{err}");
+            assert!(out.contains("\"index\""), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline && p.is_running(), "{err}\n{}", p.log_tail(3000));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(std::fs::read_to_string(&log).unwrap().contains("WARNING: --insecure"));
+    p.stop(Duration::from_secs(10));
+}

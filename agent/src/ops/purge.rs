@@ -481,7 +481,6 @@ fn decide(req: &PurgeRequest, cat: &Catalog) -> Result<(Victims, Decided), Remov
 mod tests {
     use std::sync::Arc;
 
-    use cassette_common::ids::BlobHash;
     use cassette_common::manifest::{CommitLogEntry, FileEntry, NODE_MANIFEST_FORMAT, NodeInfo, NodeManifest};
 
     use super::*;

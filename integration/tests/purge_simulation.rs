@@ -573,3 +573,60 @@ fn t90_purge_simulation_local_dir() {
 fn t91_purge_simulation_s3s_fs() {
     simulate("t91", Backend::S3sFs);
 }
+
+/// The `cassette-agent purge` command: dry run, policy, departed nodes judged against a ring.
+#[test]
+fn t92_purge_command() {
+    cassette_integration::init_test_logging();
+    let mut spec = ClusterSpec::single(Version::V41);
+    spec.datacenters = vec![("dc1".into(), 1)];
+    let Some(env) = NodeEnv::start("t92", EMU, Backend::Local, &spec).unwrap() else { return };
+    env.admin(&["create-keyspace", "shop"]);
+    env.admin(&["create-table", "shop.users", "--columns", "id int, email text", "--pk", "id"]);
+    let mut cfg = env.base_config().unwrap();
+    cfg.removal.grace = Duration::ZERO;
+    env.write_config(&cfg).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        env.admin(&["write-sstables", "shop.users", "--count", "1", "--size", &(10_000 + i * 1000).to_string()]);
+        if i == 2 {
+            // The newest backup shares nothing with the older ones: removing them frees bytes.
+            env.admin(&["compact", "shop.users"]);
+        }
+        ids.push(env.agent_ok(&["backup"])["backup_id"].as_str().unwrap().to_owned());
+    }
+    step("refused without a policy that keeps something");
+    let r = env.agent_err(&["purge", "--keep-last", "0"]);
+    assert!(r.error().contains("must keep something"), "{}", r.error());
+
+    step("dry run: verdicts, counts and bytes; nothing deleted");
+    let dry = env.agent_ok(&["purge", "--keep-last", "1", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["manifests_deleted"], 2);
+    assert!(dry["bytes_freed"].as_u64().unwrap() > 0, "{dry}");
+    let verdicts = dry["backups"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 3);
+    assert_eq!(verdicts.iter().filter(|b| b["kept"] == true).count(), 1);
+    assert_eq!(env.agent_ok(&["list"])["backups"].as_array().unwrap().len(), 3);
+
+    step("the purge deletes what the dry run said");
+    let real = env.agent_ok(&["purge", "--keep-last", "1"]);
+    assert_eq!(real["manifests_deleted"], 2);
+    assert_eq!(real["bytes_freed"], dry["bytes_freed"]);
+    let list = env.agent_ok(&["list"]);
+    let left: Vec<&str> =
+        list["backups"].as_array().unwrap().iter().map(|b| b["backup_id"].as_str().unwrap()).collect();
+    assert_eq!(left, vec![ids[2].as_str()]);
+    env.agent_ok(&["verify", "latest", "--deep"]);
+
+    step("a node absent from the ring is departed: listed, purged only with --departed");
+    let other = "0b1c2ce9-e5ab-4b1e-a2cf-0f5cd9f8b1c3";
+    let listed = env.agent_ok(&["purge", "--keep-last", "5", "--ring", other, "--dry-run"]);
+    let departed = listed["departed_nodes"].as_array().unwrap();
+    assert_eq!(departed.len(), 1, "{listed}");
+    assert_eq!(departed[0]["purged"], false);
+    assert_eq!(listed["manifests_deleted"], 0);
+    let gone = env.agent_ok(&["purge", "--ring", other, "--departed", "all"]);
+    assert_eq!(gone["manifests_deleted"], 1, "{gone}");
+    assert!(env.agent_ok(&["list"])["backups"].as_array().unwrap().is_empty());
+}

@@ -2,7 +2,7 @@
 //! against real stores (a local directory and s3s-fs) and an emulated three-node cluster.
 //!
 //! Each run is seeded (`CASSETTE_SIM_SEED`, else random; the seed is printed) and takes
-//! `CASSETTE_SIM_STEPS` steps (default 36) chosen at random among: a standalone backup of one
+//! `CASSETTE_SIM_STEPS` steps (default 36 on a local directory, 16 on s3s-fs) chosen at random among: a standalone backup of one
 //! node (new SSTables or a compaction first, sometimes tagged `nightly`), a backup that fails
 //! mid-upload (blob writes refused), commit-log segments archived, a purge with a random policy
 //! (keep-last 1–3, sometimes keep-within, sometimes only the `nightly` tag), a dry run followed by
@@ -385,6 +385,14 @@ impl Sim {
                 );
             }
             Err(RemoveError::Lock(e)) => eprintln!("    backup {} ran; the purge refused: {e}", b.backup_id),
+            // The backup's lock appeared after the purge took its own: the purge stops before its
+            // next batch (docs/layout.md, rule 4); a plan it left is finished by the next purge.
+            Err(RemoveError::Interrupted { reason, .. }) => {
+                eprintln!("    backup {} ran; the purge stopped: {reason}", b.backup_id);
+                if pctx.repo.get_json::<serde_json::Value>(layout::REMOVAL_PLAN_KEY, 1 << 20).await.is_ok() {
+                    self.pending.push((1, None));
+                }
+            }
             Err(e) => panic!("purge racing a backup: unexpected error {e}"),
         }
     }
@@ -444,10 +452,10 @@ enum PurgeMode {
     Interrupted,
 }
 
-fn simulate(test: &str, backend: Backend) {
+fn simulate(test: &str, backend: Backend, default_steps: usize) {
     cassette_integration::init_test_logging();
     let seed: u64 = std::env::var("CASSETTE_SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    let steps: usize = std::env::var("CASSETTE_SIM_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(36);
+    let steps: usize = std::env::var("CASSETTE_SIM_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_steps);
     eprintln!("{test}: seed {seed} ({steps} steps; rerun with CASSETTE_SIM_SEED={seed})");
     let mut spec = ClusterSpec::single(Version::V41);
     spec.datacenters = vec![("dc1".into(), 3)];
@@ -566,12 +574,13 @@ fn simulate(test: &str, backend: Backend) {
 
 #[test]
 fn t90_purge_simulation_local_dir() {
-    simulate("t90", Backend::Local);
+    simulate("t90", Backend::Local, 36);
 }
 
 #[test]
 fn t91_purge_simulation_s3s_fs() {
-    simulate("t91", Backend::S3sFs);
+    // Fewer steps: each request to s3s-fs costs more, and a loaded CI machine multiplies it.
+    simulate("t91", Backend::S3sFs, 16);
 }
 
 /// The `cassette-agent purge` command: dry run, policy, departed nodes judged against a ring.

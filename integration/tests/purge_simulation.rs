@@ -294,6 +294,8 @@ impl Sim {
                 self.after_purge(&r, &must_keep).await;
             }
             PurgeMode::DryRunFirst => {
+                // No time window: the second call must see exactly what the first saw.
+                req.rules[0].policy.keep_within = None;
                 req.dry_run = true;
                 let dry = purge::purge(&ctx, &req).await.unwrap();
                 req.dry_run = false;
@@ -321,6 +323,9 @@ impl Sim {
                         eprintln!("    purge interrupted; plan left: {}", plan.is_ok());
                         if plan.is_ok() {
                             self.pending.push((keep_last, tag));
+                        } else {
+                            // Stopped while sweeping blobs: every plan before it is finished.
+                            self.pending.clear();
                         }
                         for k in &must_keep {
                             assert!(
@@ -391,6 +396,8 @@ impl Sim {
                 eprintln!("    backup {} ran; the purge stopped: {reason}", b.backup_id);
                 if pctx.repo.get_json::<serde_json::Value>(layout::REMOVAL_PLAN_KEY, 1 << 20).await.is_ok() {
                     self.pending.push((1, None));
+                } else {
+                    self.pending.clear();
                 }
             }
             Err(e) => panic!("purge racing a backup: unexpected error {e}"),

@@ -453,10 +453,16 @@ async fn remove_locked(
     }
     // Mark: everything the repository references.
     let mut index = catalog::scan(&ctx.repo).await?;
+    // A dry run counts the interrupted plan's documents that are still there as deleted by it.
+    let (mut pending_manifests, mut pending_entries) = (0, 0);
     if !pending.is_empty() {
+        let before = index.node_manifests.len() + index.cluster_manifests.len();
         index.node_manifests.retain(|r| !pending.contains(&r.key));
-        index.commitlog_entries.retain(|r| !pending.contains(&r.key));
         index.cluster_manifests.retain(|(k, _, _)| !pending.contains(k));
+        pending_manifests = before - index.node_manifests.len() - index.cluster_manifests.len();
+        let before = index.commitlog_entries.len();
+        index.commitlog_entries.retain(|r| !pending.contains(&r.key));
+        pending_entries = before - index.commitlog_entries.len();
     }
     let cache = ManifestCache::for_context(ctx);
     let manifests =
@@ -527,8 +533,8 @@ async fn remove_locked(
     let documents: Vec<String> =
         orphan_clusters.iter().chain(victims.manifests.iter()).chain(victims.entries.iter()).cloned().collect();
     if lock.is_none() {
-        report.manifests_deleted = victims.manifests.len() + orphan_clusters.len();
-        report.commitlog_entries_deleted = victims.entries.len();
+        report.manifests_deleted = victims.manifests.len() + orphan_clusters.len() + pending_manifests;
+        report.commitlog_entries_deleted = victims.entries.len() + pending_entries;
         report.blobs_deleted = doomed.len();
         report.bytes_freed = doomed.iter().map(|(_, s)| s).sum();
         return Ok(());

@@ -38,6 +38,8 @@ enum Command {
     Verify(cli::catalog::VerifyArgs),
     /// Remove backups and the blobs nothing else references.
     RemoveBackup(cli::catalog::RemoveArgs),
+    /// Apply retention policies to a repository shared by clusters and standalone agents.
+    Purge(cli::catalog::PurgeArgs),
     /// Use a storage location directly: check it, store files as blobs, fetch them back.
     #[command(subcommand)]
     Storage(cli::storage::StorageCommand),
@@ -68,6 +70,7 @@ fn main() {
             Command::List(a) => cli::catalog::list(a, &args.global).await,
             Command::Verify(a) => cli::catalog::verify(a, &args.global).await,
             Command::RemoveBackup(a) => cli::catalog::remove(a, &args.global).await,
+            Command::Purge(a) => cli::catalog::purge(a, &args.global).await,
             Command::Storage(cmd) => cli::storage::run(cmd, &args.global).await,
             Command::Serve(cmd) => cli::serve::run(cmd, &args.global).await,
         };

@@ -25,7 +25,8 @@
 //! - [`commitlog`]: archiving segments (`archive_command`) and point-in-time restore.
 //! - [`catalog`]: what a repository holds: manifests, backups per node, sizes.
 //! - [`verify`]: checking that a backup's blobs exist (and hash to their names).
-//! - [`remove`]: removing backups and every blob no remaining backup needs.
+//! - [`remove`]: removing backups and every blob no remaining backup needs (the removal engine).
+//! - [`purge`]: retention policies, departed nodes and commit-log cutoffs over a shared root.
 //! - [`locks`]: lock objects that keep removals and backups apart.
 //! - this module: the context, entity selection, node identity, file-system helpers.
 
@@ -33,6 +34,7 @@ pub mod backup;
 pub mod catalog;
 pub mod commitlog;
 pub mod locks;
+pub mod purge;
 pub mod remove;
 pub mod restore;
 pub mod verify;

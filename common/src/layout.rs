@@ -11,6 +11,7 @@
 //! <root>/clusters/<cluster>/backups/<backup-id>/cluster.json           cluster manifest, after every node's
 //! <root>/clusters/<cluster>/commitlog/<host-id>/<closed-at>_<segment>.json   commit-log index entry
 //! <root>/locks/<lock-id>.json                                   a running backup or removal (rewritten while it runs)
+//! <root>/removal-plan.json                                      the documents a removal deletes (resumed if interrupted)
 //! ```
 //!
 //! Keys are relative to the repository root (the location's prefix is applied by the store).
@@ -38,6 +39,10 @@ pub const CLUSTERS_PREFIX: &str = "clusters";
 
 /// Prefix of lock objects (running backups and removals; see `docs/layout.md`).
 pub const LOCKS_PREFIX: &str = "locks";
+
+/// Key of the plan of a removal that is deleting documents: what it decided to delete, in order,
+/// and how far it got. A removal that finds one finishes it before deciding anything else.
+pub const REMOVAL_PLAN_KEY: &str = "removal-plan.json";
 
 /// Key of a lock object.
 pub fn lock_key(id: &str) -> String {

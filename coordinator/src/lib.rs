@@ -30,6 +30,7 @@ pub mod kv;
 pub mod model;
 pub mod raft;
 pub mod registry;
+pub mod schedule;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -284,6 +284,9 @@ pub enum Command {
         /// The entry.
         backup: BackupRecord,
     },
+    /// Creates, changes or deletes a backup schedule, or claims and records one of its runs
+    /// ([`crate::schedule`]).
+    Schedule(crate::schedule::ScheduleCommand),
     /// Writes a diagnostic value.
     DebugPut {
         /// Key (under `debug/`).

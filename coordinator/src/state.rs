@@ -111,14 +111,20 @@ impl StateMachine {
         Self { tree }
     }
 
-    fn read<T: Versioned>(&self, key: &str) -> Result<Option<T>, KvError> {
+    /// Writes a batch straight to the tree (tests that apply commands without raft).
+    #[cfg(test)]
+    pub(crate) fn tree_apply(&self, b: WriteBatch) -> Result<(), KvError> {
+        self.tree.apply(b)
+    }
+
+    pub(crate) fn read<T: Versioned>(&self, key: &str) -> Result<Option<T>, KvError> {
         match self.tree.get(key.as_bytes())? {
             None => Ok(None),
             Some(b) => T::decode(&b).map(Some).map_err(|e| corrupt(key, e)),
         }
     }
 
-    fn read_prefix<T: Versioned>(&self, prefix: &str) -> Result<Vec<T>, KvError> {
+    pub(crate) fn read_prefix<T: Versioned>(&self, prefix: &str) -> Result<Vec<T>, KvError> {
         self.tree
             .scan_prefix(prefix.as_bytes())?
             .into_iter()
@@ -359,6 +365,11 @@ impl StateMachine {
                     return reject(format!("invalid backup id {:?} or cluster {:?}", backup.id, backup.cluster));
                 }
                 b.put(keys::backup(&backup.cluster, &backup.id), backup.encode());
+            }
+            Command::Schedule(c) => {
+                if let Err(e) = crate::schedule::apply(self, c, b)? {
+                    return reject(e);
+                }
             }
             Command::DebugPut { key, value } => {
                 if !model::valid_name(key) {

@@ -1,13 +1,14 @@
-//! `cassette-agent list`, `verify` and `remove-backup`.
+//! `cassette-agent list`, `verify`, `remove-backup` and `purge`.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use cassette_agent::ops::catalog::{self, BackupSelector};
-use cassette_agent::ops::remove::{self, RemoveRequest, RemoveScope};
+use cassette_agent::ops::purge::{self, Departed, PurgeRequest, RetentionPolicy, RetentionRule};
+use cassette_agent::ops::remove::{self, RemoveReport, RemoveRequest, RemoveScope};
 use cassette_agent::ops::verify::{self, Scope};
 use cassette_agent::ops::{OpContext, resolve_node};
-use cassette_common::ids::BackupId;
+use cassette_common::ids::{BackupId, HostId};
 use clap::Args;
 
 use super::{CassandraArgs, GlobalArgs, NodeArgs, OutputFormat, StorageArgs, TransferArgs, bytes, print_json, session};
@@ -263,18 +264,193 @@ pub async fn remove(a: RemoveArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
             for b in &report.removed {
                 println!("{verb} backup {} of node {} ({} files, {})", b.backup_id, b.host_id, b.files, bytes(b.bytes));
             }
-            println!(
-                "{verb} {} unreferenced blobs ({}); {} still referenced; {} unreferenced but younger than the grace period ({}) kept; {} backups kept",
-                report.blobs_deleted,
-                bytes(report.bytes_freed),
-                report.blobs_referenced,
-                report.blobs_kept_young,
-                bytes(report.bytes_kept_young),
-                report.kept
-            );
-            for w in &report.warnings {
-                eprintln!("warning: {w}");
+            print_totals(&report);
+        }
+    }
+    Ok(0)
+}
+
+fn print_totals(report: &RemoveReport) {
+    let verb = if report.dry_run { "would remove" } else { "removed" };
+    if let Some(r) = &report.resumed {
+        println!(
+            "{} an interrupted removal first ({}, plan of {}): {} of {} documents were left",
+            if report.dry_run { "would finish" } else { "finished" },
+            r.operation,
+            r.created_at.format("%Y-%m-%d %H:%M:%S"),
+            r.remaining,
+            r.documents
+        );
+    }
+    if report.commitlog_entries_removed > 0 {
+        println!("{verb} {} commit-log entries no point-in-time restore needs", report.commitlog_entries_removed);
+    }
+    println!(
+        "{verb} {} unreferenced blobs ({}); {} still referenced; {} unreferenced but younger than the grace period ({}) kept; {} backups kept",
+        report.blobs_deleted,
+        bytes(report.bytes_freed),
+        report.blobs_referenced,
+        report.blobs_kept_young,
+        bytes(report.bytes_kept_young),
+        report.kept
+    );
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// `purge`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  cassette-agent purge -l s3://backups/prod --keep-last 14 --keep-within 30d --dry-run
+  cassette-agent purge -l s3://backups/prod --cluster prod --tag nightly --keep-last 7
+  cassette-agent purge -l s3://backups/shared --rules retention.json
+  cassette-agent purge -l s3://backups/prod --keep-last 14 --departed all
+
+A backup goes only when a retention rule covers it and no rule keeps it: a rule keeps the newest
+N backups (a cluster backup counts once for the cluster, other backups per node) and every backup
+started within the window. Backups of clusters (or tags) no rule names are kept. Commit-log
+entries closed before the snapshot of each node's oldest kept backup go too (a point-in-time
+restore never needs them); --keep-all-commitlogs keeps them.
+
+Departed nodes (host ids with backups in the repository but not in the cluster's current ring, as
+`nodetool status` on this node shows it, or --ring) are always listed; --departed all (or host ids)
+removes their own backups and commit logs.
+
+--rules takes a JSON list of rules: [{\"cluster\": \"prod\", \"tag\": \"nightly\", \"keep_last\": 7,
+\"keep_within\": \"30d\"}, …]. Then blobs nothing remaining references and older than the grace
+period (removal.grace, 24h) are deleted in batches. An interrupted purge is finished by the next
+one (removal-plan.json in the repository). See docs/layout.md, \"Retention and purges\".")]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    #[command(flatten)]
+    cassandra: CassandraArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Keep the newest N backups.
+    #[arg(long)]
+    keep_last: Option<usize>,
+    /// Keep every backup started within this long (e.g. 30d, 36h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    keep_within: Option<Duration>,
+    /// Apply the policy only to backups with this tag (a schedule's).
+    #[arg(long)]
+    tag: Option<String>,
+    /// Rules from a JSON file (a list of {cluster, tag, keep_last, keep_within}) instead of the flags.
+    #[arg(long, conflicts_with_all = ["keep_last", "keep_within", "tag"])]
+    rules: Option<std::path::PathBuf>,
+    /// Departed nodes to purge: `all`, or host ids (comma-separated).
+    #[arg(long)]
+    departed: Option<String>,
+    /// The cluster's current ring (host ids, comma-separated) instead of asking the node.
+    #[arg(long, value_delimiter = ',')]
+    ring: Vec<HostId>,
+    /// Keep every commit-log entry (no point-in-time cutoff).
+    #[arg(long)]
+    keep_all_commitlogs: bool,
+    /// Show what would be removed and how many bytes it frees; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Runs `purge`.
+pub async fn purge(a: PurgeArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
+    let s = prepare(global, &a.storage, &a.cassandra, &a.node, None, "purge")?;
+    let ctx = &s.ctx;
+    let rules: Vec<RetentionRule> = match &a.rules {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a list of rules like [{{\"cluster\": \"prod\", \"keep_last\": 7, \"keep_within\": \"30d\"}}]",
+                    path.display()
+                )
+            })?
+        }
+        None if a.keep_last.is_none() && a.keep_within.is_none() => Vec::new(),
+        None => vec![RetentionRule {
+            cluster: cluster_of(ctx).await?,
+            tag: a.tag.clone(),
+            policy: RetentionPolicy { keep_last: a.keep_last, keep_within: a.keep_within },
+        }],
+    };
+    let departed = match a.departed.as_deref() {
+        None => Departed::None,
+        Some("all") => Departed::All,
+        Some(list) => Departed::Hosts(
+            list.split(',')
+                .map(|h| h.trim().parse::<HostId>())
+                .collect::<Result<_, _>>()
+                .context("--departed takes `all` or host ids separated by commas")?,
+        ),
+    };
+    // The ring of the node's cluster: flags, else the node (only needed for departed nodes).
+    let mut ring = std::collections::BTreeMap::new();
+    if !a.ring.is_empty() {
+        ring.insert(cluster_of(ctx).await?, a.ring.clone());
+    } else if departed != Departed::None || rules.is_empty() {
+        let cluster = cluster_of(ctx).await?;
+        let members = ctx.cassandra.ring().await.context(
+            "ask the node for the current ring (nodetool status) to find departed nodes; or pass --ring with its host ids",
+        )?;
+        let hosts: Vec<HostId> = members.into_iter().filter_map(|m| m.host_id).collect();
+        ring.insert(cluster, hosts);
+    } else if let Ok(members) = ctx.cassandra.ring().await
+        && let Some(c) = ctx.settings.node.cluster.clone().or(resolve_node(ctx, true).await.ok().map(|n| n.cluster))
+    {
+        // Best effort: departed nodes are reported when the node answers.
+        ring.insert(c, members.into_iter().filter_map(|m| m.host_id).collect());
+    }
+    let req = PurgeRequest {
+        rules,
+        ring,
+        departed,
+        keep_all_commitlogs: a.keep_all_commitlogs,
+        dry_run: a.dry_run,
+        ..Default::default()
+    };
+    let report = purge::purge(ctx, &req).await?;
+    s.bar.finish();
+    match global.output {
+        OutputFormat::Json => print_json(&report)?,
+        OutputFormat::Text => {
+            for r in &report.rules {
+                println!("policy: {r}");
             }
+            for b in &report.backups {
+                println!(
+                    "{} {} backup {} of {} ({}{}): {}",
+                    if b.kept {
+                        "keep  "
+                    } else if report.removal.dry_run {
+                        "would remove"
+                    } else {
+                        "remove"
+                    },
+                    if b.cluster_backup { "cluster" } else { "node" },
+                    b.backup_id,
+                    if b.cluster_backup {
+                        format!("cluster {:?}", b.cluster)
+                    } else {
+                        format!("node {}", b.hosts.first().map(|h| h.to_string()).unwrap_or_default())
+                    },
+                    bytes(b.bytes),
+                    b.tag.as_ref().map(|t| format!(", tag {t}")).unwrap_or_default(),
+                    b.reason
+                );
+            }
+            for d in &report.departed_nodes {
+                println!(
+                    "departed node {} of cluster {:?}: {} node backups, {} commit-log entries{}",
+                    d.host_id,
+                    d.cluster,
+                    d.node_backups,
+                    d.commitlog_entries,
+                    if d.purged { " (purged)" } else { " (kept: pass --departed to purge)" }
+                );
+            }
+            print_totals(&report.removal);
         }
     }
     Ok(0)

@@ -5,8 +5,12 @@
 //!    holds a fresh lock ([`super::locks`]). Backups started meanwhile wait for it.
 //! 2. Read every node manifest and every commit-log index entry of the repository (all clusters:
 //!    blobs are shared). Any unreadable manifest stops the removal before it deletes anything.
-//! 3. Delete the selected node manifests (and cluster manifests left without nodes) first: an
-//!    interrupted removal leaves unreferenced blobs, never manifests naming deleted blobs.
+//! 3. Decide what goes ([`remove`]: the backups asked for; [`super::purge`]: what no retention
+//!    policy keeps, departed nodes, commit-log entries no point-in-time restore needs), write the
+//!    list to `removal-plan.json`, and delete those documents first (cluster manifests, node
+//!    manifests, commit-log entries), recording progress in the plan: an interrupted removal
+//!    leaves unreferenced blobs, never manifests naming deleted blobs, and the next removal
+//!    finishes the plan before it decides anything ([`RemovalPlan`]).
 //! 4. Delete, in batches, the blobs no remaining document references and that are older than the
 //!    grace period (by the storage's clock, relative to the lock). Before each batch the lock must
 //!    have been rewritten within half its stale timeout and no other fresh lock may have appeared.
@@ -15,17 +19,19 @@
 //! before its index entry exists, and a backup whose lock lapsed (it checks its blobs again).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cassette_common::ids::{BackupId, BlobHash, HostId};
-use cassette_common::layout;
+use cassette_common::layout::{self, ClusterObject};
+use cassette_common::manifest::{CommitLogEntry, NodeManifest};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{self, CatalogError, ManifestCache, ManifestRef};
+use super::catalog::{self, CatalogError, EntryRef, ManifestCache, ManifestRef, RepoIndex};
 use super::locks::{self, LockError, LockKind, RepoLock};
 use super::{OpContext, human_bytes};
 use crate::storage::{Retry, StoreError};
@@ -105,6 +111,12 @@ pub struct RemoveReport {
     pub kept: usize,
     /// Manifests (node and cluster) deleted.
     pub manifests_deleted: usize,
+    /// Commit-log index entries selected for removal (no point-in-time restore needs them).
+    pub commitlog_entries_removed: usize,
+    /// Commit-log index entries deleted.
+    pub commitlog_entries_deleted: usize,
+    /// An interrupted removal's plan this one finished first (a dry run: would finish).
+    pub resumed: Option<ResumedPlan>,
     /// Blobs deleted.
     pub blobs_deleted: usize,
     /// Bytes freed.
@@ -218,62 +230,22 @@ fn select(
 
 /// Removes backups and sweeps unreferenced blobs (see the module documentation).
 pub async fn remove(ctx: &OpContext, scope: &RemoveScope, req: &RemoveRequest) -> Result<RemoveReport, RemoveError> {
-    let start = Instant::now();
-    ctx.repo.open_existing().await?;
-    let mut report = RemoveReport { dry_run: req.dry_run, ..RemoveReport::default() };
-    let lock = if req.dry_run {
-        None
-    } else {
-        let what = match scope {
-            RemoveScope::Node(c, h) => format!("removal of backups of node {h} in cluster {c:?}"),
-            RemoveScope::Cluster(c) => format!("removal of backups of cluster {c:?}"),
-        };
-        let progress = std::sync::Arc::clone(&ctx.progress);
-        let on_wait = move |m: &str| progress.message(m);
-        Some(RepoLock::acquire(&ctx.repo, LockKind::Remove, what, &ctx.settings.locks, &ctx.cancel, &on_wait).await?)
+    let what = match scope {
+        RemoveScope::Node(c, h) => format!("removal of backups of node {h} in cluster {c:?}"),
+        RemoveScope::Cluster(c) => format!("removal of backups of cluster {c:?}"),
     };
-    let result = remove_locked(ctx, scope, req, lock.as_ref(), &mut report).await;
-    if let Some(l) = lock {
-        l.release().await;
-    }
-    result?;
-    report.seconds = start.elapsed().as_secs_f64();
-    Ok(report)
+    run_removal(ctx, what, req.dry_run, |cat| decide_remove(scope, req, cat)).await
 }
 
-async fn remove_locked(
-    ctx: &OpContext,
-    scope: &RemoveScope,
-    req: &RemoveRequest,
-    lock: Option<&RepoLock>,
-    report: &mut RemoveReport,
-) -> Result<(), RemoveError> {
-    // Reference time from the storage's clock: our lock, else "now".
-    let now = lock.map(RepoLock::acquired_at).unwrap_or_else(Utc::now);
-    if let Some(l) = lock {
-        for stale in locks::list_locks(&ctx.repo, &ctx.settings.locks, now, Some(l.key()))
-            .await?
-            .into_iter()
-            .filter(|s| !s.fresh)
-        {
-            if ctx.repo.store().delete(&ObjectPath::from(stale.key.as_str())).await.is_ok() {
-                report.stale_locks_removed += 1;
-                report.warnings.push(format!("removed a stale lock: {stale}"));
-            }
-        }
-    }
-    // Mark: everything the repository references.
-    let index = catalog::scan(&ctx.repo).await?;
-    let cache = ManifestCache::for_context(ctx);
-    let all =
-        catalog::load_manifests(&ctx.repo, &index.node_manifests, &ctx.settings.manifests, cache.as_ref()).await?;
-    let entries =
-        catalog::load_entries(&ctx.repo, &index.commitlog_entries, &ctx.settings.manifests, cache.as_ref()).await?;
+/// What `remove-backup` deletes: the selected backups, refusing half a cluster backup.
+fn decide_remove(scope: &RemoveScope, req: &RemoveRequest, cat: &Catalog) -> Result<Victims, RemoveError> {
+    let index = &cat.index;
     let in_scope: Vec<ManifestRef> = match scope {
         RemoveScope::Node(c, h) => index.node(c, h),
         RemoveScope::Cluster(c) => index.cluster(c),
     };
-    let victims = select(req, scope, &in_scope, now)?;
+    let mut victims = select(req, scope, &in_scope, cat.now)?;
+    let mut warnings = Vec::new();
     // Per-node removal of part of a coordinator's cluster backup would leave its cluster manifest
     // naming a node manifest that is gone.
     if let RemoveScope::Node(..) = scope {
@@ -290,7 +262,6 @@ async fn remove_locked(
         }
     }
     // A cluster backup goes as a whole or not at all.
-    let mut victims = victims;
     if let RemoveScope::Cluster(_) = scope {
         let partial: BTreeSet<(String, BackupId)> = in_scope
             .iter()
@@ -302,15 +273,210 @@ async fn remove_locked(
             !in_scope.iter().any(|r| &r.key == k && partial.contains(&(r.cluster_key.clone(), r.backup_id.clone())))
         });
         if victims.len() < before {
-            report.warnings.push(format!(
+            warnings.push(format!(
                 "{} node manifest(s) of cluster backups were kept because other nodes keep the same backup",
                 before - victims.len()
             ));
         }
     }
+    let kept = in_scope.iter().filter(|r| !victims.contains(&r.key)).count();
+    Ok(Victims { manifests: victims, entries: BTreeSet::new(), kept, warnings })
+}
+
+/// The catalog a removal decides on: every node manifest and commit-log index entry of the root
+/// (all clusters: blobs are shared), read under the removal's lock.
+#[derive(Debug)]
+pub struct Catalog {
+    /// The listing.
+    pub index: RepoIndex,
+    /// Every node manifest, read and validated.
+    pub manifests: Vec<(ManifestRef, Arc<NodeManifest>)>,
+    /// Every commit-log index entry, read.
+    pub entries: Vec<(EntryRef, CommitLogEntry)>,
+    /// Reference time, by the storage's clock (the lock's write time; "now" in a dry run).
+    pub now: DateTime<Utc>,
+}
+
+/// What a removal decided to delete.
+#[derive(Debug, Default)]
+pub struct Victims {
+    /// Node manifests (keys). Cluster manifests left without node manifests go with them.
+    pub manifests: BTreeSet<String>,
+    /// Commit-log index entries (keys).
+    pub entries: BTreeSet<String>,
+    /// Backups of the scope that remain.
+    pub kept: usize,
+    /// Remarks for the report.
+    pub warnings: Vec<String>,
+}
+
+/// Format of [`RemovalPlan`] documents written by this build.
+pub const REMOVAL_PLAN_FORMAT: u32 = 1;
+
+/// `removal-plan.json`: the documents a removal deletes, in order, and how many are gone. Written
+/// before the first deletion and after every batch; deleted once every document is gone. A
+/// removal that finds one (its predecessor was interrupted) deletes the rest of it first, in the
+/// same order, before it reads the catalog: a decision is never re-taken on a half-deleted state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovalPlan {
+    /// Schema version.
+    pub format: u32,
+    /// The lock of the removal that wrote it.
+    pub lock_id: String,
+    /// What that removal was (`purge of cluster "prod"`).
+    pub operation: String,
+    /// When the plan was written (writer's clock; informational).
+    pub created_at: DateTime<Utc>,
+    /// Keys to delete, in order: cluster manifests, node manifests, commit-log index entries.
+    pub documents: Vec<String>,
+    /// The first `deleted` documents are gone.
+    pub deleted: usize,
+}
+
+/// An interrupted removal's plan, as a report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResumedPlan {
+    /// What the interrupted removal was.
+    pub operation: String,
+    /// When it wrote its plan.
+    pub created_at: DateTime<Utc>,
+    /// Documents in the plan.
+    pub documents: usize,
+    /// Documents it had not deleted yet (finished by this removal, or by the next in a dry run).
+    pub remaining: usize,
+}
+
+async fn read_plan(ctx: &OpContext) -> Result<Option<RemovalPlan>, RemoveError> {
+    match ctx.repo.get_json::<RemovalPlan>(layout::REMOVAL_PLAN_KEY, 1 << 30).await {
+        Ok(p) if p.format > REMOVAL_PLAN_FORMAT => Err(RemoveError::Refused(format!(
+            "{} was written by a newer Cassette (format {}): finish that removal with the newer version",
+            layout::REMOVAL_PLAN_KEY,
+            p.format
+        ))),
+        Ok(p) => Ok(Some(p)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn write_plan(ctx: &OpContext, plan: &RemovalPlan) -> Result<(), StoreError> {
+    let body = serde_json::to_vec_pretty(plan).unwrap_or_default();
+    ctx.repo
+        .store()
+        .put(&ObjectPath::from(layout::REMOVAL_PLAN_KEY), object_store::PutPayload::from(body))
+        .await
+        .map(|_| ())
+        .map_err(|e| StoreError::remote("write", layout::REMOVAL_PLAN_KEY, &ctx.repo.location().to_string(), e))
+}
+
+async fn delete_plan(ctx: &OpContext) -> Result<(), StoreError> {
+    match ctx.repo.store().delete(&ObjectPath::from(layout::REMOVAL_PLAN_KEY)).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(StoreError::remote("delete", layout::REMOVAL_PLAN_KEY, &ctx.repo.location().to_string(), e)),
+    }
+}
+
+/// The removal engine shared by `remove-backup` and purges: takes the exclusive lock, finishes an
+/// interrupted plan, reads the whole catalog, lets `decide` pick the documents to delete, then
+/// deletes them (plan first) and sweeps every blob nothing remaining references.
+pub async fn run_removal(
+    ctx: &OpContext,
+    what: String,
+    dry_run: bool,
+    decide: impl FnOnce(&Catalog) -> Result<Victims, RemoveError>,
+) -> Result<RemoveReport, RemoveError> {
+    let start = Instant::now();
+    ctx.repo.open_existing().await?;
+    let mut report = RemoveReport { dry_run, ..RemoveReport::default() };
+    let lock = if dry_run {
+        None
+    } else {
+        let progress = std::sync::Arc::clone(&ctx.progress);
+        let on_wait = move |m: &str| progress.message(m);
+        Some(
+            RepoLock::acquire(&ctx.repo, LockKind::Remove, what.clone(), &ctx.settings.locks, &ctx.cancel, &on_wait)
+                .await?,
+        )
+    };
+    let result = remove_locked(ctx, &what, lock.as_ref(), &mut report, decide).await;
+    if let Some(l) = lock {
+        l.release().await;
+    }
+    result?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn remove_locked(
+    ctx: &OpContext,
+    what: &str,
+    lock: Option<&RepoLock>,
+    report: &mut RemoveReport,
+    decide: impl FnOnce(&Catalog) -> Result<Victims, RemoveError>,
+) -> Result<(), RemoveError> {
+    // Reference time from the storage's clock: our lock, else "now".
+    let now = lock.map(RepoLock::acquired_at).unwrap_or_else(Utc::now);
+    if let Some(l) = lock {
+        for stale in locks::list_locks(&ctx.repo, &ctx.settings.locks, now, Some(l.key()))
+            .await?
+            .into_iter()
+            .filter(|s| !s.fresh)
+        {
+            if ctx.repo.store().delete(&ObjectPath::from(stale.key.as_str())).await.is_ok() {
+                report.stale_locks_removed += 1;
+                report.warnings.push(format!("removed a stale lock: {stale}"));
+            }
+        }
+    }
+    // An interrupted removal's plan is finished first (a dry run counts it as done).
+    let mut pending: HashSet<String> = HashSet::new();
+    if let Some(mut plan) = read_plan(ctx).await? {
+        report.resumed = Some(ResumedPlan {
+            operation: plan.operation.clone(),
+            created_at: plan.created_at,
+            documents: plan.documents.len(),
+            remaining: plan.documents.len().saturating_sub(plan.deleted),
+        });
+        match lock {
+            Some(lock) => {
+                ctx.say(format!(
+                    "finishing an interrupted removal first ({}, {} of {} documents left)",
+                    plan.operation,
+                    plan.documents.len().saturating_sub(plan.deleted),
+                    plan.documents.len()
+                ));
+                delete_documents(ctx, lock, &mut plan, report).await?;
+                delete_plan(ctx).await?;
+            }
+            None => pending.extend(plan.documents.iter().skip(plan.deleted).cloned()),
+        }
+    }
+    // Mark: everything the repository references.
+    let mut index = catalog::scan(&ctx.repo).await?;
+    // A dry run counts the interrupted plan's documents that are still there as deleted by it.
+    let (mut pending_manifests, mut pending_entries) = (0, 0);
+    if !pending.is_empty() {
+        let before = index.node_manifests.len() + index.cluster_manifests.len();
+        index.node_manifests.retain(|r| !pending.contains(&r.key));
+        index.cluster_manifests.retain(|(k, _, _)| !pending.contains(k));
+        pending_manifests = before - index.node_manifests.len() - index.cluster_manifests.len();
+        let before = index.commitlog_entries.len();
+        index.commitlog_entries.retain(|r| !pending.contains(&r.key));
+        pending_entries = before - index.commitlog_entries.len();
+    }
+    let cache = ManifestCache::for_context(ctx);
+    let manifests =
+        catalog::load_manifests(&ctx.repo, &index.node_manifests, &ctx.settings.manifests, cache.as_ref()).await?;
+    let entries =
+        catalog::load_entries(&ctx.repo, &index.commitlog_entries, &ctx.settings.manifests, cache.as_ref()).await?;
+    let entries: Vec<(EntryRef, CommitLogEntry)> = index.commitlog_entries.iter().cloned().zip(entries).collect();
+    let cat = Catalog { index, manifests, entries, now };
+    let victims = decide(&cat)?;
+    report.kept = victims.kept;
+    report.warnings.extend(victims.warnings.iter().cloned());
     let mut referenced: HashSet<BlobHash> = HashSet::new();
-    for (r, m) in &all {
-        if victims.contains(&r.key) {
+    for (r, m) in &cat.manifests {
+        if victims.manifests.contains(&r.key) {
             report.removed.push(RemovedBackup {
                 backup_id: m.backup_id.clone(),
                 cluster: m.node.cluster.clone(),
@@ -322,17 +488,24 @@ async fn remove_locked(
             referenced.extend(m.blobs().map(|(h, _)| h));
         }
     }
-    referenced.extend(entries.iter().map(|e| e.sha256));
-    report.kept = in_scope.iter().filter(|r| !victims.contains(&r.key)).count();
+    for (r, e) in &cat.entries {
+        if victims.entries.contains(&r.key) {
+            report.commitlog_entries_removed += 1;
+        } else {
+            referenced.insert(e.sha256);
+        }
+    }
     report.blobs_referenced = referenced.len();
     // Cluster manifests left without any node manifest.
-    let remaining: BTreeSet<(String, BackupId)> = index
+    let remaining: BTreeSet<(String, BackupId)> = cat
+        .index
         .node_manifests
         .iter()
-        .filter(|r| !victims.contains(&r.key))
+        .filter(|r| !victims.manifests.contains(&r.key))
         .map(|r| (r.cluster_key.clone(), r.backup_id.clone()))
         .collect();
-    let orphan_clusters: Vec<String> = index
+    let orphan_clusters: Vec<String> = cat
+        .index
         .cluster_manifests
         .iter()
         .filter(|(_, c, b)| !remaining.contains(&(c.clone(), b.clone())))
@@ -355,33 +528,94 @@ async fn remove_locked(
         }
         doomed.push((m.location, m.size));
     }
-    if req.dry_run {
-        report.manifests_deleted = victims.len() + orphan_clusters.len();
+    // Cluster manifests first (the backup stops being a complete cluster backup), then node
+    // manifests, then commit-log entries; blobs last.
+    let documents: Vec<String> =
+        orphan_clusters.iter().chain(victims.manifests.iter()).chain(victims.entries.iter()).cloned().collect();
+    if lock.is_none() {
+        report.manifests_deleted = victims.manifests.len() + orphan_clusters.len() + pending_manifests;
+        report.commitlog_entries_deleted = victims.entries.len() + pending_entries;
         report.blobs_deleted = doomed.len();
         report.bytes_freed = doomed.iter().map(|(_, s)| s).sum();
         return Ok(());
     }
     let Some(lock) = lock else { return Ok(()) };
     ctx.say(format!(
-        "removing {} backup manifest(s), then {} unreferenced blob(s) ({})",
-        victims.len(),
+        "removing {} backup manifest(s) and {} commit-log entries, then {} unreferenced blob(s) ({})",
+        victims.manifests.len(),
+        victims.entries.len(),
         doomed.len(),
         human_bytes(doomed.iter().map(|(_, s)| s).sum())
     ));
-    // Manifests first.
-    for key in victims.iter().chain(orphan_clusters.iter()) {
+    if !documents.is_empty() {
+        let mut plan = RemovalPlan {
+            format: REMOVAL_PLAN_FORMAT,
+            lock_id: lock.info().id.clone(),
+            operation: what.to_owned(),
+            created_at: Utc::now(),
+            documents,
+            deleted: 0,
+        };
         lock.ensure_fresh()?;
-        match ctx.repo.store().delete(&ObjectPath::from(key.as_str())).await {
-            Ok(()) => report.manifests_deleted += 1,
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => {
-                return Err(
-                    StoreError::remote("delete manifest", key.as_str(), &ctx.repo.location().to_string(), e).into()
-                );
+        write_plan(ctx, &plan).await?;
+        delete_documents(ctx, lock, &mut plan, report).await?;
+        delete_plan(ctx).await?;
+    }
+    sweep(ctx, lock, &doomed, report).await
+}
+
+/// Deletes a plan's remaining documents in batches, recording progress in the plan after each.
+async fn delete_documents(
+    ctx: &OpContext,
+    lock: &RepoLock,
+    plan: &mut RemovalPlan,
+    report: &mut RemoveReport,
+) -> Result<(), RemoveError> {
+    let total = plan.documents.len();
+    let batch = ctx.settings.removal.delete_batch.max(1);
+    while plan.deleted < total {
+        let done = plan.deleted;
+        let interrupted = |reason: String, report: &RemoveReport| RemoveError::Interrupted {
+            deleted: report.blobs_deleted,
+            reason: format!("{reason} (after {done} of {total} documents of the removal plan)"),
+        };
+        if ctx.cancel.is_cancelled() {
+            return Err(interrupted("cancelled".into(), report));
+        }
+        if let Err(e) = lock.ensure_fresh() {
+            return Err(interrupted(e.to_string(), report));
+        }
+        let end = (plan.deleted + batch).min(total);
+        for key in &plan.documents[plan.deleted..end] {
+            match ctx.repo.store().delete(&ObjectPath::from(key.as_str())).await {
+                Ok(()) => match layout::parse_cluster_object(key) {
+                    Some(ClusterObject::CommitLogEntry { .. }) => report.commitlog_entries_deleted += 1,
+                    _ => report.manifests_deleted += 1,
+                },
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    let e = StoreError::remote("delete", key.as_str(), &ctx.repo.location().to_string(), e);
+                    return Err(interrupted(e.to_string(), report));
+                }
             }
         }
+        plan.deleted = end;
+        if end < total {
+            write_plan(ctx, plan).await.map_err(|e| interrupted(e.to_string(), report))?;
+        }
+        ctx.progress.message(&format!("deleted {end} of {total} manifests and index entries"));
     }
-    // Then blobs, in batches, each after checking the lock.
+    Ok(())
+}
+
+/// Deletes unreferenced blobs in batches, each after checking the lock.
+async fn sweep(
+    ctx: &OpContext,
+    lock: &RepoLock,
+    doomed: &[(ObjectPath, u64)],
+    report: &mut RemoveReport,
+) -> Result<(), RemoveError> {
+    let total = doomed.len();
     for batch in doomed.chunks(ctx.settings.removal.delete_batch.max(1)) {
         if ctx.cancel.is_cancelled() {
             return Err(RemoveError::Interrupted { deleted: report.blobs_deleted, reason: "cancelled".into() });
@@ -408,6 +642,11 @@ async fn remove_locked(
                 }
             }
         }
+        ctx.progress.message(&format!(
+            "deleted {} of {total} unreferenced blobs ({})",
+            report.blobs_deleted,
+            human_bytes(report.bytes_freed)
+        ));
     }
     Ok(())
 }

@@ -332,6 +332,8 @@ pub mod keys {
     pub fn operation(id: &str) -> String {
         format!("s/op/{id}")
     }
+    /// Prefix of every operation.
+    pub const OPERATIONS: &str = "s/op/";
     /// A phase.
     pub fn phase(op: &str, host_id: &str, phase: &str) -> String {
         format!("s/phase/{op}/{host_id}/{phase}")

@@ -173,6 +173,11 @@ impl StateMachine {
         self.read(&keys::operation(id))
     }
 
+    /// Every operation (running and ended).
+    pub fn operations(&self) -> Result<Vec<OperationRecord>, KvError> {
+        self.read_prefix(keys::OPERATIONS)
+    }
+
     /// An operation's phases.
     pub fn phases(&self, op: &str) -> Result<Vec<PhaseRecord>, KvError> {
         self.read_prefix(&keys::phases(op))

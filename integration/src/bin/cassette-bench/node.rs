@@ -274,10 +274,10 @@ fn run(args: &NodeArgs, work: &Path) -> anyhow::Result<(Vec<StepRow>, Summary)> 
     let mut sorted: Vec<usize> = (0..base_sizes.len()).collect();
     sorted.sort_by_key(|i| base_sizes[*i]);
     let median = base_sizes[sorted[sorted.len() / 2]];
-    let pick = sorted[sorted.len() / 4];
-    for i in 0..HOT_SSTABLES {
-        base_sizes.swap(i, pick + i);
-    }
+    let hot: Vec<usize> = sorted.iter().skip(sorted.len() / 4).take(HOT_SSTABLES).copied().collect();
+    let mut reordered: Vec<u64> = hot.iter().map(|i| base_sizes[*i]).collect();
+    reordered.extend(base_sizes.iter().enumerate().filter(|(i, _)| !hot.contains(i)).map(|(_, s)| *s));
+    base_sizes = reordered;
     eprintln!(
         "generating a node of {} SSTables ({} total) in {}",
         args.sstables,

@@ -3,8 +3,10 @@
 //!
 //! An operation of kind [`KIND`] records its phase names and parameters in its spec and one
 //! [`PhaseRecord`] per node and phase, all pending. The leader's executor ([`worker`]) finds
-//! running operations and drives each: for phase k, every node's record is dispatched at once
-//! through [`dispatch`] (the start and job id are committed before the agent is called), the
+//! running operations and drives each: for phase k, every node's start and job id are committed
+//! in one raft entry ([`Command::PhasesStarted`]), then every agent is called at once with the
+//! recorded id (as [`dispatch::reattach`] does; a retry after a failed call is a new attempt
+//! through [`dispatch::dispatch`]), the
 //! executor follows each job until it ends and records the outcome; phase k+1 starts when every
 //! node has finished phase k. A failed phase on any node fails the operation after the barrier.
 //!
@@ -229,8 +231,25 @@ pub async fn drive(raft: &RaftHandle, agents: Arc<dyn AgentClient>, op: Operatio
     let nodes = sm.nodes(&op.cluster).map_err(read_err)?;
     tracing::info!(operation = %op.id, nodes = nodes.len(), phases = ?spec.phases, "driving phases");
     for phase in &spec.phases {
-        let records: Vec<PhaseRecord> =
+        let mut records: Vec<PhaseRecord> =
             sm.phases(&op.id).map_err(read_err)?.into_iter().filter(|p| &p.phase == phase).collect();
+        // Commit every node's start (with its job id) in one entry, then call every agent at
+        // once: the agents are re-attached to the recorded ids, as a new leader would.
+        let starts: Vec<(String, String)> = records
+            .iter()
+            .filter(|p| p.state == RunState::Pending)
+            .map(|p| (p.host_id.clone(), dispatch::job_id(&p.operation_id, &p.host_id, &p.phase, p.attempts + 1)))
+            .collect();
+        if !starts.is_empty() {
+            raft.propose(&Command::PhasesStarted {
+                operation_id: op.id.clone(),
+                phase: phase.clone(),
+                starts,
+                at_ms: now_ms(),
+            })
+            .await?;
+            records = sm.phases(&op.id).map_err(read_err)?.into_iter().filter(|p| &p.phase == phase).collect();
+        }
         let runs = records.into_iter().map(|p| {
             let agent = nodes.iter().find(|n| n.host_id == p.host_id).map(|n| n.agent_address.clone());
             let agents = Arc::clone(&agents);

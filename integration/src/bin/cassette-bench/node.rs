@@ -171,7 +171,7 @@ fn dir_bytes(dir: &Path) -> (u64, u64) {
 }
 
 fn free_bytes(dir: &Path) -> u64 {
-    nix::sys::statvfs::statvfs(dir).map(|s| s.blocks_available() as u64 * s.fragment_size() as u64).unwrap_or(0)
+    nix::sys::statvfs::statvfs(dir).map(|s| s.blocks_available() * s.fragment_size()).unwrap_or(0)
 }
 
 fn cp_al(from: &Path, to: &Path) -> anyhow::Result<()> {

@@ -2,6 +2,8 @@
 # Benchmarks that print tables, Cassette side by side with other tools in the same run.
 #
 #   scripts/bench.sh transfer [--datasets small,large] [--tools cassette,raw,raw-unsigned,rclone,aws] [--json]
+#   scripts/bench.sh node [--sstables 10000] [--size 8GiB] [--tools cassette,rclone,aws] [--json]
+#   scripts/bench.sh coordinator [--agents 10,100,1000] [--phase-ms 500] [--insecure] [--json]
 #
 # Installs what the comparison needs (s3s-fs 0.14.1, rclone, the AWS CLI) into .tools/ or via
 # apt, then runs `cassette-bench` in release mode. Data (about 5 GiB) goes to $TMPDIR/cassette-bench

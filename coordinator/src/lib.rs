@@ -13,6 +13,8 @@
 //! - [`agents`]: the [`agents::AgentClient`] seam and its gRPC implementation.
 //! - [`registry`]: registering clusters through their agents, health checks.
 //! - [`dispatch`]: a phase's start committed before the agent is called; re-attach by job id.
+//! - [`phases`]: named phases on every node of a cluster with a barrier between them, driven by
+//!   the leader and resumed by the next one (`RunPhases`).
 //! - [`service`]: the operator API and raft transport gRPC services.
 //! - [`server`]: a replica: configuration and `run(listener, …, shutdown)`.
 //! - [`client`]: the operator API client that follows the leader.
@@ -28,6 +30,7 @@ pub mod client;
 pub mod dispatch;
 pub mod kv;
 pub mod model;
+pub mod phases;
 pub mod raft;
 pub mod registry;
 pub mod schedule;

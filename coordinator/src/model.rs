@@ -251,6 +251,19 @@ pub enum Command {
         /// When.
         at_ms: u64,
     },
+    /// "Phase X started on these nodes as these jobs", for many nodes in one entry: what a
+    /// barrier's dispatch commits before calling every agent at once (one raft round instead of
+    /// one per node keeps the start skew between nodes small).
+    PhasesStarted {
+        /// Operation.
+        operation_id: String,
+        /// Phase.
+        phase: String,
+        /// (host id, job id) of each node.
+        starts: Vec<(String, String)>,
+        /// When.
+        at_ms: u64,
+    },
     /// A phase ended.
     PhaseFinished {
         /// Operation.
@@ -335,6 +348,8 @@ pub mod keys {
     pub fn operation(id: &str) -> String {
         format!("s/op/{id}")
     }
+    /// Prefix of every operation.
+    pub const OPERATIONS: &str = "s/op/";
     /// A phase.
     pub fn phase(op: &str, host_id: &str, phase: &str) -> String {
         format!("s/phase/{op}/{host_id}/{phase}")

@@ -179,6 +179,11 @@ impl StateMachine {
         self.read(&keys::operation(id))
     }
 
+    /// Every operation (running and ended).
+    pub fn operations(&self) -> Result<Vec<OperationRecord>, KvError> {
+        self.read_prefix(keys::OPERATIONS)
+    }
+
     /// An operation's phases.
     pub fn phases(&self, op: &str) -> Result<Vec<PhaseRecord>, KvError> {
         self.read_prefix(&keys::phases(op))
@@ -339,6 +344,23 @@ impl StateMachine {
                 p.attempts += 1;
                 p.started_at_ms = *at_ms;
                 b.put(key, p.encode());
+            }
+            Command::PhasesStarted { operation_id, phase, starts, at_ms } => {
+                for (host_id, job_id) in starts {
+                    let key = keys::phase(operation_id, host_id, phase);
+                    let Some(mut p) = self.read::<PhaseRecord>(&key)? else {
+                        return reject(format!("operation {operation_id} has no phase {phase} on node {host_id}"));
+                    };
+                    // A node whose phase already ended keeps its outcome.
+                    if p.state.is_terminal() {
+                        continue;
+                    }
+                    p.state = RunState::Running;
+                    p.job_id = job_id.clone();
+                    p.attempts += 1;
+                    p.started_at_ms = *at_ms;
+                    b.put(key, p.encode());
+                }
             }
             Command::PhaseFinished { operation_id, host_id, phase, state, error, summary, at_ms } => {
                 let key = keys::phase(operation_id, host_id, phase);

@@ -224,6 +224,50 @@ pub struct RaftHandle {
     status: watch::Receiver<RaftStatus>,
     sm: StateMachine,
     request_timeout: Duration,
+    latency: Arc<LatencyWindow>,
+}
+
+/// Latencies of the most recent successful proposals (µs), for the operator's status.
+#[derive(Debug, Default)]
+pub struct LatencyWindow {
+    samples: std::sync::Mutex<std::collections::VecDeque<u64>>,
+}
+
+/// Quantiles of a [`LatencyWindow`], in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LatencySummary {
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Largest.
+    pub max_us: u64,
+    /// Samples in the window.
+    pub samples: u64,
+}
+
+impl LatencyWindow {
+    const CAPACITY: usize = 8192;
+
+    fn record(&self, d: Duration) {
+        let mut s = self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if s.len() == Self::CAPACITY {
+            s.pop_front();
+        }
+        s.push_back(d.as_micros() as u64);
+    }
+
+    /// Quantiles over the window.
+    pub fn summary(&self) -> LatencySummary {
+        let mut v: Vec<u64> =
+            self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect();
+        if v.is_empty() {
+            return LatencySummary::default();
+        }
+        v.sort_unstable();
+        let q = |f: f64| v[((v.len() - 1) as f64 * f).round() as usize];
+        LatencySummary { p50_us: q(0.5), p99_us: q(0.99), max_us: v[v.len() - 1], samples: v.len() as u64 }
+    }
 }
 
 impl RaftHandle {
@@ -260,7 +304,17 @@ impl RaftHandle {
     /// Replicates and applies a command; returns its index. Only on the leader.
     pub async fn propose(&self, cmd: &Command) -> Result<u64, RaftError> {
         let bytes = cmd.encode();
-        self.ask(|r| Input::Propose(bytes, r)).await
+        let start = std::time::Instant::now();
+        let r = self.ask(|r| Input::Propose(bytes, r)).await;
+        if r.is_ok() {
+            self.latency.record(start.elapsed());
+        }
+        r
+    }
+
+    /// Latency of this replica's recent proposals (propose → applied here).
+    pub fn commit_latency(&self) -> LatencySummary {
+        self.latency.summary()
     }
 
     /// Changes the membership; returns when the change is applied here. Only on the leader.
@@ -387,7 +441,7 @@ impl RaftNode {
             && !node.membership.learners.contains(&id)
             && !node.membership.voters.is_empty();
         node.publish();
-        let handle = RaftHandle { tx, status: status_rx, sm, request_timeout };
+        let handle = RaftHandle { tx, status: status_rx, sm, request_timeout, latency: Arc::default() };
         let join = std::thread::Builder::new()
             .name(format!("raft-{id}"))
             .spawn(move || node.run())

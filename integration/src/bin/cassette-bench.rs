@@ -5,6 +5,12 @@
 //! (the real `cassette-agent` binary), raw `object_store` puts, `rclone copy --transfers 8` and
 //! `aws s3 sync`, against one local s3s-fs server. Every tool's download is checked byte for byte
 //! against the source after its timed section; each tool's copy is removed before the next runs.
+//!
+//! `cassette-bench node`: an emulated node backed up in full and incrementally, and restored, by
+//! `cassette-agent`, rclone and the AWS CLI (see `node.rs`).
+//!
+//! `cassette-bench coordinator`: 3 coordinator replicas driving phases on N in-process agents
+//! (see `coordinator.rs`).
 
 #![allow(clippy::print_stdout)]
 
@@ -24,6 +30,11 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
+#[path = "cassette-bench/coordinator.rs"]
+mod coordinator;
+#[path = "cassette-bench/node.rs"]
+mod node;
+
 #[derive(Debug, Parser)]
 #[command(name = "cassette-bench", about = "Benchmarks that print tables, Cassette side by side with other tools")]
 struct Cli {
@@ -35,6 +46,12 @@ struct Cli {
 enum Cmd {
     /// Upload, re-upload unchanged, and download data sets with each tool against one s3s-fs server.
     Transfer(TransferArgs),
+    /// Back up an emulated node (full, then incremental after new SSTables and a compaction) and
+    /// restore it, with cassette-agent, rclone and aws s3 sync.
+    Node(node::NodeArgs),
+    /// Three coordinator replicas driving phases on N in-process agents: dispatch, skew, raft
+    /// commit latency, memory, CPU, failover.
+    Coordinator(coordinator::CoordinatorArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -130,6 +147,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Transfer(a) => transfer(a),
+        Cmd::Node(a) => node::node(a),
+        Cmd::Coordinator(a) => coordinator::coordinator(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -249,6 +268,74 @@ fn timed(mut cmd: Command) -> anyhow::Result<(f64, f64, Vec<u8>)> {
         );
     }
     Ok((secs, peak.load(Ordering::Relaxed) as f64 / 1024.0, out.stdout))
+}
+
+/// What one measured process did.
+#[derive(Debug, Clone)]
+struct Measured {
+    secs: f64,
+    peak_rss_mib: f64,
+    /// Bytes passed to read() and pread() (`rchar`): what it read through the file system.
+    rchar: u64,
+    /// Bytes fetched from the block device (`read_bytes`).
+    read_bytes: u64,
+    stdout: Vec<u8>,
+}
+
+/// Runs a command to completion like [`timed`], and also reads its I/O counters
+/// (`/proc/<pid>/io`) after it exits and before it is reaped.
+fn measure(mut cmd: Command) -> anyhow::Result<Measured> {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let out_file = tempfile::tempfile()?;
+    let err_file = tempfile::tempfile()?;
+    cmd.stdout(out_file.try_clone()?).stderr(err_file.try_clone()?).stdin(Stdio::null());
+    settle();
+    let start = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {cmd:?}"))?;
+    let pid = child.id();
+    let peak = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (Arc::clone(&peak), Arc::clone(&done));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if let Some(kib) = vm_hwm_kib(pid) {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    // Wait for the exit without reaping, so that /proc/<pid>/io still holds the totals.
+    let _ = waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
+    let secs = start.elapsed().as_secs_f64();
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim_start_matches(':').trim().parse().ok()))
+            .unwrap_or(0)
+    };
+    let (rchar, read_bytes) = (field("rchar"), field("read_bytes"));
+    let status = child.wait()?;
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let read_all = |mut f: std::fs::File| -> Vec<u8> {
+        use std::io::{Read, Seek};
+        let mut v = Vec::new();
+        let _ = f.seek(std::io::SeekFrom::Start(0));
+        let _ = f.read_to_end(&mut v);
+        v
+    };
+    let stdout = read_all(out_file);
+    if !status.success() {
+        let stderr = read_all(err_file);
+        bail!(
+            "{cmd:?} failed ({status}): {}{}",
+            String::from_utf8_lossy(&stdout).chars().take(2000).collect::<String>(),
+            String::from_utf8_lossy(&stderr).chars().take(2000).collect::<String>()
+        );
+    }
+    Ok(Measured { secs, peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0, rchar, read_bytes, stdout })
 }
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {

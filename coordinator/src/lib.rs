@@ -13,6 +13,8 @@
 //! - [`agents`]: the [`agents::AgentClient`] seam and its gRPC implementation.
 //! - [`registry`]: registering clusters through their agents, health checks.
 //! - [`dispatch`]: a phase's start committed before the agent is called; re-attach by job id.
+//! - [`executor`]: cluster operations (backup, restore, verify, delete): plan, persist, drive
+//!   with barriers, retries, re-attach after a leader change.
 //! - [`service`]: the operator API and raft transport gRPC services.
 //! - [`server`]: a replica: configuration and `run(listener, …, shutdown)`.
 //! - [`client`]: the operator API client that follows the leader.
@@ -26,6 +28,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod dispatch;
+pub mod executor;
 pub mod kv;
 pub mod model;
 pub mod raft;

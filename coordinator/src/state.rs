@@ -81,6 +81,15 @@ pub fn group_id(peers: &BTreeMap<u64, String>) -> String {
     format!("{h:016x}")
 }
 
+/// The clusters an operation needs alone: `exclusive_clusters` in its spec (none: it never
+/// conflicts).
+pub fn exclusive_clusters(spec: &serde_json::Value) -> Vec<String> {
+    spec.get("exclusive_clusters")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
 /// What applying a command returned to its proposer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOutput {
@@ -171,6 +180,26 @@ impl StateMachine {
     /// An operation.
     pub fn operation(&self, id: &str) -> Result<Option<OperationRecord>, KvError> {
         self.read(&keys::operation(id))
+    }
+
+    /// Every operation (oldest id first).
+    pub fn operations(&self) -> Result<Vec<OperationRecord>, KvError> {
+        self.read_prefix(keys::OPERATIONS)
+    }
+
+    /// One phase of an operation.
+    pub fn phase(&self, op: &str, host_id: &str, phase: &str) -> Result<Option<PhaseRecord>, KvError> {
+        self.read(&keys::phase(op, host_id, phase))
+    }
+
+    /// A catalog entry.
+    pub fn backup(&self, cluster: &str, id: &str) -> Result<Option<model::BackupRecord>, KvError> {
+        self.read(&keys::backup(cluster, id))
+    }
+
+    /// A cluster's catalog entries (oldest id first).
+    pub fn backups(&self, cluster: &str) -> Result<Vec<model::BackupRecord>, KvError> {
+        self.read_prefix(&keys::backups(cluster))
     }
 
     /// An operation's phases.
@@ -312,6 +341,29 @@ impl StateMachine {
                 if self.operation(&operation.id)?.is_some() {
                     return reject(format!("operation {} already exists", operation.id));
                 }
+                // Operations that name the clusters they need alone are refused while another
+                // such operation runs on one of them (decided here, so two leaders cannot both
+                // accept conflicting operations).
+                let wanted = exclusive_clusters(&operation.spec);
+                if !wanted.is_empty() {
+                    for other in self.operations()? {
+                        if other.state.is_terminal() {
+                            continue;
+                        }
+                        if let Some(c) = exclusive_clusters(&other.spec).into_iter().find(|c| wanted.contains(c)) {
+                            return reject(format!(
+                                "operation {} ({} of cluster {}, started {}) is running on cluster {c}: wait for it to end (cassette operations watch {})",
+                                other.id,
+                                other.kind,
+                                other.cluster,
+                                chrono::DateTime::<chrono::Utc>::from_timestamp_millis(other.created_at_ms as i64)
+                                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                                    .unwrap_or_default(),
+                                other.id
+                            ));
+                        }
+                    }
+                }
                 b.put(keys::operation(&operation.id), operation.encode());
                 for p in phases {
                     b.put(keys::phase(&operation.id, &p.host_id, &p.phase), p.encode());
@@ -353,6 +405,28 @@ impl StateMachine {
                 op.error = error.clone();
                 op.finished_at_ms = *at_ms;
                 b.put(keys::operation(operation_id), op.encode());
+            }
+            Command::AddPhase { phase } => {
+                let Some(op) = self.operation(&phase.operation_id)? else {
+                    return reject(format!("no operation {}", phase.operation_id));
+                };
+                if op.state.is_terminal() {
+                    return reject(format!("operation {} already ended", op.id));
+                }
+                if !model::valid_name(&phase.host_id) {
+                    return reject(format!("invalid host id {:?}", phase.host_id));
+                }
+                let key = keys::phase(&phase.operation_id, &phase.host_id, &phase.phase);
+                if self.tree.get(key.as_bytes())?.is_some() {
+                    return reject(format!(
+                        "operation {} already has phase {} on {}",
+                        phase.operation_id, phase.phase, phase.host_id
+                    ));
+                }
+                b.put(key, phase.encode());
+            }
+            Command::RemoveBackup { cluster, id } => {
+                b.delete(keys::backup(cluster, id));
             }
             Command::PutBackup { backup } => {
                 if !model::valid_name(&backup.id) || !model::valid_name(&backup.cluster) {

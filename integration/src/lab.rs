@@ -138,8 +138,13 @@ impl Lab {
         seed: u64,
         cluster_name: &str,
     ) -> anyhow::Result<LabCluster> {
-        let env =
-            Env { path: &self.path, pki: &self.pki, opts: &self.opts, location: &self.location, storage: &self.storage };
+        let env = Env {
+            path: &self.path,
+            pki: &self.pki,
+            opts: &self.opts,
+            location: &self.location,
+            storage: &self.storage,
+        };
         start_cluster_in(&env, name, datacenters, seed, cluster_name)
     }
 
@@ -198,12 +203,7 @@ impl Lab {
     pub fn logs(&self) -> String {
         let mut s = self.group.logs();
         for a in self.main.agents.iter().chain(self.others.iter().flat_map(|c| c.agents.iter())) {
-            s.push_str(&format!(
-                "\n--- {} ({}):\n{}",
-                a.address,
-                a.log.display(),
-                crate::process::tail(&a.log, 2000)
-            ));
+            s.push_str(&format!("\n--- {} ({}):\n{}", a.address, a.log.display(), crate::process::tail(&a.log, 2000)));
         }
         s
     }

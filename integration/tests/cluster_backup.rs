@@ -153,7 +153,18 @@ async fn t70_cluster_backup_incremental_and_live_restores_on_s3s_fs() {
     lab.admin(&["create-table", "shop.users_copy", "--columns", "id int, email text", "--pk", "id"]).unwrap();
     let r = ok(
         &lab,
-        &["restore", "create", "--cluster", "prod", "--backup", &id1, "--entities", "shop.users", "--rename", "shop.users=shop.users_copy"],
+        &[
+            "restore",
+            "create",
+            "--cluster",
+            "prod",
+            "--backup",
+            &id1,
+            "--entities",
+            "shop.users",
+            "--rename",
+            "shop.users=shop.users_copy",
+        ],
     );
     assert_eq!(r["state"], "succeeded", "{r}");
     let steps: Vec<&str> = r["steps"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
@@ -261,9 +272,10 @@ async fn t72_agent_and_leader_killed_mid_backup_the_operation_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t73_unreachable_node_partial_backup_and_conflicts() {
     let Some(mut lab) = lab("t73", Backend::S3sFs, |o| {
-        o.coordinator_args = ["--agent-timeout", "1s", "--retry-backoff", "100ms", "--phase-attempts", "2", "--poll-interval", "100ms"]
-            .map(String::from)
-            .to_vec();
+        o.coordinator_args =
+            ["--agent-timeout", "1s", "--retry-backoff", "100ms", "--phase-attempts", "2", "--poll-interval", "100ms"]
+                .map(String::from)
+                .to_vec();
     }) else {
         return;
     };
@@ -330,7 +342,14 @@ async fn t74_restore_checks_and_in_place_restore_onto_another_cluster() {
     assert_ne!(code, 0);
     assert!(v["error"].as_str().unwrap().contains(&id), "names the backups there are: {v}");
     let (code, v, _) = lab.cli_json(&[
-        "restore", "create", "--cluster", "prod", "--entities", "shop.users", "--rename", "shop.users=shop.missing",
+        "restore",
+        "create",
+        "--cluster",
+        "prod",
+        "--entities",
+        "shop.users",
+        "--rename",
+        "shop.users=shop.missing",
     ]);
     assert_eq!(code, 1, "{v}");
     assert_eq!(v["current_step"], Value::Null);
@@ -342,7 +361,10 @@ async fn t74_restore_checks_and_in_place_restore_onto_another_cluster() {
         .iter()
         .map(|p| (p["phase"].as_str().unwrap().to_owned(), p["state"].as_str().unwrap().to_owned()))
         .collect();
-    assert!(phases.iter().any(|(p, s)| p == "restore.download" && s == "cancelled"), "nothing ran after the check: {phases:?}");
+    assert!(
+        phases.iter().any(|(p, s)| p == "restore.download" && s == "cancelled"),
+        "nothing ran after the check: {phases:?}"
+    );
     assert_eq!(table_content(&lab, "users"), users, "nothing changed");
     let (code, v, _) = lab.cli_json(&["restore", "create", "--cluster", "prod", "--target-cluster", "prod2"]);
     assert_ne!(code, 0);
@@ -351,8 +373,16 @@ async fn t74_restore_checks_and_in_place_restore_onto_another_cluster() {
     step("another cluster with a different topology is refused");
     let small = lab.start_cluster("small", vec![("dc1".into(), 1)], 0x51, "Test Cluster").unwrap();
     lab.register("small", Some(&small)).unwrap();
-    let (code, v, _) =
-        lab.cli_json(&["restore", "create", "--cluster", "prod", "--target-cluster", "small", "--strategy", "in-place"]);
+    let (code, v, _) = lab.cli_json(&[
+        "restore",
+        "create",
+        "--cluster",
+        "prod",
+        "--target-cluster",
+        "small",
+        "--strategy",
+        "in-place",
+    ]);
     assert_ne!(code, 0);
     assert!(v["error"].as_str().unwrap().contains("topologies differ"), "{v}");
     lab.others.push(small);
@@ -374,8 +404,14 @@ async fn t74_restore_checks_and_in_place_restore_onto_another_cluster() {
         assert_eq!((&s.datacenter, &s.rack), (&d.datacenter, &d.rack));
         let yaml = std::fs::read_to_string(d.conf_dir.join("cassandra.yaml")).unwrap();
         assert!(yaml.contains(&s.tokens[0]), "node {} gets the tokens of {}: {yaml}", d.address, s.address);
-        let a: Vec<_> = content(&live_files(&s.roots(), "shop")).into_iter().map(|(t, c, h)| (t.split('/').nth(1).unwrap().to_owned(), c, h)).collect();
-        let b: Vec<_> = content(&live_files(&d.roots(), "shop")).into_iter().map(|(t, c, h)| (t.split('/').nth(1).unwrap().to_owned(), c, h)).collect();
+        let a: Vec<_> = content(&live_files(&s.roots(), "shop"))
+            .into_iter()
+            .map(|(t, c, h)| (t.split('/').nth(1).unwrap().to_owned(), c, h))
+            .collect();
+        let b: Vec<_> = content(&live_files(&d.roots(), "shop"))
+            .into_iter()
+            .map(|(t, c, h)| (t.split('/').nth(1).unwrap().to_owned(), c, h))
+            .collect();
         assert_eq!(a, b, "node {} holds what {} backed up", d.address, s.address);
     }
     lab.others.push(copy);

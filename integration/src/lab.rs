@@ -78,28 +78,28 @@ pub struct LabCluster {
     pub port: u16,
 }
 
-/// The installation.
+/// The installation. Processes stop before the directory is removed (fields drop in order).
 #[derive(Debug)]
 pub struct Lab {
-    /// The directory (logs, state, certificates); removed on drop unless kept or a test failed.
-    pub dir: Option<tempfile::TempDir>,
-    /// Its path.
-    pub path: PathBuf,
-    /// The CA and certificates.
-    pub pki: TestPki,
+    /// The first cluster.
+    pub main: LabCluster,
+    /// Other clusters (restores onto another cluster).
+    pub others: Vec<LabCluster>,
+    /// Coordinator replicas.
+    pub group: CoordinatorGroup,
     /// Storage.
     pub storage: StorageServer,
     /// The repository every agent writes to.
     pub location: String,
     /// Its prefix on the storage server.
     pub prefix: String,
-    /// Coordinator replicas.
-    pub group: CoordinatorGroup,
-    /// The first cluster.
-    pub main: LabCluster,
-    /// Other clusters (restores onto another cluster).
-    pub others: Vec<LabCluster>,
+    /// The CA and certificates.
+    pub pki: TestPki,
+    /// Its path.
+    pub path: PathBuf,
     opts: LabOptions,
+    /// The directory (logs, state, certificates); removed on drop unless kept or a test failed.
+    pub dir: Option<tempfile::TempDir>,
 }
 
 impl Lab {

@@ -531,6 +531,37 @@ mod tests {
     }
 
     #[test]
+    fn exclusive_operations_on_one_cluster_conflict_until_the_first_ends() {
+        let sm = sm();
+        let op = |id: &str, cluster: &str| OperationRecord {
+            id: id.into(),
+            cluster: cluster.into(),
+            kind: "backup".into(),
+            state: RunState::Running,
+            spec: serde_json::json!({ "exclusive_clusters": [cluster] }),
+            created_at_ms: 0,
+            finished_at_ms: 0,
+            error: String::new(),
+        };
+        put(&sm, 1, Command::CreateOperation { operation: op("b1", "prod"), phases: vec![] }).unwrap();
+        let e = put(&sm, 2, Command::CreateOperation { operation: op("b2", "prod"), phases: vec![] }).unwrap_err();
+        assert!(e.0.contains("operation b1 (backup of cluster prod") && e.0.contains("watch b1"), "{e}");
+        put(&sm, 3, Command::CreateOperation { operation: op("b3", "other"), phases: vec![] }).unwrap();
+        // Operations that name no cluster never conflict.
+        let mut free = op("v1", "prod");
+        free.spec = serde_json::Value::Null;
+        put(&sm, 4, Command::CreateOperation { operation: free, phases: vec![] }).unwrap();
+        let fin = Command::FinishOperation {
+            operation_id: "b1".into(),
+            state: RunState::Succeeded,
+            error: String::new(),
+            at_ms: 1,
+        };
+        put(&sm, 5, fin).unwrap();
+        put(&sm, 6, Command::CreateOperation { operation: op("b2", "prod"), phases: vec![] }).unwrap();
+    }
+
+    #[test]
     fn group_ids_depend_on_the_initial_members_only() {
         let a: BTreeMap<u64, String> = [(1, "a:1".to_owned()), (2, "b:1".to_owned())].into();
         assert_eq!(group_id(&a), group_id(&a.clone()));

@@ -122,6 +122,8 @@ pub enum ServerError {
 pub struct Replica {
     /// The raft handle.
     pub raft: RaftHandle,
+    /// The executor of cluster operations (start backups through it).
+    pub executor: Arc<Executor>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
 
@@ -171,12 +173,12 @@ impl Replica {
             operator,
             raft_service,
             agents,
-            executor,
+            Arc::clone(&executor),
             kv,
             join,
             shutdown,
         ));
-        Ok(Self { raft, task })
+        Ok(Self { raft, executor, task })
     }
 
     /// Waits for the replica to stop.

@@ -6,7 +6,8 @@
 //! - t70: a cluster backup on s3s-fs (check, snapshot together, upload, node and cluster
 //!   manifests, catalog, snapshots cleared), a second backup that sends only the new blobs, a
 //!   live restore under another table name, a lost (truncated) table restored; list/show/verify;
-//! - t71: the same on a local directory, and delete;
+//! - t71: the same on a local directory, --dc, hardlinks, delete; a damaged blob fails the
+//!   download's verification on one node and nothing is truncated on any node;
 //! - t72: kill -9 of an agent mid-upload and of the coordinator leader mid-operation: the
 //!   operation completes, the killed node's job is re-attached (one attempt), finished blobs
 //!   are not sent again;
@@ -215,6 +216,29 @@ async fn t71_cluster_backup_restore_and_delete_on_a_directory() {
     let (code, v, _) = lab.cli_json(&["backup", "verify", &id, "--cluster", "prod"]);
     assert_ne!(code, 0);
     assert!(v["error"].as_str().unwrap().contains("no backup"), "{v}");
+
+    step("a damaged blob: the download fails its verification and nothing is truncated anywhere");
+    let node2 = &lab.main.cluster.cluster().unwrap().nodes[1];
+    let (_, (hash, size)) = live_files(&node2.roots(), "shop")
+        .into_iter()
+        .find(|(k, _)| k.contains("/users-") && k.ends_with("Data.db"))
+        .unwrap();
+    let blob = lab.storage.blob_file(&lab.prefix, &hash).unwrap();
+    std::fs::write(&blob, vec![0u8; size as usize]).unwrap();
+    let (code, v, _) = lab.cli_json(&["backup", "verify", "latest", "--cluster", "prod", "--deep"]);
+    assert_eq!(code, 1, "{v}");
+    let (code, v, _) = lab.cli_json(&["restore", "create", "--cluster", "prod", "--entities", "shop.users"]);
+    assert_eq!(code, 1, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains("restore.download failed on 1 of 2 nodes") && e.contains("127.0.0.2"), "{e}");
+    let truncate = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["phases"].as_array().unwrap().iter())
+        .find(|p| p["phase"] == "restore.truncate");
+    assert!(truncate.is_none(), "the truncate step was never reached: {v}");
+    assert_eq!(table_content(&lab, "users"), before, "every node keeps its data");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

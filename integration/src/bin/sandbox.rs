@@ -239,8 +239,20 @@ fn main() -> anyhow::Result<()> {
         println!("  {} restore create --cluster sandbox --backup first --entities shop.orders", cli.display());
         println!("  {} cluster status sandbox", cli.display());
         rt.block_on(async {
-            let _ = tokio::signal::ctrl_c().await;
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         });
+        eprintln!("stopping and cleaning up");
     } else if args.output == Output::Text {
         println!(
             "\nRun it again with --keep to leave the coordinator and the agents running and drive them with `cassette`\n(backup list/create/show/verify, restore create, operations list/watch, cluster status). Cleaned up."

@@ -217,6 +217,11 @@ impl TransferArgs {
     }
 
     /// The hash cache these flags select.
+    /// The hash cache of a long-running process: the configured one, with these flags applied.
+    pub fn hash_cache_in(&self, config: &AgentConfig, state_dir: &std::path::Path) -> Arc<HashCache> {
+        open_hash_cache(config, state_dir, self.no_hash_cache)
+    }
+
     pub fn hash_cache(&self, global: &GlobalArgs) -> Arc<HashCache> {
         let mut c = AgentConfig::default();
         self.apply(&mut c);

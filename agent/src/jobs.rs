@@ -17,8 +17,11 @@
 //!
 //! # Layout
 //! - this module: [`PhaseRunner`], [`JobContext`], [`JobManager`], the records.
+//! - [`phases`]: the real phases (backup, restore, verify, remove) over `ops`; names and
+//!   parameters in [`cassette_common::phases`].
 //! - [`synthetic`]: phases that only take time (tests, the coordinator-at-scale benchmark).
 
+pub mod phases;
 pub mod synthetic;
 
 use std::collections::{BTreeMap, HashMap};

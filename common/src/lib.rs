@@ -8,6 +8,7 @@
 //! - [`location`]: `s3://`, `azure://`, `gs://`, `file://` storage locations.
 //! - [`layout`]: object keys in a repository (documented in `docs/layout.md`).
 //! - [`manifest`]: node and cluster manifests, commit-log index entries.
+//! - [`phases`]: the phases a coordinator runs on agents: names, parameters, results.
 //! - [`sstable`]: SSTable names, ids and versions; `TOC.txt`, `Digest.crc32`, `Statistics.db`.
 //! - [`datadir`]: paths in a Cassandra data directory (tables, indexes, backups, snapshots) and what each file is.
 //! - [`commitlog`]: commit-log segment names and headers.
@@ -27,6 +28,7 @@ pub mod ids;
 pub mod layout;
 pub mod location;
 pub mod manifest;
+pub mod phases;
 pub mod sstable;
 pub mod tls;
 pub mod units;

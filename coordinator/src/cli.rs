@@ -15,6 +15,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+pub mod operations;
+
 use crate::certs;
 use crate::client::OperatorClient;
 use crate::raft::{Bootstrap, RaftConfig};
@@ -112,6 +114,15 @@ pub enum OperatorCommand {
     /// Diagnostics: replicated state, test writes, fault injection.
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// Cluster backups: create, list, show, verify, delete.
+    #[command(subcommand)]
+    Backup(operations::BackupCommand),
+    /// Cluster restores.
+    #[command(subcommand)]
+    Restore(operations::RestoreCommand),
+    /// Cluster operations: list, show, watch (progress per node and datacenter).
+    #[command(subcommand)]
+    Operations(operations::OperationsCommand),
 }
 
 /// `cassette certs`.
@@ -416,6 +427,9 @@ pub async fn run_operator(cli: OperatorCli) -> anyhow::Result<i32> {
         OperatorCommand::Cluster(c) => run_cluster(c, &client, out).await,
         OperatorCommand::Replica(c) => run_replica(c, &client, &cli.coordinator, out).await,
         OperatorCommand::Debug(c) => run_debug(c, &client, &cli.coordinator, out).await,
+        OperatorCommand::Backup(c) => operations::run_backup(c, &client, out).await,
+        OperatorCommand::Restore(c) => operations::run_restore(c, &client, out).await,
+        OperatorCommand::Operations(c) => operations::run_operations(c, &client, out).await,
     }
 }
 
@@ -744,6 +758,18 @@ pub struct ServeArgs {
     /// Accept fault-injection requests (tests only).
     #[arg(long, hide = true)]
     pub enable_fault_injection: bool,
+    /// An agent that does not answer for this long fails the current attempt of its phase.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub agent_timeout: Option<Duration>,
+    /// Attempts per phase and node (retryable failures).
+    #[arg(long)]
+    pub phase_attempts: Option<u32>,
+    /// Wait before retrying a phase (doubles each time).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retry_backoff: Option<Duration>,
+    /// How often running jobs are polled.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
 }
 
 fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -804,6 +830,18 @@ pub async fn run_coordinator(cli: CoordinatorCli) -> anyhow::Result<i32> {
         cfg.tls_reload_interval = v;
     }
     cfg.fault_injection |= a.enable_fault_injection;
+    if let Some(v) = a.agent_timeout {
+        cfg.operations.agent_timeout = v;
+    }
+    if let Some(v) = a.phase_attempts {
+        cfg.operations.attempts = v;
+    }
+    if let Some(v) = a.retry_backoff {
+        cfg.operations.retry_backoff = v;
+    }
+    if let Some(v) = a.poll_interval {
+        cfg.operations.poll_interval = v;
+    }
     if let Err(p) = cfg.validate() {
         bail!("invalid settings:\n  {}", p.join("\n  "));
     }

@@ -6,7 +6,7 @@
 //! same id again, which the agent answers with the existing job (or starts it, if the first call
 //! never arrived). Two leaders can therefore never run the same phase attempt twice under two ids.
 //!
-//! The executor of cluster operations (a later issue) drives phases through these two calls.
+//! The executor of cluster operations ([`crate::executor`]) drives phases through these two calls.
 
 use cassette_proto::v1 as pb;
 use serde_json::Value;

@@ -15,6 +15,8 @@
 //! - [`dispatch`]: a phase's start committed before the agent is called; re-attach by job id.
 //! - [`phases`]: named phases on every node of a cluster with a barrier between them, driven by
 //!   the leader and resumed by the next one (`RunPhases`).
+//! - [`executor`]: cluster operations (backup, restore, verify, delete): plan, persist, drive
+//!   with barriers, retries, re-attach after a leader change.
 //! - [`service`]: the operator API and raft transport gRPC services.
 //! - [`server`]: a replica: configuration and `run(listener, …, shutdown)`.
 //! - [`client`]: the operator API client that follows the leader.
@@ -28,6 +30,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod dispatch;
+pub mod executor;
 pub mod kv;
 pub mod model;
 pub mod phases;

@@ -292,6 +292,19 @@ pub enum Command {
         /// When.
         at_ms: u64,
     },
+    /// Adds a phase to a running operation (a phase that runs on one node, chosen when reached).
+    /// Refused when the phase exists already.
+    AddPhase {
+        /// The phase.
+        phase: PhaseRecord,
+    },
+    /// Removes a catalog entry (the backup was removed from storage).
+    RemoveBackup {
+        /// The cluster.
+        cluster: String,
+        /// The backup id.
+        id: String,
+    },
     /// Adds or updates a catalog entry.
     PutBackup {
         /// The entry.
@@ -361,6 +374,10 @@ pub mod keys {
     /// A catalog entry.
     pub fn backup(cluster: &str, id: &str) -> String {
         format!("s/backup/{cluster}/{id}")
+    }
+    /// Prefix of a cluster's catalog entries.
+    pub fn backups(cluster: &str) -> String {
+        format!("s/backup/{cluster}/")
     }
     /// A diagnostic value.
     pub fn debug(key: &str) -> String {

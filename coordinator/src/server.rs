@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::{AgentClient, GrpcAgents};
+use crate::executor::{Executor, ExecutorConfig};
 use crate::kv::Kv;
 use crate::model::Command;
 use crate::raft::{Bootstrap, Faults, GrpcTransport, RaftConfig, RaftHandle, RaftNode, StartError};
@@ -49,6 +50,8 @@ pub struct ReplicaConfig {
     pub tls_reload_interval: Duration,
     /// Accept fault-injection requests (tests only).
     pub fault_injection: bool,
+    /// How cluster operations are driven (timeouts, retries).
+    pub operations: ExecutorConfig,
 }
 
 impl Default for ReplicaConfig {
@@ -63,6 +66,7 @@ impl Default for ReplicaConfig {
             request_timeout: Duration::from_secs(10),
             tls_reload_interval: Duration::from_secs(10),
             fault_injection: false,
+            operations: ExecutorConfig::default(),
         }
     }
 }
@@ -71,6 +75,7 @@ impl ReplicaConfig {
     /// Every problem, one line each.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut p = self.raft.problems();
+        p.extend(self.operations.problems());
         if self.id == 0 {
             p.push("id must be at least 1".into());
         }
@@ -117,6 +122,8 @@ pub enum ServerError {
 pub struct Replica {
     /// The raft handle.
     pub raft: RaftHandle,
+    /// The executor of cluster operations (start backups through it).
+    pub executor: Arc<Executor>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
 
@@ -147,7 +154,9 @@ impl Replica {
             config.request_timeout,
         )?;
         let agents: Arc<dyn AgentClient> = Arc::new(GrpcAgents::new(tls.clone(), crate::agents::default_timeouts()));
+        let executor = Executor::new(raft.clone(), Arc::clone(&agents), config.operations.clone());
         let ctx = ReplicaContext {
+            executor: Arc::clone(&executor),
             raft: raft.clone(),
             address: config.advertise.clone(),
             agents: Arc::clone(&agents),
@@ -164,11 +173,12 @@ impl Replica {
             operator,
             raft_service,
             agents,
+            Arc::clone(&executor),
             kv,
             join,
             shutdown,
         ));
-        Ok(Self { raft, task })
+        Ok(Self { raft, executor, task })
     }
 
     /// Waits for the replica to stop.
@@ -186,6 +196,7 @@ async fn serve(
     operator: OperatorService,
     raft_service: RaftService,
     agents: Arc<dyn AgentClient>,
+    executor: Arc<Executor>,
     kv: Kv,
     join: std::thread::JoinHandle<()>,
     shutdown: CancellationToken,
@@ -197,6 +208,7 @@ async fn serve(
     }
     workers.push(crate::phases::worker(raft.clone(), Arc::clone(&agents), Duration::from_millis(100), stop.clone()));
     workers.push(health_worker(raft.clone(), agents, config.health_interval, config.probe_timeout, stop.clone()));
+    workers.push(executor.spawn(stop.clone()));
     // Stop serving when the raft loop dies: a replica without raft must not answer.
     let fatal = {
         let mut w = raft.watch();

@@ -66,6 +66,8 @@ pub struct ReplicaContext {
     pub faults: Option<Arc<Faults>>,
     /// Time allowed for one agent probe.
     pub probe_timeout: Duration,
+    /// Cluster operations.
+    pub executor: Arc<crate::executor::Executor>,
 }
 
 impl std::fmt::Debug for ReplicaContext {
@@ -427,6 +429,95 @@ impl pb::operator_server::Operator for OperatorService {
         }
         faults.set(FaultState { isolate: r.isolate, drop_rate: r.drop_rate, delay: Duration::from_millis(r.delay_ms) });
         Ok(Response::new(pb::SetFaultsResponse {}))
+    }
+
+    async fn operation_start(
+        &self,
+        request: Request<pb::OperationStartRequest>,
+    ) -> Result<Response<pb::OperationView>, Status> {
+        use crate::executor::{StartError, plan};
+        self.check(&request)?;
+        self.require_leader()?;
+        let r = request.into_inner();
+        let bad = |e: serde_json::Error| Status::invalid_argument(format!("{} request is not valid JSON: {e}", r.kind));
+        let ex = &self.ctx.executor;
+        let started = match r.kind.as_str() {
+            plan::KIND_BACKUP => ex.start_backup(serde_json::from_str(&r.request_json).map_err(bad)?).await,
+            plan::KIND_RESTORE => ex.start_restore(serde_json::from_str(&r.request_json).map_err(bad)?).await,
+            plan::KIND_VERIFY => ex.start_reference(serde_json::from_str(&r.request_json).map_err(bad)?, false).await,
+            plan::KIND_DELETE => ex.start_reference(serde_json::from_str(&r.request_json).map_err(bad)?, true).await,
+            k => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown operation kind {k:?}: backup, restore, verify or delete"
+                )));
+            }
+        };
+        let id = started.map_err(|e| match e {
+            StartError::Plan(p) => Status::invalid_argument(p.to_string()),
+            StartError::Conflict(m) => Status::failed_precondition(m),
+            StartError::Raft(e) => raft_status(e),
+            StartError::Store(e) => store_status(e),
+        })?;
+        let op = self
+            .ctx
+            .raft
+            .state()
+            .operation(&id)
+            .map_err(store_status)?
+            .ok_or_else(|| Status::internal("the new operation is not in the state"))?;
+        let v = ex.view(&op).map_err(store_status)?;
+        Ok(Response::new(pb::OperationView { json: v.to_string() }))
+    }
+
+    async fn operation_get(
+        &self,
+        request: Request<pb::OperationGetRequest>,
+    ) -> Result<Response<pb::OperationView>, Status> {
+        self.check(&request)?;
+        // The leader has the live progress.
+        self.require_leader()?;
+        let id = request.into_inner().id;
+        self.ctx.raft.read_barrier().await.map_err(raft_status)?;
+        let op = self
+            .ctx
+            .raft
+            .state()
+            .operation(&id)
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("no operation {id} (cassette operations list)")))?;
+        let v = self.ctx.executor.view(&op).map_err(store_status)?;
+        Ok(Response::new(pb::OperationView { json: v.to_string() }))
+    }
+
+    async fn operation_list(
+        &self,
+        request: Request<pb::OperationListRequest>,
+    ) -> Result<Response<pb::OperationListResponse>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        self.ctx.raft.read_barrier().await.map_err(raft_status)?;
+        let mut ops = self.ctx.raft.state().operations().map_err(store_status)?;
+        ops.retain(|o| r.cluster.is_empty() || o.cluster == r.cluster);
+        ops.sort_by_key(|o| std::cmp::Reverse(o.created_at_ms));
+        ops.truncate(if r.limit == 0 { 50 } else { r.limit as usize });
+        let mut out = Vec::new();
+        for o in &ops {
+            out.push(self.ctx.executor.view(o).map_err(store_status)?.to_string());
+        }
+        Ok(Response::new(pb::OperationListResponse { operations_json: out }))
+    }
+
+    async fn backup_list(
+        &self,
+        request: Request<pb::BackupListRequest>,
+    ) -> Result<Response<pb::BackupListResponse>, Status> {
+        self.check(&request)?;
+        let cluster = request.into_inner().cluster;
+        self.ctx.raft.read_barrier().await.map_err(raft_status)?;
+        let list = self.ctx.raft.state().backups(&cluster).map_err(store_status)?;
+        Ok(Response::new(pb::BackupListResponse {
+            backups_json: list.iter().map(|b| serde_json::to_string(b).unwrap_or_default()).collect(),
+        }))
     }
 }
 

@@ -81,6 +81,15 @@ pub fn group_id(peers: &BTreeMap<u64, String>) -> String {
     format!("{h:016x}")
 }
 
+/// The clusters an operation needs alone: `exclusive_clusters` in its spec (none: it never
+/// conflicts).
+pub fn exclusive_clusters(spec: &serde_json::Value) -> Vec<String> {
+    spec.get("exclusive_clusters")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
 /// What applying a command returned to its proposer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOutput {
@@ -179,9 +188,24 @@ impl StateMachine {
         self.read(&keys::operation(id))
     }
 
-    /// Every operation (running and ended).
+    /// Every operation (oldest id first).
     pub fn operations(&self) -> Result<Vec<OperationRecord>, KvError> {
         self.read_prefix(keys::OPERATIONS)
+    }
+
+    /// One phase of an operation.
+    pub fn phase(&self, op: &str, host_id: &str, phase: &str) -> Result<Option<PhaseRecord>, KvError> {
+        self.read(&keys::phase(op, host_id, phase))
+    }
+
+    /// A catalog entry.
+    pub fn backup(&self, cluster: &str, id: &str) -> Result<Option<model::BackupRecord>, KvError> {
+        self.read(&keys::backup(cluster, id))
+    }
+
+    /// A cluster's catalog entries (oldest id first).
+    pub fn backups(&self, cluster: &str) -> Result<Vec<model::BackupRecord>, KvError> {
+        self.read_prefix(&keys::backups(cluster))
     }
 
     /// An operation's phases.
@@ -323,6 +347,29 @@ impl StateMachine {
                 if self.operation(&operation.id)?.is_some() {
                     return reject(format!("operation {} already exists", operation.id));
                 }
+                // Operations that name the clusters they need alone are refused while another
+                // such operation runs on one of them (decided here, so two leaders cannot both
+                // accept conflicting operations).
+                let wanted = exclusive_clusters(&operation.spec);
+                if !wanted.is_empty() {
+                    for other in self.operations()? {
+                        if other.state.is_terminal() {
+                            continue;
+                        }
+                        if let Some(c) = exclusive_clusters(&other.spec).into_iter().find(|c| wanted.contains(c)) {
+                            return reject(format!(
+                                "operation {} ({} of cluster {}, started {}) is running on cluster {c}: wait for it to end (cassette operations watch {})",
+                                other.id,
+                                other.kind,
+                                other.cluster,
+                                chrono::DateTime::<chrono::Utc>::from_timestamp_millis(other.created_at_ms as i64)
+                                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                                    .unwrap_or_default(),
+                                other.id
+                            ));
+                        }
+                    }
+                }
                 b.put(keys::operation(&operation.id), operation.encode());
                 for p in phases {
                     b.put(keys::phase(&operation.id, &p.host_id, &p.phase), p.encode());
@@ -381,6 +428,28 @@ impl StateMachine {
                 op.error = error.clone();
                 op.finished_at_ms = *at_ms;
                 b.put(keys::operation(operation_id), op.encode());
+            }
+            Command::AddPhase { phase } => {
+                let Some(op) = self.operation(&phase.operation_id)? else {
+                    return reject(format!("no operation {}", phase.operation_id));
+                };
+                if op.state.is_terminal() {
+                    return reject(format!("operation {} already ended", op.id));
+                }
+                if !model::valid_name(&phase.host_id) {
+                    return reject(format!("invalid host id {:?}", phase.host_id));
+                }
+                let key = keys::phase(&phase.operation_id, &phase.host_id, &phase.phase);
+                if self.tree.get(key.as_bytes())?.is_some() {
+                    return reject(format!(
+                        "operation {} already has phase {} on {}",
+                        phase.operation_id, phase.phase, phase.host_id
+                    ));
+                }
+                b.put(key, phase.encode());
+            }
+            Command::RemoveBackup { cluster, id } => {
+                b.delete(keys::backup(cluster, id));
             }
             Command::PutBackup { backup } => {
                 if !model::valid_name(&backup.id) || !model::valid_name(&backup.cluster) {
@@ -487,6 +556,37 @@ mod tests {
         put(&sm, 9, Command::DebugPut { key: "a".into(), value: "2".into() }).unwrap();
         assert_eq!(sm.debug("a").unwrap().unwrap(), DebugRecord { value: "2".into(), writes: 2, index: 9 });
         assert_eq!(sm.dump("cluster/").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn exclusive_operations_on_one_cluster_conflict_until_the_first_ends() {
+        let sm = sm();
+        let op = |id: &str, cluster: &str| OperationRecord {
+            id: id.into(),
+            cluster: cluster.into(),
+            kind: "backup".into(),
+            state: RunState::Running,
+            spec: serde_json::json!({ "exclusive_clusters": [cluster] }),
+            created_at_ms: 0,
+            finished_at_ms: 0,
+            error: String::new(),
+        };
+        put(&sm, 1, Command::CreateOperation { operation: op("b1", "prod"), phases: vec![] }).unwrap();
+        let e = put(&sm, 2, Command::CreateOperation { operation: op("b2", "prod"), phases: vec![] }).unwrap_err();
+        assert!(e.0.contains("operation b1 (backup of cluster prod") && e.0.contains("watch b1"), "{e}");
+        put(&sm, 3, Command::CreateOperation { operation: op("b3", "other"), phases: vec![] }).unwrap();
+        // Operations that name no cluster never conflict.
+        let mut free = op("v1", "prod");
+        free.spec = serde_json::Value::Null;
+        put(&sm, 4, Command::CreateOperation { operation: free, phases: vec![] }).unwrap();
+        let fin = Command::FinishOperation {
+            operation_id: "b1".into(),
+            state: RunState::Succeeded,
+            error: String::new(),
+            at_ms: 1,
+        };
+        put(&sm, 5, fin).unwrap();
+        put(&sm, 6, Command::CreateOperation { operation: op("b2", "prod"), phases: vec![] }).unwrap();
     }
 
     #[test]

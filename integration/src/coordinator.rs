@@ -390,9 +390,28 @@ pub struct AgentProcess {
     pub process: Option<ManagedProcess>,
     args: Vec<String>,
     name: String,
+    env: Vec<(String, String)>,
 }
 
 impl AgentProcess {
+    /// Like [`Self::start`], with environment variables (storage credentials) for the process.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with_env(
+        cluster: &crate::harness::EmulatedCluster,
+        node: &str,
+        port: u16,
+        pki: &TestPki,
+        cert_name: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut a = Self::prepare(cluster, node, port, pki, cert_name, dir, extra);
+        a.env = env;
+        a.restart()?;
+        Ok(a)
+    }
+
     /// Starts an agent for the emulated node at `node` (e.g. `127.0.0.2`), listening on
     /// `node:port`, with certificate `cert_name` from `pki`, state in `dir/<name>`.
     pub fn start(
@@ -404,6 +423,20 @@ impl AgentProcess {
         dir: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        let mut a = Self::prepare(cluster, node, port, pki, cert_name, dir, extra);
+        a.restart()?;
+        Ok(a)
+    }
+
+    fn prepare(
+        cluster: &crate::harness::EmulatedCluster,
+        node: &str,
+        port: u16,
+        pki: &TestPki,
+        cert_name: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Self {
         let name = format!("agent-{node}");
         let address = format!("{node}:{port}");
         let mut args = vec![
@@ -427,16 +460,14 @@ impl AgentProcess {
         args.extend(pki.args(cert_name));
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.join(format!("{name}.log"));
-        let mut a = Self { address, log, process: None, args, name };
-        a.restart()?;
-        Ok(a)
+        Self { address, log, process: None, args, name, env: Vec::new() }
     }
 
     /// Starts it (again), and waits until it listens.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         let bin = workspace_binary("cassette-agent", "cassette-agent");
         let mut cmd = Command::new(bin);
-        cmd.args(&self.args).env("RUST_LOG", "info").env("NO_COLOR", "1");
+        cmd.args(&self.args).env("RUST_LOG", "info").env("NO_COLOR", "1").envs(self.env.iter().cloned());
         let before = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
         let mut p = ManagedProcess::spawn(&self.name, cmd, &self.log)?;
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -13,6 +13,7 @@
 //! - [`gate`]: an `ObjectStore` decorator that holds chosen requests, to set up races exactly.
 //! - [`data`]: random test files.
 //! - [`coordinator`]: coordinator replicas as processes, per-run certificates, the `cassette` CLI.
+//! - [`lab`]: a whole installation as processes (storage, emulated clusters, agents, coordinators).
 //! - [`conformance`]: the storage scenario every backend must pass.
 //! - [`node`]: an emulated node, a storage server and the real agent binary, for the single-node tests.
 
@@ -25,6 +26,7 @@ pub mod emulator;
 pub mod fixtures;
 pub mod gate;
 pub mod harness;
+pub mod lab;
 pub mod node;
 pub mod process;
 pub mod proxy;

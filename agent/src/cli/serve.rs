@@ -6,22 +6,34 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cassette_agent::cassandra::{CassandraConfig, NodetoolControl};
+use cassette_agent::cassandra::{CassandraConfig, CassandraControl, NodetoolControl};
+use cassette_agent::jobs::phases::{self, PhaseEnv};
 use cassette_agent::jobs::{JobManager, JobsConfig, PhaseRunner};
+use cassette_agent::ops::OpSettings;
 use cassette_agent::server::{self, AgentService};
+use cassette_agent::storage::{Environment, Repository};
 use cassette_common::tls::{Role, TlsMode, TlsPaths};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::GlobalArgs;
+use super::{GlobalArgs, StorageArgs, TransferArgs};
 
 /// Serve the agent API to the coordinator (mutual TLS).
 ///
 /// Example:
 ///   cassette-agent serve --listen 10.0.0.5:7079 --ca /etc/cassette/ca.pem \
-///       --cert /etc/cassette/node1.pem --key /etc/cassette/node1.key --nodetool /usr/bin/nodetool
+///       --cert /etc/cassette/node1.pem --key /etc/cassette/node1.key --nodetool /usr/bin/nodetool \
+///       --location s3://backups/prod
+///
+/// The repository location, storage and transfer settings come from the config file, the
+/// environment and the flags, as for every other command: bytes and bucket credentials stay on
+/// the agent, the coordinator only starts phases.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
     /// Address to listen on. The coordinator reaches each node's agent at an address pattern
     /// such as `{address}:7079` (`cassette cluster add --agent-pattern`).
     #[arg(long, default_value = "0.0.0.0:7079", env = "CASSETTE_AGENT_LISTEN")]
@@ -68,13 +80,13 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    fn cassandra(&self) -> anyhow::Result<CassandraConfig> {
+    fn cassandra(&self, configured: &CassandraConfig) -> anyhow::Result<CassandraConfig> {
         let mut c = match &self.cassandra_config {
             Some(p) => {
                 let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
                 serde_json::from_str(&text).with_context(|| format!("parse the Cassandra settings {}", p.display()))?
             }
-            None => CassandraConfig::default(),
+            None => configured.clone(),
         };
         if let Some(v) = &self.nodetool {
             c.nodetool = v.clone();
@@ -119,13 +131,49 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         }
         _ => anyhow::bail!("pass --ca, --cert and --key (or --insecure for plain text in tests)"),
     };
-    let control = NodetoolControl::new(args.cassandra()?).context("configure the Cassandra adapter")?;
+    let mut config = global.load_config()?;
+    args.storage.apply(&mut config);
+    args.transfer.apply(&mut config);
+    let state_dir = global.state_dir.clone().or_else(|| config.state_dir.clone()).unwrap_or_else(|| global.state_dir());
+    config.state_dir = Some(state_dir.clone());
+    config.validate()?;
+    let cassandra = args.cassandra(&config.cassandra)?;
+    let control: Arc<dyn CassandraControl> =
+        Arc::new(NodetoolControl::new(cassandra.clone()).context("configure the Cassandra adapter")?);
+    let repo = match &config.location {
+        Some(l) => Some(
+            Repository::connect(l, &config.storage, &config.transfer, &Environment::capture())
+                .with_context(|| format!("connect to the repository {l}"))?,
+        ),
+        None => {
+            tracing::warn!(
+                "no repository location (--location, CASSETTE_LOCATION or `location`): backup and restore phases will fail"
+            );
+            None
+        }
+    };
+    let env = PhaseEnv {
+        repo,
+        transfer: config.transfer.clone(),
+        hash_cache: args.transfer.hash_cache_in(&config, &state_dir),
+        cassandra: Arc::clone(&control),
+        settings: OpSettings {
+            locks: config.locks.clone(),
+            removal: config.removal.clone(),
+            manifests: config.manifests.clone(),
+            state_dir: Some(state_dir.clone()),
+            node: config.node.clone(),
+        },
+        backup: config.backup.clone(),
+        restore: config.restore.clone(),
+        cassandra_yaml: cassandra.cassandra_yaml.clone(),
+    };
     let shutdown = CancellationToken::new();
-    let mut runners: Vec<Arc<dyn PhaseRunner>> = Vec::new();
+    let mut runners: Vec<Arc<dyn PhaseRunner>> = phases::all(Arc::new(env));
     if args.enable_test_phases {
         runners.extend(cassette_agent::jobs::synthetic::all());
     }
-    let jobs_dir = global.state_dir().join("jobs");
+    let jobs_dir = state_dir.join("jobs");
     let jobs = JobManager::open(
         &jobs_dir,
         runners,
@@ -146,7 +194,7 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         tracing::info!("shutting down");
         stop.cancel();
     });
-    server::run(listener, tls, AgentService::new(Arc::new(control), jobs), shutdown.clone())
+    server::run(listener, tls, AgentService::new(control, jobs), shutdown.clone())
         .await
         .context("serve the agent API")?;
     shutdown.cancel();

@@ -406,6 +406,27 @@ impl StateDir {
                         }
                         continue;
                     }
+                    // A lock file without a pid: its creator died between creating and writing
+                    // it (killed by a command timeout). Once it is clearly not being written any
+                    // more, break it like a dead owner's.
+                    let empty_and_old = std::fs::metadata(&path).is_ok_and(|m| {
+                        m.len() == 0
+                            && m.modified()
+                                .ok()
+                                .and_then(|t| t.elapsed().ok())
+                                .is_some_and(|a| a > Duration::from_secs(2))
+                    });
+                    if empty_and_old {
+                        let grave = self.root.join(format!("state.lock.empty.{}", std::process::id()));
+                        if std::fs::rename(&path, &grave).is_ok() {
+                            if std::fs::metadata(&grave).is_ok_and(|m| m.len() == 0) {
+                                let _ = std::fs::remove_file(&grave);
+                            } else {
+                                let _ = std::fs::rename(&grave, &path);
+                            }
+                        }
+                        continue;
+                    }
                     if Instant::now() > deadline {
                         bail!("emulator state {} is locked by another command for 30 s", self.root.display());
                     }

@@ -68,8 +68,9 @@ async fn t80_schedule_run_now_backup_and_retention() {
     lab.admin(&["write-sstables", "shop.users", "--count", "2", "--size", "20000"]).unwrap();
 
     step("bad schedules are refused");
-    let base = ["schedule", "create", "nightly", "--cluster", "prod"];
-    let with = |extra: &[&str]| base.iter().chain(extra.iter()).copied().collect::<Vec<&str>>();
+    fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        ["schedule", "create", "nightly", "--cluster", "prod"].iter().chain(extra.iter()).copied().collect()
+    }
     refused(&lab, &with(&["--cron", "0 2 * *", "--keep-last", "2"]), "invalid cron expression");
     refused(&lab, &with(&["--cron", "0 2 * * *", "--timezone", "Mars/Olympus", "--keep-last", "2"]), "unknown time zone");
     refused(&lab, &with(&["--cron", "0 2 * * *"]), "give a retention policy");

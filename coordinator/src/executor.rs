@@ -962,7 +962,10 @@ impl Executor {
                                 && let Some(id) = v["backup_id"].as_str()
                             {
                                 self.raft
-                                    .propose(&Command::RemoveBackup { cluster: plan.cluster.clone(), id: id.to_owned() })
+                                    .propose(&Command::RemoveBackup {
+                                        cluster: plan.cluster.clone(),
+                                        id: id.to_owned(),
+                                    })
                                     .await?;
                             }
                         }

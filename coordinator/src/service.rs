@@ -508,10 +508,7 @@ impl pb::operator_server::Operator for OperatorService {
         Ok(Response::new(pb::OperationListResponse { operations_json: out }))
     }
 
-    async fn schedule(
-        &self,
-        request: Request<pb::ScheduleRequest>,
-    ) -> Result<Response<pb::ScheduleResponse>, Status> {
+    async fn schedule(&self, request: Request<pb::ScheduleRequest>) -> Result<Response<pb::ScheduleResponse>, Status> {
         use crate::schedule::{self as sch, ScheduleCommand};
         self.check(&request)?;
         let r = request.into_inner();
@@ -525,7 +522,8 @@ impl pb::operator_server::Operator for OperatorService {
         let view = |s: &sch::ScheduleRecord| -> Result<serde_json::Value, Status> {
             let runs = sch::runs(raft.state(), &s.name).map_err(store_status)?;
             let mut v = serde_json::to_value(s).unwrap_or_default();
-            v["next_slot_ms"] = serde_json::json!(if s.paused { None } else { sch::next_slot(s, crate::model::now_ms()) });
+            v["next_slot_ms"] =
+                serde_json::json!(if s.paused { None } else { sch::next_slot(s, crate::model::now_ms()) });
             v["runs"] = serde_json::to_value(&runs).unwrap_or_default();
             Ok(v)
         };

@@ -72,7 +72,11 @@ async fn t80_schedule_run_now_backup_and_retention() {
         ["schedule", "create", "nightly", "--cluster", "prod"].iter().chain(extra.iter()).copied().collect()
     }
     refused(&lab, &with(&["--cron", "0 2 * *", "--keep-last", "2"]), "invalid cron expression");
-    refused(&lab, &with(&["--cron", "0 2 * * *", "--timezone", "Mars/Olympus", "--keep-last", "2"]), "unknown time zone");
+    refused(
+        &lab,
+        &with(&["--cron", "0 2 * * *", "--timezone", "Mars/Olympus", "--keep-last", "2"]),
+        "unknown time zone",
+    );
     refused(&lab, &with(&["--cron", "0 2 * * *"]), "give a retention policy");
     refused(
         &lab,
@@ -123,8 +127,7 @@ async fn t80_schedule_run_now_backup_and_retention() {
     assert_eq!(kept.len(), 2, "{kept:?}");
     assert!(!kept.contains(&first[0]), "{kept:?}");
     let repo = lab.storage.repository(&lab.prefix, &Default::default());
-    let keys: Vec<String> =
-        repo.list("clusters/").await.unwrap().into_iter().map(|m| m.location.to_string()).collect();
+    let keys: Vec<String> = repo.list("clusters/").await.unwrap().into_iter().map(|m| m.location.to_string()).collect();
     assert!(!keys.iter().any(|k| k.contains(&first[0])), "manifests of {} left: {keys:?}", first[0]);
     for id in &kept {
         assert!(keys.iter().any(|k| k.contains(id.as_str()) && k.ends_with("cluster.json")), "{id}: {keys:?}");

@@ -22,6 +22,7 @@
 //! - [`synthetic`]: phases that only take time (tests, the coordinator-at-scale benchmark).
 
 pub mod phases;
+pub mod purge;
 pub mod synthetic;
 
 use std::collections::{BTreeMap, HashMap};

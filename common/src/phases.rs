@@ -30,6 +30,9 @@ pub const BACKUP_CLEAR_SNAPSHOT: &str = "backup.clear-snapshot";
 pub const BACKUP_VERIFY: &str = "backup.verify";
 /// Remove a backup and the blobs nothing else needs (one node, for the whole cluster).
 pub const BACKUP_REMOVE: &str = "backup.remove";
+/// Apply retention rules (and purge departed nodes) over the repository (one node, for the
+/// whole cluster). Parameters: the agent's `PurgeRequest` as JSON; result: its `PurgeReport`.
+pub const BACKUP_PURGE: &str = "backup.purge";
 /// Plan a node's restore and report what it would do (changes nothing).
 pub const RESTORE_CHECK: &str = "restore.check";
 /// Download and verify into staging.
@@ -42,7 +45,7 @@ pub const RESTORE_IMPORT: &str = "restore.import";
 pub const RESTORE_CLEANUP: &str = "restore.cleanup";
 
 /// Every phase a production agent runs.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     BACKUP_CHECK,
     BACKUP_SNAPSHOT,
     BACKUP_UPLOAD,
@@ -50,6 +53,7 @@ pub const ALL: [&str; 12] = [
     BACKUP_CLEAR_SNAPSHOT,
     BACKUP_VERIFY,
     BACKUP_REMOVE,
+    BACKUP_PURGE,
     RESTORE_CHECK,
     RESTORE_DOWNLOAD,
     RESTORE_TRUNCATE,

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub mod operations;
+pub mod schedules;
 
 use crate::certs;
 use crate::client::OperatorClient;
@@ -123,6 +124,9 @@ pub enum OperatorCommand {
     /// Cluster operations: list, show, watch (progress per node and datacenter).
     #[command(subcommand)]
     Operations(operations::OperationsCommand),
+    /// Backup schedules: cron in a time zone, retention, pause, run-now.
+    #[command(subcommand)]
+    Schedule(schedules::ScheduleCommand),
 }
 
 /// `cassette certs`.
@@ -430,6 +434,7 @@ pub async fn run_operator(cli: OperatorCli) -> anyhow::Result<i32> {
         OperatorCommand::Backup(c) => operations::run_backup(c, &client, out).await,
         OperatorCommand::Restore(c) => operations::run_restore(c, &client, out).await,
         OperatorCommand::Operations(c) => operations::run_operations(c, &client, out).await,
+        OperatorCommand::Schedule(c) => schedules::run(c, &client, out).await,
     }
 }
 
@@ -770,6 +775,9 @@ pub struct ServeArgs {
     /// How often running jobs are polled.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub poll_interval: Option<Duration>,
+    /// How often the leader looks for due backup schedules (default 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub schedule_interval: Option<Duration>,
 }
 
 fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -841,6 +849,9 @@ pub async fn run_coordinator(cli: CoordinatorCli) -> anyhow::Result<i32> {
     }
     if let Some(v) = a.poll_interval {
         cfg.operations.poll_interval = v;
+    }
+    if let Some(v) = a.schedule_interval {
+        cfg.schedule_interval = v;
     }
     if let Err(p) = cfg.validate() {
         bail!("invalid settings:\n  {}", p.join("\n  "));

@@ -41,7 +41,7 @@ use crate::dispatch::{self, DispatchError};
 use crate::kv::KvError;
 use crate::model::{BackupRecord, Command, OperationRecord, PhaseRecord, RunState, now_ms};
 use crate::raft::{RaftError, RaftHandle};
-use plan::{BackupRefSpec, BackupSpec, Plan, PlanError, PlanNode, RestoreSpec, Scope, Step};
+use plan::{BackupRefSpec, BackupSpec, Plan, PlanError, PlanNode, PurgeSpec, RestoreSpec, Scope, Step};
 
 /// Executor settings (`operations` in the replica's settings).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,8 +215,15 @@ impl Executor {
     }
 
     async fn create(&self, kind: &str, plan: Plan) -> Result<String, StartError> {
+        self.create_as(kind, plan, None).await
+    }
+
+    /// Records the operation under `fixed` (when given) or a new id.
+    async fn create_as(&self, kind: &str, plan: Plan, fixed: Option<&str>) -> Result<String, StartError> {
         let id = format!("{kind}-{}", plan.backup_id.to_lowercase());
-        let id = if self.raft.state().operation(&id)?.is_some() {
+        let id = if let Some(f) = fixed {
+            f.to_owned()
+        } else if self.raft.state().operation(&id)?.is_some() {
             format!("{id}-{:04x}", rand::random::<u16>())
         } else {
             id
@@ -266,6 +273,97 @@ impl Executor {
         let id = cassette_common::ids::BackupId::generate_after(chrono::Utc::now(), newest.as_ref());
         let plan = plan::plan_backup(&cluster, &nodes, &spec, id.as_str())?;
         self.create(plan::KIND_BACKUP, plan).await
+    }
+
+    /// Starts a cluster backup under a given operation id, idempotently: when the operation
+    /// exists already (a retry, a new leader re-attaching to a schedule's run), it is returned
+    /// as is and nothing new starts.
+    pub async fn start_backup_as(&self, spec: BackupSpec, operation_id: &str) -> Result<String, StartError> {
+        if !crate::model::valid_name(operation_id) {
+            return Err(PlanError(format!("invalid operation id {operation_id:?}")).into());
+        }
+        let (cluster, nodes) = self.cluster(&spec.cluster).await?;
+        if self.raft.state().operation(operation_id)?.is_some() {
+            return Ok(operation_id.to_owned());
+        }
+        let newest = self.raft.state().backups(&cluster.name)?.into_iter().map(|b| b.id).max();
+        let newest = newest.and_then(|b| b.parse::<cassette_common::ids::BackupId>().ok());
+        let id = cassette_common::ids::BackupId::generate_after(chrono::Utc::now(), newest.as_ref());
+        let plan = plan::plan_backup(&cluster, &nodes, &spec, id.as_str())?;
+        match self.create_as(plan::KIND_BACKUP, plan, Some(operation_id)).await {
+            Err(StartError::Conflict(m)) if m.contains(&format!("operation {operation_id} already exists")) => {
+                Ok(operation_id.to_owned())
+            }
+            r => r,
+        }
+    }
+
+    /// Plans and starts a purge: the retention rules (and departed nodes) of `spec` applied by
+    /// one reachable agent of the cluster for the whole cluster. The backups of running
+    /// operations are protected; the cluster's ring comes from the registry.
+    pub async fn start_purge(&self, mut spec: PurgeSpec) -> Result<String, StartError> {
+        let (cluster, nodes) = self.cluster(&spec.cluster).await?;
+        if spec.keep_last.is_none() && spec.keep_within.is_none() && spec.departed.is_empty() {
+            return Err(PlanError(
+                "nothing to purge: give a retention policy (--keep-last, --keep-within) or departed nodes (--departed)"
+                    .into(),
+            )
+            .into());
+        }
+        if spec.keep_last == Some(0) {
+            return Err(PlanError("--keep-last must be at least 1".into()).into());
+        }
+        if let Some(w) = &spec.keep_within {
+            let d = humantime::parse_duration(w)
+                .map_err(|e| PlanError(format!("--keep-within {w:?}: {e} (use e.g. 30d, 12h)")))?;
+            if d.is_zero() {
+                return Err(PlanError("--keep-within must be longer than zero".into()).into());
+            }
+        }
+        for h in &spec.departed {
+            if h != "all" && h.parse::<HostId>().is_err() {
+                return Err(PlanError(format!("--departed {h:?}: give host ids (nodetool status) or `all`")).into());
+            }
+        }
+        // Backups of running operations stay, whatever the rules say.
+        for op in self.raft.state().operations()?.into_iter().filter(|o| !o.state.is_terminal()) {
+            if let Ok(p) = serde_json::from_value::<Plan>(op.spec.clone())
+                && p.kind == plan::KIND_BACKUP
+                && !p.backup_id.is_empty()
+                && !spec.protect.contains(&p.backup_id)
+            {
+                spec.protect.push(p.backup_id);
+            }
+        }
+        let mut candidates: Vec<&crate::model::NodeRecord> = nodes.iter().collect();
+        candidates.sort_by_key(|n| (!n.health.agent_reachable, n.address.clone()));
+        let n = candidates.first().ok_or_else(|| PlanError(format!("cluster {} has no nodes", cluster.name)))?;
+        let ring: Vec<String> = nodes.iter().map(|n| n.host_id.clone()).collect();
+        let plan = Plan {
+            kind: plan::KIND_PURGE.into(),
+            cluster: cluster.name.clone(),
+            exclusive_clusters: if spec.dry_run { vec![] } else { vec![cluster.name.clone()] },
+            backup_id: format!("{}-{}", cluster.name, now_ms()),
+            storage_cluster: cluster.cassandra_cluster_name.clone(),
+            nodes: vec![PlanNode {
+                host_id: n.host_id.clone(),
+                address: n.address.clone(),
+                agent_address: n.agent_address.clone(),
+                datacenter: n.datacenter.clone(),
+                rack: n.rack.clone(),
+                source_host: ring.join(","),
+            }],
+            steps: vec![Step {
+                phase: ph::BACKUP_PURGE.into(),
+                scope: Scope::Every,
+                per_dc_limit: false,
+                droppable: false,
+                always: false,
+            }],
+            purge: Some(spec),
+            ..Plan::default()
+        };
+        self.create(plan::KIND_PURGE, plan).await
     }
 
     /// Plans and starts a restore.
@@ -511,6 +609,7 @@ impl Executor {
             }),
             ph::BACKUP_CLUSTER_MANIFEST => json!(self.cluster_manifest(op, plan)?),
             ph::BACKUP_CLEAR_SNAPSHOT => json!(ph::ClearSnapshotParams { backup_id: plan.backup_id.clone() }),
+            ph::BACKUP_PURGE => purge_params(plan, node),
             ph::BACKUP_VERIFY | ph::BACKUP_REMOVE => json!(ph::BackupRefParams {
                 cluster: plan.storage_cluster.clone(),
                 backup_id: plan.backup_id.clone(),
@@ -855,6 +954,23 @@ impl Executor {
                         .propose(&Command::RemoveBackup { cluster: plan.cluster.clone(), id: plan.backup_id.clone() })
                         .await?;
                 }
+                plan::KIND_PURGE if !plan.purge.as_ref().is_some_and(|p| p.dry_run) => {
+                    // The catalog follows the repository: cluster backups the purge removed leave it.
+                    for p in phases.iter().filter(|p| p.phase == ph::BACKUP_PURGE && p.state == RunState::Succeeded) {
+                        for v in p.summary["backups"].as_array().into_iter().flatten() {
+                            if v["kept"].as_bool() == Some(false)
+                                && let Some(id) = v["backup_id"].as_str()
+                            {
+                                self.raft
+                                    .propose(&Command::RemoveBackup {
+                                        cluster: plan.cluster.clone(),
+                                        id: id.to_owned(),
+                                    })
+                                    .await?;
+                            }
+                        }
+                    }
+                }
                 plan::KIND_VERIFY => {
                     let bad = phases
                         .iter()
@@ -945,6 +1061,37 @@ impl Totals {
         v["eta_seconds"] = json!(eta);
         v
     }
+}
+
+/// The agent's `PurgeRequest` for a purge plan (the ring travels in the node's `source_host`).
+fn purge_params(plan: &Plan, node: &PlanNode) -> Value {
+    let p = plan.purge.clone().unwrap_or_default();
+    let mut rules = Vec::new();
+    if p.keep_last.is_some() || p.keep_within.is_some() {
+        let mut rule = json!({ "cluster": plan.storage_cluster, "tag": p.tag });
+        if let Some(n) = p.keep_last {
+            rule["keep_last"] = json!(n);
+        }
+        if let Some(w) = &p.keep_within {
+            rule["keep_within"] = json!(w);
+        }
+        rules.push(rule);
+    }
+    let departed = if p.departed.is_empty() {
+        json!("none")
+    } else if p.departed.iter().any(|d| d == "all") {
+        json!("all")
+    } else {
+        json!({ "hosts": p.departed })
+    };
+    let ring: Vec<&str> = node.source_host.split(',').filter(|h| !h.is_empty()).collect();
+    json!({
+        "rules": rules,
+        "ring": { plan.storage_cluster.clone(): ring },
+        "departed": departed,
+        "protect": p.protect,
+        "dry_run": p.dry_run,
+    })
 }
 
 /// The transfer phase of a kind, whose progress is the operation's.

@@ -685,6 +685,134 @@ impl Scheduler {
     }
 }
 
+/// The schedules' ticker as a replica worker: it acts only while the replica leads.
+pub fn spawn(
+    raft: crate::raft::RaftHandle,
+    executor: Arc<crate::executor::Executor>,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> cassette_common::worker::WorkerHandle {
+    let launcher: Arc<dyn BackupLauncher> = Arc::new(ExecutorLauncher { executor });
+    let scheduler = Arc::new(Scheduler::new(Arc::new(raft), launcher));
+    cassette_common::worker::spawn_periodic("schedules", every, shutdown, move |state| {
+        let s = Arc::clone(&scheduler);
+        async move {
+            if !s.state.is_leader() {
+                state.set("idle (not the leader)");
+                return;
+            }
+            match s.tick(model::now_ms()).await {
+                Ok(()) => state.set("ticking"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "schedule tick");
+                    state.set(format!("tick failed: {e}"));
+                }
+            }
+        }
+    })
+}
+
+/// Runs scheduled backups and their retention through the cluster operations executor.
+pub struct ExecutorLauncher {
+    /// The replica's executor.
+    pub executor: Arc<crate::executor::Executor>,
+}
+
+impl std::fmt::Debug for ExecutorLauncher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorLauncher").finish_non_exhaustive()
+    }
+}
+
+/// How long retention may take before the run is recorded without it (the purge operation
+/// goes on; the next run's retention sees what it removed).
+const RETENTION_WAIT: Duration = Duration::from_secs(600);
+
+#[async_trait::async_trait]
+impl BackupLauncher for ExecutorLauncher {
+    async fn start_backup(&self, spec: &ScheduledBackup) -> Result<(), String> {
+        let b = crate::executor::plan::BackupSpec {
+            cluster: spec.cluster.clone(),
+            entities: spec.entities.join(","),
+            datacenters: spec.datacenters.clone(),
+            tag: Some(spec.tag.clone()),
+            ..Default::default()
+        };
+        self.executor.start_backup_as(b, &spec.operation_id).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    async fn status(&self, operation_id: &str) -> Result<LaunchStatus, String> {
+        let op = self
+            .executor
+            .raft()
+            .state()
+            .operation(operation_id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("operation {operation_id} is not in the state"))?;
+        Ok(match op.state {
+            RunState::Succeeded => LaunchStatus::Succeeded,
+            RunState::Failed | RunState::Cancelled => LaunchStatus::Failed(if op.error.is_empty() {
+                format!("operation {operation_id} {:?}", op.state).to_lowercase()
+            } else {
+                op.error
+            }),
+            _ => LaunchStatus::Running,
+        })
+    }
+
+    async fn apply_retention(&self, r: &ScheduledRetention) -> Result<String, String> {
+        let sm = self.executor.raft().state();
+        // The scheduler names running runs by operation id; the purge protects backup ids.
+        let mut protect = Vec::new();
+        for op_id in &r.protect {
+            if let Some(op) = sm.operation(op_id).map_err(|e| e.to_string())?
+                && let Some(id) = op.spec.get("backup_id").and_then(|v| v.as_str())
+            {
+                protect.push(id.to_owned());
+            }
+        }
+        let spec = crate::executor::plan::PurgeSpec {
+            cluster: r.cluster.clone(),
+            tag: Some(r.tag.clone()),
+            keep_last: r.keep_last,
+            keep_within: r.keep_within_ms.map(|ms| humantime::format_duration(Duration::from_millis(ms)).to_string()),
+            protect,
+            ..Default::default()
+        };
+        let id = self.executor.start_purge(spec).await.map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + RETENTION_WAIT;
+        loop {
+            let op = sm.operation(&id).map_err(|e| e.to_string())?;
+            if let Some(op) = op.filter(|o| o.state.is_terminal()) {
+                if op.state != RunState::Succeeded {
+                    return Err(format!("{id}: {}", op.error));
+                }
+                let phases = sm.phases(&id).map_err(|e| e.to_string())?;
+                let mut removed = Vec::new();
+                let mut kept = 0;
+                for p in phases.iter().filter(|p| p.phase == cassette_common::phases::BACKUP_PURGE) {
+                    for v in p.summary["backups"].as_array().into_iter().flatten() {
+                        if v["kept"].as_bool() == Some(false) {
+                            removed.push(v["backup_id"].as_str().unwrap_or_default().to_owned());
+                        } else {
+                            kept += 1;
+                        }
+                    }
+                }
+                return Ok(format!(
+                    "{id}: removed {} backup(s){}, kept {kept}",
+                    removed.len(),
+                    if removed.is_empty() { String::new() } else { format!(" ({})", removed.join(", ")) }
+                ));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Ok(format!("{id} still running after {RETENTION_WAIT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

@@ -52,6 +52,9 @@ pub struct ReplicaConfig {
     pub fault_injection: bool,
     /// How cluster operations are driven (timeouts, retries).
     pub operations: ExecutorConfig,
+    /// How often the leader looks for due backup schedules.
+    #[serde(with = "humantime_serde")]
+    pub schedule_interval: Duration,
 }
 
 impl Default for ReplicaConfig {
@@ -67,6 +70,7 @@ impl Default for ReplicaConfig {
             tls_reload_interval: Duration::from_secs(10),
             fault_injection: false,
             operations: ExecutorConfig::default(),
+            schedule_interval: Duration::from_secs(5),
         }
     }
 }
@@ -89,6 +93,9 @@ impl ReplicaConfig {
             if d < Duration::from_millis(100) {
                 p.push(format!("{name} must be at least 100ms"));
             }
+        }
+        if self.schedule_interval < Duration::from_millis(100) {
+            p.push("schedule_interval must be at least 100ms".into());
         }
         if self.health_interval < Duration::from_secs(1) {
             p.push("health_interval must be at least 1s".into());
@@ -209,6 +216,7 @@ async fn serve(
     workers.push(crate::phases::worker(raft.clone(), Arc::clone(&agents), Duration::from_millis(100), stop.clone()));
     workers.push(health_worker(raft.clone(), agents, config.health_interval, config.probe_timeout, stop.clone()));
     workers.push(executor.spawn(stop.clone()));
+    workers.push(crate::schedule::spawn(raft.clone(), Arc::clone(&executor), config.schedule_interval, stop.clone()));
     // Stop serving when the raft loop dies: a replica without raft must not answer.
     let fatal = {
         let mut w = raft.watch();

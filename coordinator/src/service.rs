@@ -446,9 +446,10 @@ impl pb::operator_server::Operator for OperatorService {
             plan::KIND_RESTORE => ex.start_restore(serde_json::from_str(&r.request_json).map_err(bad)?).await,
             plan::KIND_VERIFY => ex.start_reference(serde_json::from_str(&r.request_json).map_err(bad)?, false).await,
             plan::KIND_DELETE => ex.start_reference(serde_json::from_str(&r.request_json).map_err(bad)?, true).await,
+            plan::KIND_PURGE => ex.start_purge(serde_json::from_str(&r.request_json).map_err(bad)?).await,
             k => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown operation kind {k:?}: backup, restore, verify or delete"
+                    "unknown operation kind {k:?}: backup, restore, verify, delete or purge"
                 )));
             }
         };
@@ -505,6 +506,104 @@ impl pb::operator_server::Operator for OperatorService {
             out.push(self.ctx.executor.view(o).map_err(store_status)?.to_string());
         }
         Ok(Response::new(pb::OperationListResponse { operations_json: out }))
+    }
+
+    async fn schedule(&self, request: Request<pb::ScheduleRequest>) -> Result<Response<pb::ScheduleResponse>, Status> {
+        use crate::schedule::{self as sch, ScheduleCommand};
+        self.check(&request)?;
+        let r = request.into_inner();
+        let raft = &self.ctx.raft;
+        let propose = |c: ScheduleCommand| async move {
+            raft.propose(&Command::Schedule(c)).await.map_err(|e| match e {
+                RaftError::Rejected(m) => Status::failed_precondition(m),
+                e => raft_status(e),
+            })
+        };
+        let view = |s: &sch::ScheduleRecord| -> Result<serde_json::Value, Status> {
+            let runs = sch::runs(raft.state(), &s.name).map_err(store_status)?;
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            v["next_slot_ms"] =
+                serde_json::json!(if s.paused { None } else { sch::next_slot(s, crate::model::now_ms()) });
+            v["runs"] = serde_json::to_value(&runs).unwrap_or_default();
+            Ok(v)
+        };
+        let named = |name: &str| -> Result<sch::ScheduleRecord, Status> {
+            sch::schedule(raft.state(), name)
+                .map_err(store_status)?
+                .ok_or_else(|| Status::not_found(format!("no schedule {name} (cassette schedule list)")))
+        };
+        let out = match r.action.as_str() {
+            "list" => {
+                raft.read_barrier().await.map_err(raft_status)?;
+                let mut all = Vec::new();
+                for s in sch::schedules(raft.state()).map_err(store_status)? {
+                    all.push(view(&s)?);
+                }
+                serde_json::json!({ "schedules": all })
+            }
+            "show" => {
+                raft.read_barrier().await.map_err(raft_status)?;
+                view(&named(&r.name)?)?
+            }
+            "create" => {
+                self.require_leader()?;
+                let c: ScheduleCreate = serde_json::from_str(&r.request_json)
+                    .map_err(|e| Status::invalid_argument(format!("schedule settings are not valid JSON: {e}")))?;
+                let record = c.record().map_err(Status::invalid_argument)?;
+                sch::validate(&record).map_err(Status::invalid_argument)?;
+                raft.read_barrier().await.map_err(raft_status)?;
+                if raft.state().cluster(&record.cluster).map_err(store_status)?.is_none() {
+                    return Err(Status::not_found(format!(
+                        "no cluster named {} is registered (cassette cluster list; cassette cluster add {} --agent host:port)",
+                        record.cluster, record.cluster
+                    )));
+                }
+                let name = record.name.clone();
+                propose(ScheduleCommand::Put { schedule: record, replace: c.replace }).await?;
+                view(&named(&name)?)?
+            }
+            "pause" | "resume" => {
+                self.require_leader()?;
+                propose(ScheduleCommand::SetPaused { name: r.name.clone(), paused: r.action == "pause" }).await?;
+                view(&named(&r.name)?)?
+            }
+            "delete" => {
+                self.require_leader()?;
+                propose(ScheduleCommand::Delete { name: r.name.clone() }).await?;
+                serde_json::json!({ "deleted": r.name })
+            }
+            "run-now" => {
+                self.require_leader()?;
+                let req: serde_json::Value = if r.request_json.trim().is_empty() {
+                    serde_json::json!({})
+                } else {
+                    serde_json::from_str(&r.request_json)
+                        .map_err(|e| Status::invalid_argument(format!("run-now request is not valid JSON: {e}")))?
+                };
+                let now = crate::model::now_ms();
+                let slot = req["slot_ms"].as_u64().unwrap_or(now);
+                raft.read_barrier().await.map_err(raft_status)?;
+                named(&r.name)?;
+                propose(ScheduleCommand::Claim {
+                    name: r.name.clone(),
+                    slot_ms: slot,
+                    manual: true,
+                    missed: vec![],
+                    by: raft.status().id,
+                    at_ms: now,
+                })
+                .await?;
+                let run: Option<sch::RunRecord> =
+                    sch::runs(raft.state(), &r.name).map_err(store_status)?.into_iter().find(|x| x.slot_ms == slot);
+                serde_json::to_value(run).unwrap_or_default()
+            }
+            a => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown schedule action {a:?}: create, list, show, pause, resume, delete or run-now"
+                )));
+            }
+        };
+        Ok(Response::new(pb::ScheduleResponse { json: out.to_string() }))
     }
 
     async fn backup_list(
@@ -571,5 +670,76 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
                 .map_err(|_| Status::unavailable("the replica is shutting down"))?;
         }
         Ok(Response::new(pb::RaftAck {}))
+    }
+}
+
+/// `cassette schedule create` settings, as the CLI sends them.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleCreate {
+    /// Name (also the tag of its backups).
+    pub name: String,
+    /// Registered cluster.
+    pub cluster: String,
+    /// Cron expression.
+    pub cron: String,
+    /// IANA time zone (empty: UTC).
+    pub timezone: String,
+    /// How long after its slot a run may start (`1h`; empty: 1h).
+    pub window: String,
+    /// Keyspaces and tables.
+    pub entities: Vec<String>,
+    /// Datacenters.
+    pub datacenters: Vec<String>,
+    /// Keep the newest N.
+    pub keep_last: Option<u32>,
+    /// Keep those started within (`30d`).
+    pub keep_within: Option<String>,
+    /// `latest` or `none` (empty: latest).
+    pub catch_up: String,
+    /// Launch attempts per run (0: 5).
+    pub max_attempts: u32,
+    /// Replace an existing schedule of that name.
+    pub replace: bool,
+}
+
+impl ScheduleCreate {
+    /// The schedule record; the error says what to fix.
+    pub fn record(&self) -> Result<crate::schedule::ScheduleRecord, String> {
+        use crate::schedule::CatchUp;
+        let dur = |flag: &str, v: &str| {
+            humantime::parse_duration(v).map_err(|e| format!("{flag} {v:?}: {e} (use e.g. 30d, 12h, 90m)"))
+        };
+        if self.keep_last.is_none() && self.keep_within.is_none() {
+            return Err("give a retention policy: --keep-last N, --keep-within DURATION (e.g. 30d), or both".into());
+        }
+        let window = if self.window.is_empty() { Duration::from_secs(3600) } else { dur("--window", &self.window)? };
+        let keep_within = match &self.keep_within {
+            Some(w) => Some(dur("--keep-within", w)?.as_millis() as u64),
+            None => None,
+        };
+        let catch_up = match self.catch_up.as_str() {
+            "" | "latest" => CatchUp::Latest,
+            "none" => CatchUp::None,
+            c => return Err(format!("--catch-up {c:?}: latest or none")),
+        };
+        Ok(crate::schedule::ScheduleRecord {
+            name: if self.name.is_empty() { format!("{}-daily", self.cluster) } else { self.name.clone() },
+            cluster: self.cluster.clone(),
+            cron: self.cron.clone(),
+            timezone: if self.timezone.is_empty() { "UTC".into() } else { self.timezone.clone() },
+            window_ms: window.as_millis() as u64,
+            entities: self.entities.clone(),
+            datacenters: self.datacenters.clone(),
+            keep_last: self.keep_last,
+            keep_within_ms: keep_within,
+            catch_up,
+            max_attempts: if self.max_attempts == 0 { 5 } else { self.max_attempts },
+            retry_backoff_ms: 30_000,
+            paused: false,
+            created_at_ms: crate::model::now_ms(),
+            settled_ms: 0,
+            missed: vec![],
+        })
     }
 }

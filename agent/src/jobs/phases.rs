@@ -153,7 +153,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-fn fail(what: &str, e: &(dyn std::error::Error + 'static), retry: Retry) -> PhaseError {
+pub(super) fn fail(what: &str, e: &(dyn std::error::Error + 'static), retry: Retry) -> PhaseError {
     PhaseError::new(format!("{what}: {}", chain(e)), retry.into())
 }
 
@@ -161,11 +161,11 @@ fn bad_params(phase: &str, e: impl std::fmt::Display) -> PhaseError {
     PhaseError::new(format!("invalid parameters for phase {phase}: {e}"), RetryClass::Never)
 }
 
-fn params<T: serde::de::DeserializeOwned>(ctx: &JobContext, phase: &str) -> Result<T, PhaseError> {
+pub(super) fn params<T: serde::de::DeserializeOwned>(ctx: &JobContext, phase: &str) -> Result<T, PhaseError> {
     serde_json::from_value(ctx.params.clone()).map_err(|e| bad_params(phase, e))
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, PhaseError> {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, PhaseError> {
     serde_json::to_value(v).map_err(|e| PhaseError::new(format!("encode the phase's result: {e}"), RetryClass::Never))
 }
 
@@ -497,6 +497,7 @@ impl PhaseRunner for OpPhase {
             names::BACKUP_CLEAR_SNAPSHOT => self.clear_snapshot(&ctx, &job).await,
             names::BACKUP_VERIFY => self.verify(&ctx, &job).await,
             names::BACKUP_REMOVE => self.remove(&ctx, &job).await,
+            names::BACKUP_PURGE => super::purge::run(&ctx, &job).await,
             _ => self.restore(&ctx, &job).await,
         }
     }

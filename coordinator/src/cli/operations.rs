@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{OutputFormat, bytesize_text as bytes, print};
 use crate::client::OperatorClient;
-use crate::executor::plan::{self, BackupRefSpec, BackupSpec, RestoreSpec};
+use crate::executor::plan::{self, BackupRefSpec, BackupSpec, PurgeSpec, RestoreSpec};
 
 /// `cassette backup`.
 #[derive(Debug, Subcommand)]
@@ -84,6 +84,30 @@ pub enum BackupCommand {
         /// The cluster.
         #[arg(long)]
         cluster: String,
+    },
+    /// Apply retention to a cluster's backups now (one agent does it for the whole cluster).
+    ///
+    /// A backup is removed when the policy does not keep it; backups of running operations are
+    /// always kept. Example: cassette backup purge --cluster prod --keep-last 14 --keep-within 30d --dry-run
+    Purge {
+        /// The cluster.
+        #[arg(long)]
+        cluster: String,
+        /// Keep the newest N backups.
+        #[arg(long)]
+        keep_last: Option<u32>,
+        /// Keep every backup started within this long (30d, 12h).
+        #[arg(long)]
+        keep_within: Option<String>,
+        /// Only the backups with this tag (a schedule's name).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Also purge departed nodes (host ids no longer in the ring), or `all`.
+        #[arg(long, value_delimiter = ',')]
+        departed: Vec<String>,
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -435,6 +459,14 @@ pub async fn run_backup(c: BackupCommand, client: &OperatorClient, out: OutputFo
             }
             let spec = BackupRefSpec { cluster, backup, deep: false };
             let v = start(client, plan::KIND_DELETE, serde_json::to_value(spec)?).await?;
+            finish(client, v, false, out).await
+        }
+        BackupCommand::Purge { cluster, keep_last, keep_within, tag, departed, dry_run } => {
+            if keep_last.is_none() && keep_within.is_none() && departed.is_empty() {
+                bail!("nothing to purge: give --keep-last N, --keep-within DURATION (e.g. 30d), or --departed");
+            }
+            let spec = PurgeSpec { cluster, tag, keep_last, keep_within, departed, dry_run, ..PurgeSpec::default() };
+            let v = start(client, plan::KIND_PURGE, serde_json::to_value(spec)?).await?;
             finish(client, v, false, out).await
         }
     }

@@ -16,6 +16,8 @@ pub const KIND_RESTORE: &str = "restore";
 pub const KIND_VERIFY: &str = "verify";
 /// A removal of a backup.
 pub const KIND_DELETE: &str = "delete";
+/// Applying retention rules to a cluster's backups (one node, for the whole cluster).
+pub const KIND_PURGE: &str = "purge";
 
 /// `cassette backup create`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,8 +163,31 @@ pub struct Plan {
     pub restore: Option<RestoreSpec>,
     /// The verify or delete request.
     pub reference: Option<BackupRefSpec>,
+    /// The purge request.
+    pub purge: Option<PurgeSpec>,
     /// Remarks found while planning.
     pub warnings: Vec<String>,
+}
+
+/// A retention run over a cluster's backups (`cassette backup purge`, and schedules after
+/// each successful run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PurgeSpec {
+    /// The registered cluster.
+    pub cluster: String,
+    /// Only the backups with this tag (a schedule's); none: every backup of the cluster.
+    pub tag: Option<String>,
+    /// Keep the newest N.
+    pub keep_last: Option<u32>,
+    /// Keep those started within this long (`30d`, `12h`).
+    pub keep_within: Option<String>,
+    /// Departed nodes to purge: host ids, or `all`.
+    pub departed: Vec<String>,
+    /// Backup ids to keep whatever the rules say (besides those of running operations).
+    pub protect: Vec<String>,
+    /// Only report.
+    pub dry_run: bool,
 }
 
 /// A request that cannot be planned. The message says what to change.

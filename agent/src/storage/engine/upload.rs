@@ -104,7 +104,7 @@ impl TransferEngine {
             sizes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         }
         self.progress.add_total(paths.len() as u64, sizes);
-        self.expect_files(paths.len());
+        self.expect_files(self.unknown_files(&paths));
         let stop = std::sync::atomic::AtomicBool::new(false);
         let results: Vec<(PathBuf, Result<UploadedFile, StoreError>)> = futures::stream::iter(paths)
             .map(|path| {
@@ -145,7 +145,7 @@ impl TransferEngine {
     /// whether its blob is stored. Blobs found stored are remembered, so an upload by the same
     /// engine afterwards does not ask again. For dry runs and for pacing an upload over a duration.
     pub async fn probe_files(&self, paths: Vec<PathBuf>) -> ProbeReport {
-        self.expect_files(paths.len());
+        self.expect_files(self.unknown_files(&paths));
         let results: Vec<(PathBuf, Result<ProbedFile, StoreError>)> = futures::stream::iter(paths)
             .map(|path| async move {
                 let r = async {
@@ -197,6 +197,19 @@ impl TransferEngine {
             }
         }
         report
+    }
+
+    /// How many of `paths` may need an existence check: files whose hash the cache knows and whose
+    /// blob is already known to be stored (e.g. from the previous backup's manifest) need none.
+    /// The blob listing is sized by this count, so an incremental backup of a large node with a
+    /// few new files asks about those few instead of listing every blob of the repository.
+    fn unknown_files(&self, paths: &[PathBuf]) -> usize {
+        paths
+            .iter()
+            .filter(|p| {
+                !std::fs::metadata(p).ok().and_then(|m| self.cache.lookup(&m)).is_some_and(|h| self.is_present(&h))
+            })
+            .count()
     }
 
     /// Stores one file as a blob (with retries).

@@ -457,7 +457,12 @@ impl Executor {
 
     /// Commits the start of `step` on every target whose phase is pending, in one entry
     /// ([`Command::PhasesStarted`]); returns the nodes started. The agents are called after.
-    async fn start_all(&self, op: &OperationRecord, step: &Step, targets: &[&PlanNode]) -> Result<BTreeSet<String>, Stop> {
+    async fn start_all(
+        &self,
+        op: &OperationRecord,
+        step: &Step,
+        targets: &[&PlanNode],
+    ) -> Result<BTreeSet<String>, Stop> {
         let phases = self.raft.state().phases(&op.id)?;
         let starts: Vec<(String, String)> = targets
             .iter()
@@ -659,7 +664,9 @@ impl Executor {
                 if std::mem::take(&mut just_started) {
                     // Started in the step's batch: the start is committed, call the agent now
                     // (a failed call is retried by the polling below, under the same id).
-                    if let Err(e) = dispatch::reattach(self.agents.as_ref(), &rec, &node.agent_address, params.clone()).await {
+                    if let Err(e) =
+                        dispatch::reattach(self.agents.as_ref(), &rec, &node.agent_address, params.clone()).await
+                    {
                         tracing::debug!(operation = %op.id, node = %node.host_id, error = %e, "start failed; the job is recorded, waiting for the agent");
                     }
                 }

@@ -181,7 +181,9 @@ impl PhaseRunner for BackupShapedPhase {
                 ..Default::default()
             })
             .unwrap_or_default(),
-            names::BACKUP_CLUSTER_MANIFEST => serde_json::json!({ "key": format!("synthetic/{}/{backup_id}", n.cluster) }),
+            names::BACKUP_CLUSTER_MANIFEST => {
+                serde_json::json!({ "key": format!("synthetic/{}/{backup_id}", n.cluster) })
+            }
             _ => serde_json::json!({ "cleared": format!("cassette-{backup_id}") }),
         };
         if let Some(o) = &self.observer {

@@ -608,10 +608,8 @@ async fn measure(
         tokio::time::sleep(POLL).await;
     };
     let runs = count(&end, None, &["succeeded", "failed", "cancelled", "running", "pending"]);
-    row.failover_note = format!(
-        "leader {leader} killed with {done_before}/{runs} phase runs recorded; operation {}",
-        state(&end)
-    );
+    row.failover_note =
+        format!("leader {leader} killed with {done_before}/{runs} phase runs recorded; operation {}", state(&end));
     eprintln!("   failover: progress again {resumed:.2}s after kill -9 of the leader; {}", row.failover_note);
     if state(&end) != "succeeded" {
         bail!("the operation ended {} after the failover: {}", state(&end), end["error"]);

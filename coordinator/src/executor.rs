@@ -6,7 +6,10 @@
 //!   finished this one. Steps marked per-datacenter run at most `parallel` nodes at once in each
 //!   datacenter.
 //! - **Dispatch rule.** "Phase X started on node N as job J" is committed before the agent is
-//!   called ([`crate::dispatch`]); results are committed when the job ends.
+//!   called ([`crate::dispatch`]); results are committed when the job ends. A step without a
+//!   per-datacenter limit commits the starts of all its nodes in one entry
+//!   ([`Command::PhasesStarted`]) and then calls every agent at once, so a thousand nodes'
+//!   snapshots start together.
 //! - **Failures.** An agent job that fails with a retryable error, or an agent that stays
 //!   unreachable longer than `agent_timeout`, is retried under a new job id after a backoff,
 //!   up to `attempts` times. A node that still fails a droppable step leaves the operation when
@@ -515,11 +518,16 @@ impl Executor {
         for n in &targets {
             sems.entry(n.datacenter.as_str()).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit)));
         }
+        // Without a per-datacenter limit every node starts at once: commit all their starts in
+        // one raft entry, then call every agent (one raft round instead of one per node keeps
+        // the skew between the nodes' snapshots small).
+        let batched = if limit >= targets.len() { self.start_all(op, step, &targets).await? } else { BTreeSet::new() };
         let runs = targets.iter().map(|n| {
             let sem = Arc::clone(&sems[n.datacenter.as_str()]);
+            let just_started = batched.contains(&n.host_id);
             async move {
                 let _permit = sem.acquire_owned().await;
-                (*n, self.run_phase(op, plan, step, n, cancel).await)
+                (*n, self.run_phase(op, plan, step, n, just_started, cancel).await)
             }
         });
         let results = futures::future::join_all(runs).await;
@@ -543,6 +551,36 @@ impl Executor {
             targets.len(),
             failures.join("; ")
         )))
+    }
+
+    /// Commits the start of `step` on every target whose phase is pending, in one entry
+    /// ([`Command::PhasesStarted`]); returns the nodes started. The agents are called after.
+    async fn start_all(
+        &self,
+        op: &OperationRecord,
+        step: &Step,
+        targets: &[&PlanNode],
+    ) -> Result<BTreeSet<String>, Stop> {
+        let phases = self.raft.state().phases(&op.id)?;
+        let starts: Vec<(String, String)> = targets
+            .iter()
+            .filter_map(|n| phases.iter().find(|p| p.host_id == n.host_id && p.phase == step.phase))
+            .filter(|p| p.state == RunState::Pending)
+            .map(|p| (p.host_id.clone(), dispatch::job_id(&op.id, &p.host_id, &p.phase, p.attempts + 1)))
+            .collect();
+        if starts.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let hosts = starts.iter().map(|(h, _)| h.clone()).collect();
+        self.raft
+            .propose(&Command::PhasesStarted {
+                operation_id: op.id.clone(),
+                phase: step.phase.clone(),
+                starts,
+                at_ms: now_ms(),
+            })
+            .await?;
+        Ok(hosts)
     }
 
     /// Checks between steps: one schema and one repository for every node of a backup.
@@ -700,10 +738,12 @@ impl Executor {
         plan: &Plan,
         step: &Step,
         node: &PlanNode,
+        just_started: bool,
         cancel: &CancellationToken,
     ) -> Result<Result<Value, String>, Stop> {
         let params = self.params(op, plan, step, node)?;
         let mut new_attempt = false;
+        let mut just_started = just_started;
         loop {
             if cancel.is_cancelled() {
                 return Err(Stop::Cancelled);
@@ -720,6 +760,15 @@ impl Executor {
                 _ => {}
             }
             let job_id = if rec.state == RunState::Running && !rec.job_id.is_empty() && !new_attempt {
+                if std::mem::take(&mut just_started) {
+                    // Started in the step's batch: the start is committed, call the agent now
+                    // (a failed call is retried by the polling below, under the same id).
+                    if let Err(e) =
+                        dispatch::reattach(self.agents.as_ref(), &rec, &node.agent_address, params.clone()).await
+                    {
+                        tracing::debug!(operation = %op.id, node = %node.host_id, error = %e, "start failed; the job is recorded, waiting for the agent");
+                    }
+                }
                 rec.job_id.clone()
             } else {
                 if !rec.job_id.is_empty() {

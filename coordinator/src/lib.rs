@@ -13,8 +13,6 @@
 //! - [`agents`]: the [`agents::AgentClient`] seam and its gRPC implementation.
 //! - [`registry`]: registering clusters through their agents, health checks.
 //! - [`dispatch`]: a phase's start committed before the agent is called; re-attach by job id.
-//! - [`phases`]: named phases on every node of a cluster with a barrier between them, driven by
-//!   the leader and resumed by the next one (`RunPhases`).
 //! - [`executor`]: cluster operations (backup, restore, verify, delete): plan, persist, drive
 //!   with barriers, retries, re-attach after a leader change.
 //! - [`service`]: the operator API and raft transport gRPC services.
@@ -33,7 +31,6 @@ pub mod dispatch;
 pub mod executor;
 pub mod kv;
 pub mod model;
-pub mod phases;
 pub mod raft;
 pub mod registry;
 pub mod schedule;

@@ -213,7 +213,6 @@ async fn serve(
     if let Some(ctx) = tls.context() {
         workers.push(ctx.spawn_reloader(config.tls_reload_interval, stop.clone()));
     }
-    workers.push(crate::phases::worker(raft.clone(), Arc::clone(&agents), Duration::from_millis(100), stop.clone()));
     workers.push(health_worker(raft.clone(), agents, config.health_interval, config.probe_timeout, stop.clone()));
     workers.push(executor.spawn(stop.clone()));
     workers.push(crate::schedule::spawn(raft.clone(), Arc::clone(&executor), config.schedule_interval, stop.clone()));

@@ -375,44 +375,6 @@ impl pb::operator_server::Operator for OperatorService {
         Ok(Response::new(pb::DebugPutResponse { index }))
     }
 
-    async fn run_phases(
-        &self,
-        request: Request<pb::RunPhasesRequest>,
-    ) -> Result<Response<pb::RunPhasesResponse>, Status> {
-        self.check(&request)?;
-        let r = request.into_inner();
-        self.require_leader()?;
-        let params = if r.params_json.trim().is_empty() {
-            serde_json::json!({})
-        } else {
-            serde_json::from_str(&r.params_json)
-                .map_err(|e| Status::invalid_argument(format!("params_json is not JSON: {e}")))?
-        };
-        let (id, nodes) = crate::phases::create(&self.ctx.raft, &r.cluster, &r.kind, &r.phases, params).await.map_err(
-            |e| match e {
-                crate::phases::CreateError::Invalid(_) => Status::invalid_argument(e.to_string()),
-                crate::phases::CreateError::NoCluster(_) => Status::not_found(e.to_string()),
-                crate::phases::CreateError::Store(e) => store_status(e),
-                crate::phases::CreateError::Raft(e) => raft_status(e),
-            },
-        )?;
-        tracing::info!(operation = %id, cluster = %r.cluster, nodes, phases = ?r.phases, "phases operation created");
-        Ok(Response::new(pb::RunPhasesResponse { operation_id: id, nodes: nodes as u32 }))
-    }
-
-    async fn operation_status(
-        &self,
-        request: Request<pb::OperationStatusRequest>,
-    ) -> Result<Response<pb::OperationStatusResponse>, Status> {
-        self.check(&request)?;
-        let id = request.into_inner().operation_id;
-        self.ctx.raft.read_barrier().await.map_err(raft_status)?;
-        match crate::phases::status(&self.ctx.raft, &id).map_err(store_status)? {
-            Some(s) => Ok(Response::new(s)),
-            None => Err(Status::not_found(format!("no operation {id}"))),
-        }
-    }
-
     async fn set_faults(
         &self,
         request: Request<pb::SetFaultsRequest>,

@@ -2,11 +2,14 @@
 //! timing) driving phases on N agents that run in this process, each serving the real agent
 //! gRPC API (`cassette_agent::server`) on its own loopback address, over mutual TLS by default.
 //!
-//! The agents' Cassandra is an in-memory ring of N nodes over the datacenters; their phases are
-//! the names given with `--phases`, each sleeping `--phase-ms` and recording when it started and
-//! ended, so the skew between nodes is measured where it matters: when the phase began on each
-//! agent. The operation is started with the operator API's `RunPhases` (phases one after the
-//! other, a barrier between them) and followed with `OperationStatus`.
+//! The agents' Cassandra is an in-memory ring of N nodes over the datacenters. They serve the
+//! real backup phase names with synthetic runners (`cassette_agent::jobs::synthetic::
+//! backup_phases`) that each take `--phase-ms` and answer like the real ones where the executor
+//! reads them (schema versions and repository location, snapshot time, upload counters), and
+//! record when they started and ended, so the skew between nodes is measured where it matters:
+//! when the snapshot phase began on each agent. The operation is the product's own cluster
+//! backup: started with `OperationStart` (kind `backup`), driven by the leader's executor, and
+//! followed with `OperationGet`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -20,8 +23,10 @@ use cassette_agent::cassandra::{
     CassandraControl, CassandraError, ClearSnapshotRequest, Directories, DirectorySource, FlushRequest, ImportRequest,
     LiveTable, Liveness, NodeDescription, ReleaseVersion, RingMember, RingState, Snapshot, SnapshotRequest,
 };
-use cassette_agent::jobs::{JobContext, JobManager, JobsConfig, PhaseError, PhaseRunner};
+use cassette_agent::jobs::synthetic::{self, SyntheticNode};
+use cassette_agent::jobs::{JobManager, JobsConfig};
 use cassette_agent::server::{self as agent_server, AgentService};
+use cassette_common::phases as ph;
 use cassette_common::tls::{Role, TlsMode};
 use cassette_coordinator::client::OperatorClient;
 use cassette_integration::coordinator::TestPki;
@@ -29,6 +34,7 @@ use cassette_integration::process::ManagedProcess;
 use cassette_integration::tools::{free_port, workspace_binary};
 use cassette_proto::v1 as pb;
 use serde::Serialize;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, clap::Args)]
@@ -42,11 +48,8 @@ pub struct CoordinatorArgs {
     /// Coordinator replicas.
     #[arg(long, default_value_t = 3)]
     replicas: u64,
-    /// Phases the agents serve and the operation runs, in order (a barrier between them). The
-    /// first is the one whose skew is reported.
-    #[arg(long, value_delimiter = ',', default_values = ["snapshot", "upload", "manifest", "clear"])]
-    phases: Vec<String>,
-    /// How long each phase takes on an agent.
+    /// How long each backup phase (check, snapshot, upload, cluster manifest, clear) takes on
+    /// an agent.
     #[arg(long, default_value_t = 500)]
     phase_ms: u64,
     /// Plain text between coordinators and agents instead of mutual TLS.
@@ -74,42 +77,6 @@ fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
-/// A phase that records when it ran and sleeps `duration_ms`.
-#[derive(Debug)]
-struct BenchPhase {
-    name: String,
-    agent: usize,
-    recorder: Arc<Recorder>,
-}
-
-#[async_trait::async_trait]
-impl PhaseRunner for BenchPhase {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn resumable(&self) -> bool {
-        true
-    }
-
-    async fn run(&self, ctx: JobContext) -> Result<serde_json::Value, PhaseError> {
-        let start = now_us();
-        let ms = ctx.params.get("duration_ms").and_then(|v| v.as_u64()).unwrap_or(100);
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return Err(PhaseError::cancelled()),
-            _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
-        }
-        let end = now_us();
-        self.recorder
-            .runs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((self.name.clone(), self.agent))
-            .or_insert((start, end));
-        Ok(serde_json::json!({ "slept_ms": ms }))
-    }
-}
-
 /// An in-memory node of an N-node ring.
 #[derive(Debug)]
 struct RingControl {
@@ -120,6 +87,10 @@ struct RingControl {
 
 fn host_id(i: usize) -> String {
     format!("00000000-0000-4000-8000-{i:012x}")
+}
+
+fn tokens(i: usize) -> Vec<String> {
+    (0..16).map(|t| ((i as i64) * 16 + t).to_string()).collect()
 }
 
 fn address(i: usize) -> String {
@@ -143,7 +114,7 @@ impl CassandraControl for RingControl {
             cluster_name: "Bench Cluster".into(),
             datacenter: m.datacenter.clone(),
             rack: m.rack.clone(),
-            tokens: (0..16).map(|t| ((self.me as i64) * 16 + t).to_string()).collect(),
+            tokens: tokens(self.me),
             release_version: ReleaseVersion::parse("4.1.5").ok_or_else(|| unsupported("version"))?,
             partitioner: Some("org.apache.cassandra.dht.Murmur3Partitioner".into()),
             schema_versions: vec![],
@@ -244,15 +215,18 @@ pub struct ScaleRow {
     tls: String,
     agents_start_s: f64,
     register_s: f64,
-    /// Command → the last agent started the first phase.
+    /// Command → the last agent started the snapshot phase.
     dispatch_s: f64,
-    /// Command → the last agent finished the first phase ("all snapshots taken").
+    /// Command → the last agent finished the snapshot phase ("all snapshots taken").
     first_phase_done_s: f64,
     /// Command → the operation recorded as succeeded (every phase, barriers included).
     operation_s: f64,
+    /// Snapshot start of each agent minus the earliest (measured on the agents).
     skew_p50_ms: f64,
     skew_p99_ms: f64,
     skew_max_ms: f64,
+    /// The skew the executor recorded (between the snapshot times the agents reported).
+    executor_skew_ms: Option<u64>,
     commit_p50_ms: f64,
     commit_p99_ms: f64,
     commit_samples: u64,
@@ -264,6 +238,10 @@ pub struct ScaleRow {
     failover_note: String,
 }
 
+/// The steps of a cluster backup, in order.
+const PHASES: [&str; 5] =
+    [ph::BACKUP_CHECK, ph::BACKUP_SNAPSHOT, ph::BACKUP_UPLOAD, ph::BACKUP_CLUSTER_MANIFEST, ph::BACKUP_CLEAR_SNAPSHOT];
+
 struct Replica {
     id: u64,
     address: String,
@@ -272,9 +250,6 @@ struct Replica {
 }
 
 pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
-    if args.phases.is_empty() {
-        bail!("--phases needs at least one phase name");
-    }
     if args.agents.iter().any(|n| *n == 0 || *n > 60_000) {
         bail!("--agents takes counts between 1 and 60000");
     }
@@ -316,14 +291,30 @@ async fn run_one(args: &CoordinatorArgs, n: usize, work: &Path) -> anyhow::Resul
     let shutdown = CancellationToken::new();
     let recorder = Arc::new(Recorder::default());
     let ring = Arc::new(ring(n, args.datacenters));
+    // The repository every agent reports (the synthetic phases write nothing to it).
+    let repo = work.join("repository");
+    std::fs::create_dir_all(&repo)?;
+    let location = format!("file://{}", repo.display());
     let mut servers = Vec::new();
     for (i, addr) in addresses.iter().enumerate() {
         let dir = work.join("agents").join(i.to_string());
-        let runners: Vec<Arc<dyn PhaseRunner>> = args
-            .phases
-            .iter()
-            .map(|p| Arc::new(BenchPhase { name: p.clone(), agent: i, recorder: Arc::clone(&recorder) }) as _)
-            .collect();
+        let rec = Arc::clone(&recorder);
+        let observer: synthetic::PhaseObserver = Arc::new(move |phase: &str, start: u64, end: u64| {
+            rec.runs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry((phase.to_owned(), i))
+                .or_insert((start, end));
+        });
+        let node = SyntheticNode {
+            host_id: host_id(i),
+            cluster: "Bench Cluster".into(),
+            tokens: tokens(i),
+            location: location.clone(),
+            files: 100,
+            bytes: 1 << 30,
+        };
+        let runners = synthetic::backup_phases(node, Duration::from_millis(args.phase_ms), Some(observer));
         let jobs = JobManager::open(&dir.join("jobs"), runners, JobsConfig::default(), shutdown.clone())?;
         let control = Arc::new(RingControl { me: i, ring: Arc::clone(&ring), dir: dir.clone() });
         let listener = tokio::net::TcpListener::bind(format!("{addr}:{port}"))
@@ -408,35 +399,58 @@ async fn status_at(tls: &TlsMode, address: &str) -> anyhow::Result<pb::ReplicaSt
     Ok(c.at(address, |mut c| async move { c.replica_status(pb::ReplicaStatusRequest {}).await }).await?)
 }
 
-async fn op_status(client: &OperatorClient, id: &str) -> anyhow::Result<pb::OperationStatusResponse> {
+/// The operation as the leader shows it (`OperationGet`).
+async fn op_view(client: &OperatorClient, id: &str) -> anyhow::Result<Value> {
     let id = id.to_owned();
-    Ok(client
+    let v = client
         .call(move |mut c| {
             let id = id.clone();
-            async move { c.operation_status(pb::OperationStatusRequest { operation_id: id }).await }
-        })
-        .await?)
-}
-
-async fn start_op(client: &OperatorClient, phases: &[String], ms: u64) -> anyhow::Result<String> {
-    let phases = phases.to_vec();
-    let r = client
-        .call(move |mut c| {
-            let req = pb::RunPhasesRequest {
-                cluster: "bench".into(),
-                phases: phases.clone(),
-                params_json: serde_json::json!({ "duration_ms": ms }).to_string(),
-                kind: "bench".into(),
-            };
-            async move { c.run_phases(req).await }
+            async move { c.operation_get(pb::OperationGetRequest { id }).await }
         })
         .await?;
-    Ok(r.operation_id)
+    Ok(serde_json::from_str(&v.json)?)
 }
 
-fn finished(s: &pb::OperationStatusResponse) -> u32 {
-    s.phases.iter().map(|p| p.succeeded + p.failed + p.cancelled).sum()
+/// Starts a cluster backup of every node (`OperationStart`, kind `backup`).
+async fn start_op(client: &OperatorClient) -> anyhow::Result<String> {
+    let v = client
+        .call(move |mut c| {
+            let req = pb::OperationStartRequest {
+                kind: "backup".into(),
+                request_json: serde_json::json!({ "cluster": "bench" }).to_string(),
+            };
+            async move { c.operation_start(req).await }
+        })
+        .await?;
+    let v: Value = serde_json::from_str(&v.json)?;
+    v["id"].as_str().map(str::to_owned).context("OperationStart answered without an operation id")
 }
+
+fn state(v: &Value) -> &str {
+    v["state"].as_str().unwrap_or_default()
+}
+
+/// Phase runs of every node in `states`, optionally of one phase only.
+fn count(v: &Value, phase: Option<&str>, states: &[&str]) -> usize {
+    v["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .flat_map(|n| n["phases"].as_array().cloned().unwrap_or_default())
+                .filter(|p| phase.is_none_or(|ph| p["phase"] == ph))
+                .filter(|p| states.contains(&p["state"].as_str().unwrap_or_default()))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn finished(v: &Value) -> usize {
+    count(v, None, &["succeeded", "failed", "cancelled"])
+}
+
+/// How often the benchmark asks for the operation (the view of 1,000 nodes is not free).
+const POLL: Duration = Duration::from_millis(200);
 
 async fn measure(
     args: &CoordinatorArgs,
@@ -473,30 +487,33 @@ async fn measure(
     row.register_s = t.elapsed().as_secs_f64();
     eprintln!("   registered {n} nodes in {:.2}s", row.register_s);
 
-    // One operation: every phase on every node, barrier between phases.
+    // One cluster backup through the product's executor.
     let (cpu0, _, _) = proc_usage(leader_pid).unwrap_or_default();
     let t0_us = now_us();
     let t = Instant::now();
-    let id = start_op(&client, &args.phases, args.phase_ms).await?;
+    let id = start_op(&client).await?;
     let end = loop {
-        let s = op_status(&client, &id).await?;
-        if s.state != "running" {
-            break s;
+        let v = op_view(&client, &id).await?;
+        if state(&v) != "running" {
+            break v;
         }
         if t.elapsed() > Duration::from_secs(600) {
-            bail!("operation {id} did not finish in 10 minutes: {s:?}");
+            bail!("operation {id} did not finish in 10 minutes: {v}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
     };
-    row.operation_s = t.elapsed().as_secs_f64();
-    if end.state != "succeeded" {
-        bail!("operation {id} ended {}: {}", end.state, end.error);
+    if state(&end) != "succeeded" {
+        bail!("operation {id} ended {}: {}", state(&end), end["error"]);
     }
+    // From the command to the end the leader recorded (not to when the poll saw it).
+    let finished_us = end["finished_at_ms"].as_u64().unwrap_or(0) * 1000;
+    row.operation_s = finished_us.saturating_sub(t0_us) as f64 / 1e6;
+    row.executor_skew_ms = end["snapshot_skew_ms"].as_u64();
     let (cpu1, rss, hwm) = proc_usage(leader_pid).unwrap_or_default();
     row.leader_cpu_s = cpu1 - cpu0;
     row.leader_rss_mib = rss;
     row.leader_peak_rss_mib = hwm;
-    let first = &args.phases[0];
+    let first = ph::BACKUP_SNAPSHOT;
     let runs: Vec<(u64, u64)> = recorder
         .runs
         .lock()
@@ -526,34 +543,35 @@ async fn measure(
         .map(|u| u.2)
         .fold(0.0, f64::max);
     eprintln!(
-        "   operation {:.2}s, dispatch {:.3}s, skew p99 {:.1} ms, commit p99 {:.1} ms, leader CPU {:.2}s, RSS {:.0} MiB",
-        row.operation_s, row.dispatch_s, row.skew_p99_ms, row.commit_p99_ms, row.leader_cpu_s, row.leader_rss_mib
+        "   operation {:.2}s, dispatch {:.3}s, skew p99 {:.1} ms (executor recorded {:?} ms), commit p99 {:.1} ms, leader CPU {:.2}s, RSS {:.0} MiB",
+        row.operation_s,
+        row.dispatch_s,
+        row.skew_p99_ms,
+        row.executor_skew_ms,
+        row.commit_p99_ms,
+        row.leader_cpu_s,
+        row.leader_rss_mib
     );
 
     if args.no_failover || replicas.len() < 3 {
         row.failover_note = "not measured".into();
         return Ok(());
     }
-    // Failover: a longer operation; the leader is killed once the second phase is under way.
-    let phases = args.phases.clone();
-    let id = start_op(&client, &phases, args.phase_ms).await?;
+    // Failover: a second backup; the leader is killed once the snapshot step is under way.
+    let id = start_op(&client).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     let before = loop {
-        let s = op_status(&client, &id).await?;
-        // With one phase: once it runs everywhere; otherwise once the second one is under way.
-        let under_way = match s.phases.get(1) {
-            Some(p) => p.running + p.succeeded > 0,
-            None => s.phases.first().is_some_and(|p| p.running as usize == n),
-        };
-        if under_way || s.state != "running" {
-            break s;
+        let v = op_view(&client, &id).await?;
+        let under_way = count(&v, Some(ph::BACKUP_SNAPSHOT), &["running", "succeeded"]) > 0;
+        if under_way || state(&v) != "running" {
+            break v;
         }
         if Instant::now() > deadline {
-            bail!("the failover operation did not reach its second phase");
+            bail!("the failover backup did not reach its snapshot step");
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    if before.state != "running" {
+    if state(&before) != "running" {
         row.failover_note = "operation ended before the kill".into();
         return Ok(());
     }
@@ -568,35 +586,33 @@ async fn measure(
     let endpoints: Vec<String> = replicas.iter().filter(|r| r.process.is_some()).map(|r| r.address.clone()).collect();
     let survivors = OperatorClient::new(endpoints, tls.clone(), Duration::from_secs(10))?;
     let resumed = loop {
-        if let Ok(s) = op_status(&survivors, &id).await
-            && (finished(&s) > done_before || s.state != "running")
+        if let Ok(v) = op_view(&survivors, &id).await
+            && (finished(&v) > done_before || state(&v) != "running")
         {
             break killed.elapsed().as_secs_f64();
         }
         if killed.elapsed() > Duration::from_secs(120) {
             bail!("the operation made no progress within 120 s of the leader's death");
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     row.failover_s = Some(resumed);
     let end = loop {
-        let s = op_status(&survivors, &id).await?;
-        if s.state != "running" {
-            break s;
+        let v = op_view(&survivors, &id).await?;
+        if state(&v) != "running" {
+            break v;
         }
         if killed.elapsed() > Duration::from_secs(600) {
-            bail!("the failover operation did not finish");
+            bail!("the failover backup did not finish");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     };
-    row.failover_note = format!(
-        "leader {leader} killed with {done_before}/{} phase runs recorded; operation {}",
-        n * phases.len(),
-        end.state
-    );
+    let runs = count(&end, None, &["succeeded", "failed", "cancelled", "running", "pending"]);
+    row.failover_note =
+        format!("leader {leader} killed with {done_before}/{runs} phase runs recorded; operation {}", state(&end));
     eprintln!("   failover: progress again {resumed:.2}s after kill -9 of the leader; {}", row.failover_note);
-    if end.state != "succeeded" {
-        bail!("the operation ended {} after the failover: {}", end.state, end.error);
+    if state(&end) != "succeeded" {
+        bail!("the operation ended {} after the failover: {}", state(&end), end["error"]);
     }
     Ok(())
 }
@@ -605,24 +621,23 @@ fn print_table(args: &CoordinatorArgs, rows: &[ScaleRow], load: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "\nCoordinator benchmark: {} coordinator replicas (separate processes, production raft timing: 100 ms ticks), N in-process agents serving the agent gRPC API over {}, {} datacenters; phases {} of {} ms each with a barrier between them; {} cores, load average at start {load}",
+        "\nCoordinator benchmark: {} coordinator replicas (separate processes, production raft timing: 100 ms ticks), N in-process agents serving the agent gRPC API over {}, {} datacenters; one cluster backup (OperationStart) through the executor: synthetic phases {} of {} ms each; {} cores, load average at start {load}",
         args.replicas,
         rows.first().map(|r| r.tls.as_str()).unwrap_or("-"),
         args.datacenters,
-        args.phases.join(" → "),
+        PHASES.join(" → "),
         args.phase_ms,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     );
     let _ = writeln!(
         out,
-        "\n| agents | register s | command → all started s | command → all {} done s | whole operation s | skew p50 / p99 / max ms | raft commit p50 / p99 ms | leader CPU s | leader RSS / peak MiB | failover s |",
-        args.phases[0]
+        "\n| agents | register s | command → all snapshots started s | command → all snapshots done s | whole backup s | snapshot skew p50 / p99 / max ms (agents) | skew recorded by the executor ms | raft commit p50 / p99 ms | leader CPU s | leader RSS / peak MiB | failover s |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---|---|---:|---|---:|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---|---:|---|---:|---|---:|");
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {:.2} | {:.3} | {:.3} | {:.2} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} | {:.2} | {:.0} / {:.0} | {} |",
+            "| {} | {:.2} | {:.3} | {:.3} | {:.2} | {:.1} / {:.1} / {:.1} | {} | {:.1} / {:.1} | {:.2} | {:.0} / {:.0} | {} |",
             r.agents,
             r.register_s,
             r.dispatch_s,
@@ -631,6 +646,7 @@ fn print_table(args: &CoordinatorArgs, rows: &[ScaleRow], load: &str) {
             r.skew_p50_ms,
             r.skew_p99_ms,
             r.skew_max_ms,
+            r.executor_skew_ms.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
             r.commit_p50_ms,
             r.commit_p99_ms,
             r.leader_cpu_s,
@@ -651,8 +667,8 @@ fn print_table(args: &CoordinatorArgs, rows: &[ScaleRow], load: &str) {
             b.agents,
             over(a.dispatch_s, b.dispatch_s),
             over(
-                a.operation_s - (args.phases.len() as f64 * args.phase_ms as f64 / 1000.0),
-                b.operation_s - (args.phases.len() as f64 * args.phase_ms as f64 / 1000.0)
+                a.operation_s - (PHASES.len() as f64 * args.phase_ms as f64 / 1000.0),
+                b.operation_s - (PHASES.len() as f64 * args.phase_ms as f64 / 1000.0)
             ),
             over(a.leader_cpu_s, b.leader_cpu_s),
             over(a.leader_rss_mib, b.leader_rss_mib),

@@ -99,12 +99,9 @@ impl TransferEngine {
     /// others (so a rerun has less to do), except a permanent storage error (denied, missing
     /// bucket), which stops scheduling new files.
     pub async fn upload_files(&self, paths: Vec<PathBuf>) -> UploadReport {
-        let mut sizes = 0u64;
-        for p in &paths {
-            sizes += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        }
+        let (sizes, unknown) = self.survey(&paths);
         self.progress.add_total(paths.len() as u64, sizes);
-        self.expect_files(self.unknown_files(&paths));
+        self.expect_files(unknown);
         let stop = std::sync::atomic::AtomicBool::new(false);
         let results: Vec<(PathBuf, Result<UploadedFile, StoreError>)> = futures::stream::iter(paths)
             .map(|path| {
@@ -145,7 +142,7 @@ impl TransferEngine {
     /// whether its blob is stored. Blobs found stored are remembered, so an upload by the same
     /// engine afterwards does not ask again. For dry runs and for pacing an upload over a duration.
     pub async fn probe_files(&self, paths: Vec<PathBuf>) -> ProbeReport {
-        self.expect_files(self.unknown_files(&paths));
+        self.expect_files(self.survey(&paths).1);
         let results: Vec<(PathBuf, Result<ProbedFile, StoreError>)> = futures::stream::iter(paths)
             .map(|path| async move {
                 let r = async {
@@ -199,17 +196,22 @@ impl TransferEngine {
         report
     }
 
-    /// How many of `paths` may need an existence check: files whose hash the cache knows and whose
-    /// blob is already known to be stored (e.g. from the previous backup's manifest) need none.
-    /// The blob listing is sized by this count, so an incremental backup of a large node with a
-    /// few new files asks about those few instead of listing every blob of the repository.
-    fn unknown_files(&self, paths: &[PathBuf]) -> usize {
-        paths
-            .iter()
-            .filter(|p| {
-                !std::fs::metadata(p).ok().and_then(|m| self.cache.lookup(&m)).is_some_and(|h| self.is_present(&h))
-            })
-            .count()
+    /// One `stat` per file: the total size of `paths`, and how many may need an existence check.
+    /// Files whose hash the cache knows and whose blob is already known to be stored (e.g. from
+    /// the previous backup's manifest) need none. The blob listing is sized by that count, so an
+    /// incremental backup of a large node with a few new files asks about those few instead of
+    /// listing every blob of the repository.
+    fn survey(&self, paths: &[PathBuf]) -> (u64, usize) {
+        let mut sizes = 0u64;
+        let mut unknown = 0usize;
+        for p in paths {
+            let meta = std::fs::metadata(p).ok();
+            sizes += meta.as_ref().map_or(0, std::fs::Metadata::len);
+            if !meta.and_then(|m| self.cache.lookup(&m)).is_some_and(|h| self.is_present(&h)) {
+                unknown += 1;
+            }
+        }
+        (sizes, unknown)
     }
 
     /// Stores one file as a blob (with retries).

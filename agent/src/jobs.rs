@@ -223,6 +223,17 @@ pub struct JobSpec {
     /// The operation it belongs to (for logs).
     #[serde(default)]
     pub operation_id: String,
+    /// Wall-clock time (ms since the Unix epoch, this host's clock) before which the phase must
+    /// not begin; 0: at once. The coordinator gives every node of a snapshot step the same
+    /// moment (corrected by each agent's clock offset), so that the snapshots line up however
+    /// long the start calls took to reach every node. Not part of the idempotency check: a
+    /// coordinator re-attaching after a leader change sends the same job without it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_before_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A job as kept on disk (`<state dir>/jobs/<job id>.json`).
@@ -324,12 +335,24 @@ struct JobEntry {
     record: Mutex<JobRecord>,
     watch: watch::Sender<JobRecord>,
     cancel: CancellationToken,
+    /// Whether the start was recorded on disk: [`DURABLE_PENDING`], [`DURABLE_YES`] or
+    /// [`DURABLE_FAILED`]. A second start of the same id waits for it.
+    durable: watch::Sender<u8>,
 }
+
+const DURABLE_PENDING: u8 = 0;
+const DURABLE_YES: u8 = 1;
+const DURABLE_FAILED: u8 = 2;
 
 impl JobEntry {
     fn new(record: JobRecord, parent: &CancellationToken) -> Arc<Self> {
+        Self::with_durability(record, parent, DURABLE_YES)
+    }
+
+    fn with_durability(record: JobRecord, parent: &CancellationToken, durable: u8) -> Arc<Self> {
         let (watch, _) = watch::channel(record.clone());
-        Arc::new(Self { record: Mutex::new(record), watch, cancel: parent.child_token() })
+        let (durable, _) = watch::channel(durable);
+        Arc::new(Self { record: Mutex::new(record), watch, cancel: parent.child_token(), durable })
     }
 
     fn get(&self) -> JobRecord {
@@ -472,47 +495,92 @@ impl JobManager {
     }
 
     /// Starts a job, or returns the existing one with this id (see the module documentation).
-    pub fn start(self: &Arc<Self>, spec: JobSpec) -> Result<JobRecord, JobError> {
+    ///
+    /// The record is written and fsynced on a blocking thread, outside the job table's lock:
+    /// starts of different jobs (a coordinator starting many phases at once) do not wait for
+    /// each other's disk writes. A second start of an id whose first start is still being
+    /// recorded waits for that record, so no caller hears "started" before it is durable.
+    pub async fn start(self: &Arc<Self>, spec: JobSpec) -> Result<JobRecord, JobError> {
         if !valid_id(&spec.job_id) {
             return Err(JobError::InvalidId(spec.job_id));
         }
-        let entry = {
-            let mut jobs = self.lock();
-            if let Some(e) = jobs.get(&spec.job_id) {
-                let r = e.get();
-                if r.spec.phase == spec.phase && r.spec.params == spec.params {
-                    return Ok(r);
-                }
-                return Err(JobError::Conflict { job_id: spec.job_id, existing_phase: r.spec.phase });
-            }
-            let Some(runner) = self.runners.get(&spec.phase) else {
-                return Err(JobError::UnknownPhase {
-                    job_id: spec.job_id,
-                    phase: spec.phase,
-                    known: self.phases().join(", "),
-                });
-            };
-            let record = JobRecord {
-                v: JOB_RECORD_VERSION,
-                resumable: runner.resumable(),
-                spec,
-                state: JobState::Running,
-                started_at_ms: now_ms(),
-                finished_at_ms: 0,
-                attempt: 1,
-                progress: JobProgress { message: "starting".into(), ..Default::default() },
-                error: None,
-                result: None,
-            };
-            // Durable before it runs: after a crash the agent knows the job existed.
-            self.persist(&record)?;
-            let e = JobEntry::new(record, &self.shutdown);
-            jobs.insert(e.get().spec.job_id.clone(), Arc::clone(&e));
-            e
+        let known = self.lock().get(&spec.job_id).cloned();
+        let entry = match known {
+            Some(e) => return self.existing(e, &spec).await,
+            None => self.insert_new(spec)?,
         };
+        let entry = match entry {
+            Ok(e) => e,
+            Err((e, spec)) => return self.existing(e, &spec).await,
+        };
+        // Durable before it runs: after a crash the agent knows the job existed.
+        if let Err(err) = self.persist_off_thread(entry.get()).await {
+            self.lock().remove(&entry.get().spec.job_id);
+            entry.durable.send_replace(DURABLE_FAILED);
+            return Err(err);
+        }
+        entry.durable.send_replace(DURABLE_YES);
         tracing::info!(job = %entry.get().spec.job_id, phase = %entry.get().spec.phase, "job started");
         self.spawn(Arc::clone(&entry));
         Ok(entry.get())
+    }
+
+    /// Puts a new job in the table, not yet durable; or hands back the entry another start put
+    /// there meanwhile.
+    #[allow(clippy::type_complexity)]
+    fn insert_new(&self, spec: JobSpec) -> Result<Result<Arc<JobEntry>, (Arc<JobEntry>, JobSpec)>, JobError> {
+        let mut jobs = self.lock();
+        if let Some(e) = jobs.get(&spec.job_id) {
+            return Ok(Err((Arc::clone(e), spec)));
+        }
+        let Some(runner) = self.runners.get(&spec.phase) else {
+            return Err(JobError::UnknownPhase {
+                job_id: spec.job_id,
+                phase: spec.phase,
+                known: self.phases().join(", "),
+            });
+        };
+        let record = JobRecord {
+            v: JOB_RECORD_VERSION,
+            resumable: runner.resumable(),
+            spec,
+            state: JobState::Running,
+            started_at_ms: now_ms(),
+            finished_at_ms: 0,
+            attempt: 1,
+            progress: JobProgress { message: "starting".into(), ..Default::default() },
+            error: None,
+            result: None,
+        };
+        let e = JobEntry::with_durability(record, &self.shutdown, DURABLE_PENDING);
+        jobs.insert(e.get().spec.job_id.clone(), Arc::clone(&e));
+        Ok(Ok(e))
+    }
+
+    /// A start of an id already known: the same job if the request matches, once its start is
+    /// on disk.
+    async fn existing(&self, e: Arc<JobEntry>, spec: &JobSpec) -> Result<JobRecord, JobError> {
+        let r = e.get();
+        if r.spec.phase != spec.phase || r.spec.params != spec.params {
+            return Err(JobError::Conflict { job_id: spec.job_id.clone(), existing_phase: r.spec.phase });
+        }
+        let mut durable = e.durable.subscribe();
+        let state = durable.wait_for(|d| *d != DURABLE_PENDING).await.map(|d| *d).unwrap_or(DURABLE_FAILED);
+        if state == DURABLE_FAILED {
+            return Err(JobError::Persist {
+                path: self.path(&spec.job_id),
+                source: std::io::Error::other("the first start of this job could not be recorded"),
+            });
+        }
+        Ok(e.get())
+    }
+
+    async fn persist_off_thread(self: &Arc<Self>, record: JobRecord) -> Result<(), JobError> {
+        let mgr = Arc::clone(self);
+        let path = self.path(&record.spec.job_id);
+        tokio::task::spawn_blocking(move || mgr.persist(&record))
+            .await
+            .map_err(|e| JobError::Persist { path, source: std::io::Error::other(e) })?
     }
 
     fn spawn(self: &Arc<Self>, entry: Arc<JobEntry>) {
@@ -520,6 +588,16 @@ impl JobManager {
         tokio::spawn(async move {
             let record = entry.get();
             let Some(runner) = mgr.runners.get(&record.spec.phase).cloned() else { return };
+            let wait = record.spec.not_before_ms.saturating_sub(now_ms());
+            if wait > 0 && record.attempt == 1 {
+                entry.update(|r| {
+                    r.progress.message = format!("waiting {wait} ms to start at the same moment as the other nodes")
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
+                    _ = entry.cancel.cancelled() => {}
+                }
+            }
             let permit = tokio::select! {
                 p = Arc::clone(&mgr.slots).acquire_owned() => p.ok(),
                 _ = entry.cancel.cancelled() => None,
@@ -581,7 +659,7 @@ impl JobManager {
                     }
                 }
             });
-            if let Err(e) = mgr.persist(&finished) {
+            if let Err(e) = mgr.persist_off_thread(finished.clone()).await {
                 tracing::error!(job = %finished.spec.job_id, error = %e, "cannot record the job's outcome");
             }
             tracing::info!(job = %finished.spec.job_id, state = ?finished.state, "job finished");
@@ -669,6 +747,7 @@ mod tests {
             phase: phase.into(),
             params: serde_json::json!({ "duration_ms": ms, "steps": 4 }),
             operation_id: "op1".into(),
+            not_before_ms: 0,
         }
     }
 
@@ -680,32 +759,61 @@ mod tests {
     async fn start_is_idempotent_and_conflicts_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mgr = JobManager::open(dir.path(), runners(), JobsConfig::default(), CancellationToken::new()).unwrap();
-        let a = mgr.start(spec("j1", "synthetic.sleep", 50)).unwrap();
+        let a = mgr.start(spec("j1", "synthetic.sleep", 50)).await.unwrap();
         assert_eq!(a.state, JobState::Running);
-        let b = mgr.start(spec("j1", "synthetic.sleep", 50)).unwrap();
+        let b = mgr.start(spec("j1", "synthetic.sleep", 50)).await.unwrap();
         assert_eq!(b.started_at_ms, a.started_at_ms);
-        let e = mgr.start(spec("j1", "synthetic.sleep", 51)).unwrap_err();
+        let e = mgr.start(spec("j1", "synthetic.sleep", 51)).await.unwrap_err();
         assert!(matches!(e, JobError::Conflict { .. }), "{e}");
-        let e = mgr.start(spec("j2", "nope", 1)).unwrap_err();
+        let e = mgr.start(spec("j2", "nope", 1)).await.unwrap_err();
         assert!(e.to_string().contains("synthetic.sleep"), "{e}");
-        assert!(matches!(mgr.start(spec("../x", "synthetic.sleep", 1)), Err(JobError::InvalidId(_))));
+        assert!(matches!(mgr.start(spec("../x", "synthetic.sleep", 1)).await, Err(JobError::InvalidId(_))));
         let done = wait_state(&mgr, "j1", JobState::Succeeded).await;
         assert_eq!(done.result.unwrap()["steps"], 4);
         // Finished: starting again returns the finished job, it does not run twice.
-        assert_eq!(mgr.start(spec("j1", "synthetic.sleep", 50)).unwrap().state, JobState::Succeeded);
+        assert_eq!(mgr.start(spec("j1", "synthetic.sleep", 50)).await.unwrap().state, JobState::Succeeded);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn not_before_delays_the_phase_and_concurrent_starts_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let mgr = JobManager::open(dir.path(), runners(), JobsConfig::default(), CancellationToken::new()).unwrap();
+        let at = now_ms() + 400;
+        let mut s = spec("later", "synthetic.sleep", 20);
+        s.not_before_ms = at;
+        // Two starts of the same id at once (a coordinator retrying): both answer the same job.
+        let (a, b) = tokio::join!(mgr.start(s.clone()), mgr.start(s.clone()));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.started_at_ms, b.started_at_ms);
+        assert!(dir.path().join("later.json").exists(), "answered before the record was on disk");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiting = mgr.get("later").unwrap();
+        assert!(waiting.progress.message.contains("waiting"), "{:?}", waiting.progress);
+        // The time is not part of the idempotency check: a re-attach without it finds the job.
+        let mut again = s.clone();
+        again.not_before_ms = 0;
+        assert_eq!(mgr.start(again).await.unwrap().started_at_ms, a.started_at_ms);
+        let done = wait_state(&mgr, "later", JobState::Succeeded).await;
+        assert!(done.finished_at_ms >= at + 20, "finished at {} before {at} + 20 ms", done.finished_at_ms);
+        // A cancel during the wait ends it without running the phase.
+        let mut c = spec("cancelled", "synthetic.sleep", 20);
+        c.not_before_ms = now_ms() + 60_000;
+        mgr.start(c).await.unwrap();
+        mgr.cancel("cancelled").unwrap();
+        wait_state(&mgr, "cancelled", JobState::Cancelled).await;
     }
 
     #[tokio::test]
     async fn cancel_and_failure() {
         let dir = tempfile::tempdir().unwrap();
         let mgr = JobManager::open(dir.path(), runners(), JobsConfig::default(), CancellationToken::new()).unwrap();
-        mgr.start(spec("long", "synthetic.sleep", 60_000)).unwrap();
+        mgr.start(spec("long", "synthetic.sleep", 60_000)).await.unwrap();
         mgr.cancel("long").unwrap();
         let r = wait_state(&mgr, "long", JobState::Cancelled).await;
         assert!(r.error.unwrap().cancelled);
         let mut s = spec("bad", "synthetic.sleep", 1);
         s.params["fail"] = serde_json::json!("disk on fire");
-        mgr.start(s).unwrap();
+        mgr.start(s).await.unwrap();
         let r = wait_state(&mgr, "bad", JobState::Failed).await;
         assert!(r.error.unwrap().message.contains("disk on fire"));
         assert!(matches!(mgr.get("zzz"), Err(JobError::NotFound(_))));
@@ -717,9 +825,9 @@ mod tests {
         let shutdown = CancellationToken::new();
         {
             let mgr = JobManager::open(dir.path(), runners(), JobsConfig::default(), shutdown.clone()).unwrap();
-            mgr.start(spec("r", "synthetic.sleep", 300)).unwrap();
-            mgr.start(spec("o", "synthetic.sleep-once", 60_000)).unwrap();
-            mgr.start(spec("f", "synthetic.sleep", 1)).unwrap();
+            mgr.start(spec("r", "synthetic.sleep", 300)).await.unwrap();
+            mgr.start(spec("o", "synthetic.sleep-once", 60_000)).await.unwrap();
+            mgr.start(spec("f", "synthetic.sleep", 1)).await.unwrap();
             wait_state(&mgr, "f", JobState::Succeeded).await;
             // Simulate a crash: the records on disk still say "running" for r and o.
             shutdown.cancel();
@@ -741,7 +849,7 @@ mod tests {
         let mgr = JobManager::open(dir.path(), runners(), cfg, CancellationToken::new()).unwrap();
         for i in 0..4 {
             let id = format!("p{i}");
-            mgr.start(spec(&id, "synthetic.sleep", 1)).unwrap();
+            mgr.start(spec(&id, "synthetic.sleep", 1)).await.unwrap();
             wait_state(&mgr, &id, JobState::Succeeded).await;
             tokio::time::sleep(Duration::from_millis(3)).await;
         }

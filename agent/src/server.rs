@@ -94,6 +94,10 @@ fn job_status(r: &JobRecord) -> pb::JobStatus {
         }),
         result_json: r.result.as_ref().map(|v| v.to_string()).unwrap_or_default(),
         resumable: r.resumable,
+        agent_time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
     }
 }
 
@@ -202,7 +206,14 @@ impl pb::agent_server::Agent for AgentService {
         tracing::debug!(%peer, job = %r.job_id, phase = %r.phase, "start job");
         let rec = self
             .jobs
-            .start(JobSpec { job_id: r.job_id, phase: r.phase, params, operation_id: r.operation_id })
+            .start(JobSpec {
+                job_id: r.job_id,
+                phase: r.phase,
+                params,
+                operation_id: r.operation_id,
+                not_before_ms: r.not_before_ms,
+            })
+            .await
             .map_err(job_error)?;
         Ok(Response::new(job_status(&rec)))
     }

@@ -28,6 +28,9 @@ pub struct JobRequest {
     pub params: serde_json::Value,
     /// The operation.
     pub operation_id: String,
+    /// Agent wall-clock time before which the phase must not begin (0: at once); not part of
+    /// the agent's idempotency check.
+    pub not_before_ms: u64,
 }
 
 /// Why a call to an agent failed.
@@ -202,6 +205,7 @@ impl AgentClient for GrpcAgents {
             phase: job.phase.clone(),
             params_json: job.params.to_string(),
             operation_id: job.operation_id.clone(),
+            not_before_ms: job.not_before_ms,
         };
         c.start_job(req).await.map(|r| r.into_inner()).map_err(|s| AgentError::from_status(agent, op, s))
     }

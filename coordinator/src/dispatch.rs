@@ -92,17 +92,25 @@ pub async fn dispatch(
         phase: phase.phase.clone(),
         source,
     })?;
-    let req = JobRequest { job_id: job, phase: phase.phase.clone(), params, operation_id: phase.operation_id.clone() };
+    let req = JobRequest {
+        job_id: job,
+        phase: phase.phase.clone(),
+        params,
+        operation_id: phase.operation_id.clone(),
+        not_before_ms: 0,
+    };
     Ok(agents.start_job(agent, &req).await?)
 }
 
 /// Re-attaches to the recorded job of a running phase (after a leader change): starting the same
 /// id again returns the agent's job, or starts it if the first call never arrived.
+/// `not_before_ms`: see [`JobRequest::not_before_ms`].
 pub async fn reattach(
     agents: &dyn AgentClient,
     phase: &PhaseRecord,
     agent: &str,
     params: Value,
+    not_before_ms: u64,
 ) -> Result<pb::JobStatus, DispatchError> {
     if phase.state != RunState::Running || phase.job_id.is_empty() {
         return Err(DispatchError::NotDispatched {
@@ -116,6 +124,7 @@ pub async fn reattach(
         phase: phase.phase.clone(),
         params,
         operation_id: phase.operation_id.clone(),
+        not_before_ms,
     };
     Ok(agents.start_job(agent, &req).await?)
 }
@@ -233,14 +242,14 @@ mod tests {
         // A new leader finds the record and re-attaches under the same id.
         let recorded = raft.state().phases("op1").unwrap().remove(0);
         assert_eq!((recorded.attempts, recorded.state), (1, RunState::Running));
-        let again = reattach(&agent, &recorded, "a:1", params.clone()).await.unwrap();
+        let again = reattach(&agent, &recorded, "a:1", params.clone(), 0).await.unwrap();
         assert_eq!(again.job_id, st.job_id);
         assert_eq!(agent.jobs.lock().unwrap().len(), 1, "re-attaching must not create a second job");
         // A new attempt gets a new id.
         let st2 = dispatch(&raft, &agent, &recorded, "a:1", params).await.unwrap();
         assert_eq!(st2.job_id, "op1.1b1c2ce9e5ab.snapshot.2");
         assert!(matches!(
-            reattach(&agent, &PhaseRecord { state: RunState::Pending, ..recorded }, "a:1", Value::Null).await,
+            reattach(&agent, &PhaseRecord { state: RunState::Pending, ..recorded }, "a:1", Value::Null, 0).await,
             Err(DispatchError::NotDispatched { .. })
         ));
         raft.stop();

@@ -145,6 +145,33 @@ pub struct Executor {
     config: ExecutorConfig,
     live: Mutex<HashMap<(String, String, String), Live>>,
     drivers: Mutex<HashMap<String, CancellationToken>>,
+    /// Each agent's clock offset, estimated from the job polls (by host id).
+    clocks: Mutex<HashMap<String, ClockEstimate>>,
+    /// How long the last batched start of each operation took to reach every agent.
+    dispatch_times: Mutex<HashMap<String, Duration>>,
+}
+
+/// An agent's clock offset (agent minus coordinator), from the answer with the shortest round
+/// trip seen recently: the error is at most half that round trip.
+#[derive(Debug, Clone, Copy)]
+struct ClockEstimate {
+    offset_ms: i64,
+    rtt_ms: u64,
+    at: Instant,
+}
+
+/// An agent whose clock is off by more than this gets a warning in the log: its snapshot
+/// time, and the skew recorded from it, are that far off.
+const CLOCK_WARNING_MS: i64 = 500;
+
+/// The wait given to agents to receive a snapshot start before the agreed moment: twice what
+/// the operation's previous batched start took, plus a little, within bounds.
+fn snapshot_lead(measured: Option<Duration>, nodes: usize) -> Duration {
+    let lead = match measured {
+        Some(d) => d * 2 + Duration::from_millis(100),
+        None => Duration::from_millis(200) + Duration::from_millis(2) * u32::try_from(nodes).unwrap_or(u32::MAX),
+    };
+    lead.clamp(Duration::from_millis(150), Duration::from_secs(30))
 }
 
 impl std::fmt::Debug for Executor {
@@ -165,7 +192,15 @@ pub async fn start_backup(ex: &Executor, spec: BackupSpec) -> Result<String, Sta
 impl Executor {
     /// An executor over a replica's raft handle and agent clients.
     pub fn new(raft: RaftHandle, agents: Arc<dyn AgentClient>, config: ExecutorConfig) -> Arc<Self> {
-        Arc::new(Self { raft, agents, config, live: Mutex::new(HashMap::new()), drivers: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            raft,
+            agents,
+            config,
+            live: Mutex::new(HashMap::new()),
+            drivers: Mutex::new(HashMap::new()),
+            clocks: Mutex::new(HashMap::new()),
+            dispatch_times: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The supervisor: while this replica leads, every running operation has a driver.
@@ -214,6 +249,7 @@ impl Executor {
                 Err(e) => tracing::info!(operation = %id, reason = %e, "stopped driving operation"),
             }
             lock(&me.drivers).remove(&id);
+            lock(&me.dispatch_times).remove(&id);
         });
     }
 
@@ -522,12 +558,14 @@ impl Executor {
         // one raft entry, then call every agent (one raft round instead of one per node keeps
         // the skew between the nodes' snapshots small).
         let batched = if limit >= targets.len() { self.start_all(op, step, &targets).await? } else { BTreeSet::new() };
+        if !batched.is_empty() {
+            self.call_batch(op, plan, step, &targets, &batched).await?;
+        }
         let runs = targets.iter().map(|n| {
             let sem = Arc::clone(&sems[n.datacenter.as_str()]);
-            let just_started = batched.contains(&n.host_id);
             async move {
                 let _permit = sem.acquire_owned().await;
-                (*n, self.run_phase(op, plan, step, n, just_started, cancel).await)
+                (*n, self.run_phase(op, plan, step, n, cancel).await)
             }
         });
         let results = futures::future::join_all(runs).await;
@@ -581,6 +619,87 @@ impl Executor {
             })
             .await?;
         Ok(hosts)
+    }
+
+    /// Calls every agent whose start was just committed, all at once. A snapshot step gets one
+    /// moment for every node to begin at (each agent's clock offset applied), far enough ahead
+    /// for every call to arrive: the snapshots then line up however long the calls take. A
+    /// failed call is left to the polling, which starts the job again under the same id.
+    async fn call_batch(
+        &self,
+        op: &OperationRecord,
+        plan: &Plan,
+        step: &Step,
+        targets: &[&PlanNode],
+        batched: &BTreeSet<String>,
+    ) -> Result<(), Stop> {
+        let phases = self.raft.state().phases(&op.id)?;
+        let nodes: Vec<(&PlanNode, PhaseRecord, Value)> = targets
+            .iter()
+            .filter(|n| batched.contains(&n.host_id))
+            .filter_map(|n| {
+                let rec = phases.iter().find(|p| p.host_id == n.host_id && p.phase == step.phase)?.clone();
+                Some(self.params(op, plan, step, n).map(|params| (*n, rec, params)))
+            })
+            .collect::<Result<_, Stop>>()?;
+        let at = (step.phase == ph::BACKUP_SNAPSHOT).then(|| {
+            let lead = snapshot_lead(lock(&self.dispatch_times).get(&op.id).copied(), nodes.len());
+            now_ms() + lead.as_millis() as u64
+        });
+        let began = Instant::now();
+        let calls = nodes.iter().map(|(n, rec, params)| {
+            let not_before = at.map_or(0, |at| {
+                let offset = lock(&self.clocks).get(&n.host_id).map_or(0, |c| c.offset_ms);
+                at.saturating_add_signed(offset)
+            });
+            async move {
+                let t0 = now_ms();
+                match dispatch::reattach(self.agents.as_ref(), rec, &n.agent_address, params.clone(), not_before).await
+                {
+                    Ok(st) => self.observe_clock(&n.host_id, &n.agent_address, t0, st.agent_time_ms),
+                    Err(e) => {
+                        tracing::debug!(operation = %op.id, node = %n.host_id, error = %e, "start failed; the job is recorded, waiting for the agent");
+                    }
+                }
+            }
+        });
+        futures::future::join_all(calls).await;
+        let took = began.elapsed();
+        lock(&self.dispatch_times).insert(op.id.clone(), took);
+        if let Some(at) = at {
+            let late = now_ms().saturating_sub(at);
+            tracing::info!(operation = %op.id, phase = %step.phase, nodes = nodes.len(), dispatch_ms = took.as_millis() as u64, late_ms = late, "snapshot start sent to every node");
+        } else {
+            tracing::debug!(operation = %op.id, phase = %step.phase, nodes = nodes.len(), dispatch_ms = took.as_millis() as u64, "phase started on every node");
+        }
+        Ok(())
+    }
+
+    /// Updates the clock estimate of an agent from an answer sent at `agent_ms` to a call made at
+    /// `sent_ms` (coordinator clock) and answered now.
+    fn observe_clock(&self, host: &str, address: &str, sent_ms: u64, agent_ms: u64) {
+        if agent_ms == 0 {
+            return; // An older agent.
+        }
+        let received = now_ms();
+        let rtt = received.saturating_sub(sent_ms);
+        let offset = agent_ms as i64 - (sent_ms + rtt / 2) as i64;
+        let mut clocks = lock(&self.clocks);
+        let keep = clocks.get(host).is_some_and(|c| c.rtt_ms < rtt && c.at.elapsed() < Duration::from_secs(60));
+        if keep {
+            return;
+        }
+        let previous =
+            clocks.insert(host.to_owned(), ClockEstimate { offset_ms: offset, rtt_ms: rtt, at: Instant::now() });
+        if offset.abs() > CLOCK_WARNING_MS && previous.is_none_or(|p| p.offset_ms.abs() <= CLOCK_WARNING_MS) {
+            tracing::warn!(
+                node = host,
+                agent = address,
+                offset_ms = offset,
+                rtt_ms = rtt,
+                "the agent's clock differs from the coordinator's: synchronise the clocks (NTP); snapshot start times are corrected by the estimate"
+            );
+        }
     }
 
     /// Checks between steps: one schema and one repository for every node of a backup.
@@ -738,12 +857,10 @@ impl Executor {
         plan: &Plan,
         step: &Step,
         node: &PlanNode,
-        just_started: bool,
         cancel: &CancellationToken,
     ) -> Result<Result<Value, String>, Stop> {
         let params = self.params(op, plan, step, node)?;
         let mut new_attempt = false;
-        let mut just_started = just_started;
         loop {
             if cancel.is_cancelled() {
                 return Err(Stop::Cancelled);
@@ -760,15 +877,8 @@ impl Executor {
                 _ => {}
             }
             let job_id = if rec.state == RunState::Running && !rec.job_id.is_empty() && !new_attempt {
-                if std::mem::take(&mut just_started) {
-                    // Started in the step's batch: the start is committed, call the agent now
-                    // (a failed call is retried by the polling below, under the same id).
-                    if let Err(e) =
-                        dispatch::reattach(self.agents.as_ref(), &rec, &node.agent_address, params.clone()).await
-                    {
-                        tracing::debug!(operation = %op.id, node = %node.host_id, error = %e, "start failed; the job is recorded, waiting for the agent");
-                    }
-                }
+                // Started in the step's batch, or by an earlier leader: the polling re-attaches
+                // (and starts the job under the same id if the agent never got it).
                 rec.job_id.clone()
             } else {
                 if !rec.job_id.is_empty() {
@@ -858,9 +968,11 @@ impl Executor {
             if cancel.is_cancelled() {
                 return Err(Stop::Cancelled);
             }
+            let sent = now_ms();
             match self.agents.job(&node.agent_address, job_id).await {
                 Ok(st) => {
                     last_ok = Instant::now();
+                    self.observe_clock(&node.host_id, &node.agent_address, sent, st.agent_time_ms);
                     if let Some(p) = &st.progress {
                         let mut live = lock(&self.live);
                         let bytes = p.transfer.as_ref().map_or(0, |t| t.bytes_transferred);
@@ -905,6 +1017,7 @@ impl Executor {
                         phase: phase.to_owned(),
                         params: params.clone(),
                         operation_id: op.id.clone(),
+                        not_before_ms: 0,
                     };
                     match self.agents.start_job(&node.agent_address, &req).await {
                         Ok(_) => last_ok = Instant::now(),

@@ -222,6 +222,7 @@ async fn t57_agent_jobs_are_idempotent_and_survive_agent_restarts() {
         phase: phase.into(),
         params: serde_json::json!({ "duration_ms": ms, "steps": 20 }),
         operation_id: "op-t57".into(),
+        not_before_ms: 0,
     };
     step("idempotent start");
     let a = agents.start_job(&agent, &job("quick", "synthetic.sleep", 300)).await.unwrap();

@@ -557,17 +557,19 @@ async fn measure(
         row.failover_note = "not measured".into();
         return Ok(());
     }
-    // Failover: a second backup; the leader is killed once the snapshot step is under way.
+    // Failover: a second backup; the leader is killed once the upload step is under way. (Not
+    // during the snapshot step: its phases wait on purpose for the moment agreed for every
+    // node, so no progress shows there for a while with or without a failover.)
     let id = start_op(&client).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     let before = loop {
         let v = op_view(&client, &id).await?;
-        let under_way = count(&v, Some(ph::BACKUP_SNAPSHOT), &["running", "succeeded"]) > 0;
+        let under_way = count(&v, Some(ph::BACKUP_UPLOAD), &["running", "succeeded"]) > 0;
         if under_way || state(&v) != "running" {
             break v;
         }
         if Instant::now() > deadline {
-            bail!("the failover backup did not reach its snapshot step");
+            bail!("the failover backup did not reach its upload step");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -608,8 +610,10 @@ async fn measure(
         tokio::time::sleep(POLL).await;
     };
     let runs = count(&end, None, &["succeeded", "failed", "cancelled", "running", "pending"]);
-    row.failover_note =
-        format!("leader {leader} killed with {done_before}/{runs} phase runs recorded; operation {}", state(&end));
+    row.failover_note = format!(
+        "leader {leader} killed during the upload step with {done_before}/{runs} phase runs recorded; operation {}",
+        state(&end)
+    );
     eprintln!("   failover: progress again {resumed:.2}s after kill -9 of the leader; {}", row.failover_note);
     if state(&end) != "succeeded" {
         bail!("the operation ended {} after the failover: {}", state(&end), end["error"]);

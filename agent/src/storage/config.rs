@@ -113,8 +113,13 @@ impl StorageConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransferConfig {
-    /// Files transferred at once.
+    /// Files larger than 1 MiB transferred at once.
     pub concurrency: usize,
+    /// Files of at most 1 MiB transferred at once, besides the larger ones. Sending or fetching
+    /// a small object is bound by the store's per-request latency (tens of milliseconds on S3),
+    /// not by bandwidth or memory, and a Cassandra node has many of them (every SSTable's
+    /// small components): many in flight keep the link busy.
+    pub small_file_concurrency: usize,
     /// Files up to this size are uploaded in one request; larger ones as multipart uploads,
     /// and downloaded as parallel ranged reads.
     pub multipart_threshold: ByteSize,
@@ -136,7 +141,9 @@ pub struct TransferConfig {
     /// Longest wait between attempts.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
-    /// Call `fsync` on downloaded files and their directories before reporting them done.
+    /// Make downloaded files durable before reporting them done: on Linux one `syncfs` per
+    /// file system at the end of each batch of files, elsewhere an fsync of each file and its
+    /// directory.
     pub fsync: bool,
     /// Uploads of 16 or more files first list the repository's blobs, if it holds at most this
     /// many per file, and then check existence locally instead of with one request per file. A
@@ -147,6 +154,9 @@ pub struct TransferConfig {
     /// downloads (it does not hold one of the `concurrency` slots).
     pub fsync_concurrency: usize,
 }
+
+/// Files up to this size count as small (see [`TransferConfig::small_file_concurrency`]).
+pub const SMALL_FILE: u64 = 1 << 20;
 
 /// S3's smallest allowed part (all parts but the last).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
@@ -159,10 +169,11 @@ impl Default for TransferConfig {
     fn default() -> Self {
         Self {
             concurrency: 8,
-            multipart_threshold: ByteSize(16 << 20),
-            part_size: ByteSize(16 << 20),
+            small_file_concurrency: 64,
+            multipart_threshold: ByteSize(8 << 20),
+            part_size: ByteSize(8 << 20),
             parts_per_file: 4,
-            memory_budget: ByteSize(64 << 20),
+            memory_budget: ByteSize(32 << 20),
             bandwidth: None,
             max_attempts: 5,
             initial_backoff: Duration::from_millis(200),
@@ -180,6 +191,9 @@ impl TransferConfig {
         let mut problems = Vec::new();
         if self.concurrency == 0 {
             problems.push("concurrency must be at least 1".to_owned());
+        }
+        if self.small_file_concurrency == 0 {
+            problems.push("small_file_concurrency must be at least 1".to_owned());
         }
         if self.fsync_concurrency == 0 {
             problems.push("fsync_concurrency must be at least 1".to_owned());
@@ -256,7 +270,7 @@ mod tests {
     #[test]
     fn part_size_grows_for_huge_files() {
         let t = TransferConfig::default();
-        assert_eq!(t.part_size_for(100 << 20), 16 << 20);
+        assert_eq!(t.part_size_for(100 << 20), 8 << 20);
         let huge = 1u64 << 40; // 1 TiB
         let part = t.part_size_for(huge);
         assert!(huge.div_ceil(part) <= TARGET_MAX_PARTS);

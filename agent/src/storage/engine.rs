@@ -22,7 +22,7 @@ use serde::Serialize;
 pub use download::{DownloadItem, DownloadReport, DownloadedFile, temp_path_for};
 pub use upload::{ProbeReport, ProbedFile, UploadReport, UploadedFile};
 
-use super::config::TransferConfig;
+use super::config::{self, TransferConfig};
 use super::error::StoreError;
 use super::limits::BufferPool;
 use super::progress::{Progress, ProgressSink, TransferStats};
@@ -74,6 +74,10 @@ pub struct TransferEngine {
     /// One lock per blob being checked or uploaded, so that two files with the same content in
     /// one operation upload it once.
     blob_locks: Mutex<HashMap<BlobHash, Arc<tokio::sync::Mutex<()>>>>,
+    /// Slots for files larger than [`config::SMALL_FILE`] (`concurrency`).
+    large_slots: tokio::sync::Semaphore,
+    /// Slots for small files (`small_file_concurrency`).
+    small_slots: tokio::sync::Semaphore,
 }
 
 impl TransferEngine {
@@ -94,14 +98,27 @@ impl TransferEngine {
             buffers: BufferPool::new(cfg.memory_budget.0),
             repo,
             cache,
-            cfg,
             backoff,
             progress,
             present: Mutex::default(),
             listing: tokio::sync::OnceCell::new(),
             listing_files: std::sync::atomic::AtomicUsize::new(0),
             blob_locks: Mutex::default(),
+            large_slots: tokio::sync::Semaphore::new(cfg.concurrency),
+            small_slots: tokio::sync::Semaphore::new(cfg.small_file_concurrency),
+            cfg,
         })
+    }
+
+    /// Files handled at once, small and large together.
+    fn in_flight(&self) -> usize {
+        self.cfg.concurrency + self.cfg.small_file_concurrency
+    }
+
+    /// Waits for a transfer slot for a file of `size` bytes.
+    async fn slot(&self, size: u64) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let slots = if size <= config::SMALL_FILE { &self.small_slots } else { &self.large_slots };
+        slots.acquire().await.ok()
     }
 
     /// The repository.

@@ -241,6 +241,20 @@ struct Cached {
 /// Allocation granularity: buffers are rounded up to whole MiB so that sizes repeat and reuse works.
 const GRANULE: usize = 1 << 20;
 
+/// Smallest buffer handed out.
+const MIN_BUFFER: usize = 4 << 10;
+
+/// The capacity leased for `len` bytes: below a MiB the next power of two above `len` (room for
+/// the extra byte a reader probes for, and few distinct sizes to reuse), a whole number of MiB
+/// above. A node's many small SSTable components then hold kilobytes of budget each, not a MiB.
+fn capacity_for(len: usize) -> usize {
+    if len < GRANULE {
+        (len + 1).next_power_of_two().clamp(MIN_BUFFER, GRANULE)
+    } else {
+        len.div_ceil(GRANULE) * GRANULE
+    }
+}
+
 impl BufferPool {
     /// A pool of at most `bytes` (capped at 4 GiB).
     pub fn new(bytes: u64) -> Self {
@@ -268,7 +282,7 @@ impl BufferPool {
         if let Some(c) = reused {
             return self.wrap(c);
         }
-        let cap = len.div_ceil(GRANULE).max(1) * GRANULE;
+        let cap = capacity_for(len);
         let permits = u32::try_from(cap).unwrap_or(u32::MAX).min(self.total);
         loop {
             // Registered before looking, so a buffer returned in between still wakes us.
@@ -462,5 +476,20 @@ mod tests {
         assert_eq!(pool.available(), 0);
         assert_eq!(pool.cached(), 0);
         drop(all);
+    }
+
+    #[tokio::test]
+    async fn small_files_hold_kilobytes_of_budget() {
+        const MIB: usize = 1 << 20;
+        assert_eq!(capacity_for(0), 4 << 10);
+        assert_eq!(capacity_for(20_000), 32 << 10);
+        // Room for the byte a reader probes for past the expected end.
+        assert_eq!(capacity_for(32 << 10), 64 << 10);
+        assert_eq!(capacity_for(MIB - 1), MIB);
+        assert_eq!(capacity_for(MIB + 1), 2 * MIB);
+        let pool = BufferPool::new(MIB as u64);
+        let leases: Vec<Lease> = futures::future::join_all((0..30).map(|_| pool.lease(20_000))).await;
+        assert_eq!(pool.available(), MIB - 30 * (32 << 10), "thirty 20 KB files fit in one MiB of budget");
+        drop(leases);
     }
 }

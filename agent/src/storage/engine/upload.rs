@@ -42,7 +42,7 @@ pub struct UploadedFile {
 /// What an upload did.
 #[derive(Debug)]
 pub struct UploadReport {
-    /// Files stored (sent or already present), in no particular order.
+    /// Files stored (sent or already present), in the order given.
     pub files: Vec<UploadedFile>,
     /// Files that could not be stored.
     pub failures: Vec<FileFailure>,
@@ -82,6 +82,13 @@ pub struct ProbeReport {
     pub failures: Vec<FileFailure>,
 }
 
+/// A file stored as a blob (what [`UploadedFile`] says besides the path).
+struct Stored {
+    sha256: BlobHash,
+    size: u64,
+    uploaded: bool,
+}
+
 /// How the hash of a file was obtained.
 enum Hashed {
     /// Read into memory and hashed; the buffer is sent as is.
@@ -100,37 +107,45 @@ impl TransferEngine {
     /// bucket), which stops scheduling new files.
     pub async fn upload_files(&self, paths: Vec<PathBuf>) -> UploadReport {
         let (sizes, unknown) = self.survey(&paths);
-        self.progress.add_total(paths.len() as u64, sizes);
+        self.progress.add_total(paths.len() as u64, sizes.iter().sum());
         self.expect_files(unknown);
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let results: Vec<(PathBuf, Result<UploadedFile, StoreError>)> = futures::stream::iter(paths)
-            .map(|path| {
-                let stop = &stop;
-                async move {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        return (path, Err(StoreError::Cancelled));
+        let mut results: Vec<(usize, Result<UploadedFile, Box<FileFailure>>)> =
+            futures::stream::iter(paths.into_iter().zip(sizes).enumerate())
+                .map(|(i, (path, size))| {
+                    let stop = &stop;
+                    async move {
+                        let _slot = self.slot(size).await;
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return (i, Err(Box::new(FileFailure { path, error: StoreError::Cancelled })));
+                        }
+                        let r = self.store_file(&path).await;
+                        if let Err(
+                            StoreError::Denied { .. } | StoreError::MissingBucket { .. } | StoreError::Config { .. },
+                        ) = &r
+                        {
+                            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        let r = match r {
+                            Ok(s) => Ok(UploadedFile { path, sha256: s.sha256, size: s.size, uploaded: s.uploaded }),
+                            Err(error) => Err(Box::new(FileFailure { path, error })),
+                        };
+                        (i, r)
                     }
-                    let r = self.upload_file(&path).await;
-                    if let Err(
-                        StoreError::Denied { .. } | StoreError::MissingBucket { .. } | StoreError::Config { .. },
-                    ) = &r
-                    {
-                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    (path, r)
-                }
-            })
-            .buffer_unordered(self.cfg.concurrency)
-            .collect()
-            .await;
+                })
+                .buffer_unordered(self.in_flight())
+                .collect()
+                .await;
         if let Err(e) = self.cache.save() {
             tracing::warn!(error = %e, "could not save the hash cache; hashes will be recomputed next time");
         }
+        results.sort_unstable_by_key(|(i, _)| *i);
         let mut report = UploadReport { files: Vec::new(), failures: Vec::new(), stats: TransferStats::default() };
-        for (path, r) in results {
+        report.files.reserve(results.len());
+        for (_, r) in results {
             match r {
                 Ok(f) => report.files.push(f),
-                Err(error) => report.failures.push(FileFailure { path, error }),
+                Err(f) => report.failures.push(*f),
             }
         }
         report.stats = self.stats();
@@ -142,47 +157,51 @@ impl TransferEngine {
     /// whether its blob is stored. Blobs found stored are remembered, so an upload by the same
     /// engine afterwards does not ask again. For dry runs and for pacing an upload over a duration.
     pub async fn probe_files(&self, paths: Vec<PathBuf>) -> ProbeReport {
-        self.expect_files(self.survey(&paths).1);
-        let results: Vec<(PathBuf, Result<ProbedFile, StoreError>)> = futures::stream::iter(paths)
-            .map(|path| async move {
-                let r = async {
-                    let meta = tokio::fs::metadata(&path).await.map_err(|e| StoreError::local("stat", &path, e))?;
-                    let hash = match self.cache.lookup(&meta) {
-                        Some(h) => h,
-                        None => {
-                            let (h, len) = self.hash_file(&path).await?;
-                            let after =
-                                tokio::fs::metadata(&path).await.map_err(|e| StoreError::local("stat", &path, e))?;
-                            if len != meta.len() || !same_file(&meta, &after) {
-                                return Err(self.changed(&path, h, h));
-                            }
-                            self.cache.insert(&meta, h);
-                            h
-                        }
-                    };
-                    let size = if self.is_present(&hash) {
-                        Some(meta.len())
-                    } else {
-                        match self.listed(&hash).await {
-                            Some(listed) => listed,
+        let (sizes, unknown) = self.survey(&paths);
+        self.expect_files(unknown);
+        let results: Vec<(PathBuf, Result<ProbedFile, StoreError>)> =
+            futures::stream::iter(paths.into_iter().zip(sizes))
+                .map(|(path, size)| async move {
+                    let _slot = self.slot(size).await;
+                    let r = async {
+                        let meta = tokio::fs::metadata(&path).await.map_err(|e| StoreError::local("stat", &path, e))?;
+                        let hash = match self.cache.lookup(&meta) {
+                            Some(h) => h,
                             None => {
-                                self.progress.checked(1);
-                                self.repo.blob_size(&hash).await?
+                                let (h, len) = self.hash_file(&path).await?;
+                                let after = tokio::fs::metadata(&path)
+                                    .await
+                                    .map_err(|e| StoreError::local("stat", &path, e))?;
+                                if len != meta.len() || !same_file(&meta, &after) {
+                                    return Err(self.changed(&path, h, h));
+                                }
+                                self.cache.insert(&meta, h);
+                                h
                             }
+                        };
+                        let size = if self.is_present(&hash) {
+                            Some(meta.len())
+                        } else {
+                            match self.listed(&hash).await {
+                                Some(listed) => listed,
+                                None => {
+                                    self.progress.checked(1);
+                                    self.repo.blob_size(&hash).await?
+                                }
+                            }
+                        };
+                        let stored = size == Some(meta.len());
+                        if stored {
+                            self.mark_present(hash);
                         }
-                    };
-                    let stored = size == Some(meta.len());
-                    if stored {
-                        self.mark_present(hash);
+                        Ok(ProbedFile { path: path.clone(), sha256: hash, size: meta.len(), stored })
                     }
-                    Ok(ProbedFile { path: path.clone(), sha256: hash, size: meta.len(), stored })
-                }
+                    .await;
+                    (path, r)
+                })
+                .buffer_unordered(self.in_flight())
+                .collect()
                 .await;
-                (path, r)
-            })
-            .buffer_unordered(self.cfg.concurrency)
-            .collect()
-            .await;
         if let Err(e) = self.cache.save() {
             tracing::warn!(error = %e, "could not save the hash cache; hashes will be recomputed next time");
         }
@@ -196,17 +215,17 @@ impl TransferEngine {
         report
     }
 
-    /// One `stat` per file: the total size of `paths`, and how many may need an existence check.
+    /// One `stat` per file: the size of each of `paths`, and how many may need an existence check.
     /// Files whose hash the cache knows and whose blob is already known to be stored (e.g. from
     /// the previous backup's manifest) need none. The blob listing is sized by that count, so an
     /// incremental backup of a large node with a few new files asks about those few instead of
     /// listing every blob of the repository.
-    fn survey(&self, paths: &[PathBuf]) -> (u64, usize) {
-        let mut sizes = 0u64;
+    fn survey(&self, paths: &[PathBuf]) -> (Vec<u64>, usize) {
+        let mut sizes = Vec::with_capacity(paths.len());
         let mut unknown = 0usize;
         for p in paths {
             let meta = std::fs::metadata(p).ok();
-            sizes += meta.as_ref().map_or(0, std::fs::Metadata::len);
+            sizes.push(meta.as_ref().map_or(0, std::fs::Metadata::len));
             if !meta.and_then(|m| self.cache.lookup(&m)).is_some_and(|h| self.is_present(&h)) {
                 unknown += 1;
             }
@@ -216,6 +235,11 @@ impl TransferEngine {
 
     /// Stores one file as a blob (with retries).
     pub async fn upload_file(&self, path: &Path) -> Result<UploadedFile, StoreError> {
+        let s = self.store_file(path).await?;
+        Ok(UploadedFile { path: path.to_owned(), sha256: s.sha256, size: s.size, uploaded: s.uploaded })
+    }
+
+    async fn store_file(&self, path: &Path) -> Result<Stored, StoreError> {
         let what = format!("upload {}", path.display());
         let r = self.backoff.run(&what, |attempt| self.upload_attempt(path, attempt)).await;
         if let Ok(f) = &r {
@@ -225,7 +249,7 @@ impl TransferEngine {
         r
     }
 
-    async fn upload_attempt(&self, path: &Path, attempt: u32) -> Result<UploadedFile, StoreError> {
+    async fn upload_attempt(&self, path: &Path, attempt: u32) -> Result<Stored, StoreError> {
         let meta = tokio::fs::metadata(path).await.map_err(|e| StoreError::local("stat", path, e))?;
         if !meta.is_file() {
             return Err(StoreError::local(
@@ -312,7 +336,7 @@ impl TransferEngine {
         .await;
         self.release_blob(hash, lock);
         let uploaded = result?;
-        Ok(UploadedFile { path: path.to_owned(), sha256: hash, size, uploaded })
+        Ok(Stored { sha256: hash, size, uploaded })
     }
 
     /// The file's hash. A hash-cache hit costs no read at all (the common case for SSTables,

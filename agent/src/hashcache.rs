@@ -102,6 +102,8 @@ struct Inner {
 pub struct HashCache {
     cfg: HashCacheConfig,
     inner: Mutex<Inner>,
+    /// Held for a whole save: saves share one temporary file name.
+    saving: Mutex<()>,
 }
 
 fn now_secs() -> u32 {
@@ -129,7 +131,7 @@ impl HashCache {
             }
         }
         inner.stats.entries = inner.map.len();
-        Self { cfg, inner: Mutex::new(inner) }
+        Self { cfg, inner: Mutex::new(inner), saving: Mutex::new(()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -186,18 +188,25 @@ impl HashCache {
 
     /// Writes the cache to its file if anything changed: temp file, fsync, rename, so a crash
     /// leaves either the old or the new file.
+    ///
+    /// The records are streamed to the temporary file under the lock (a few milliseconds for
+    /// 100,000 entries) rather than copied into memory first; the fsync runs outside it.
     pub fn save(&self) -> io::Result<()> {
         let Some(path) = &self.cfg.path else { return Ok(()) };
-        let bytes = {
+        let _saving = self.saving.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.lock().dirty {
+            return Ok(());
+        }
+        let result = write_atomically(path, |f| {
             let mut inner = self.lock();
             if !inner.dirty {
-                return Ok(());
+                return Ok(false);
             }
+            serialize(&inner.map, &mut io::BufWriter::with_capacity(256 << 10, f))?;
             inner.dirty = false;
             inner.last_save = Some(Instant::now());
-            serialize(&inner.map)
-        };
-        let result = write_atomically(path, &bytes);
+            Ok(true)
+        });
         if result.is_err() {
             self.lock().dirty = true;
         }
@@ -274,30 +283,35 @@ fn load(bytes: &[u8], path: &Path, inner: &mut Inner) {
     inner.stats.damaged_records = damaged;
 }
 
-fn serialize(map: &HashMap<FileKey, Entry>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + map.len() * RECORD_LEN);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(RECORD_LEN as u32).to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+fn serialize(map: &HashMap<FileKey, Entry>, out: &mut impl Write) -> io::Result<()> {
+    let mut head = Vec::with_capacity(HEADER_LEN);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&VERSION.to_le_bytes());
+    head.extend_from_slice(&(RECORD_LEN as u32).to_le_bytes());
+    head.extend_from_slice(&0u32.to_le_bytes());
+    out.write_all(&head)?;
+    let mut rec = Vec::with_capacity(RECORD_LEN);
     for (k, e) in map {
-        let start = out.len();
-        out.extend_from_slice(&k.dev.to_le_bytes());
-        out.extend_from_slice(&k.ino.to_le_bytes());
-        out.extend_from_slice(&k.size.to_le_bytes());
-        out.extend_from_slice(&k.mtime_s.to_le_bytes());
-        out.extend_from_slice(&k.mtime_ns.to_le_bytes());
-        out.extend_from_slice(&e.ctime_s.to_le_bytes());
-        out.extend_from_slice(&e.ctime_ns.to_le_bytes());
-        out.extend_from_slice(&e.last_used.to_le_bytes());
-        out.extend_from_slice(e.hash.as_bytes());
-        let crc = crc32fast::hash(&out[start..]);
-        out.extend_from_slice(&crc.to_le_bytes());
+        rec.clear();
+        rec.extend_from_slice(&k.dev.to_le_bytes());
+        rec.extend_from_slice(&k.ino.to_le_bytes());
+        rec.extend_from_slice(&k.size.to_le_bytes());
+        rec.extend_from_slice(&k.mtime_s.to_le_bytes());
+        rec.extend_from_slice(&k.mtime_ns.to_le_bytes());
+        rec.extend_from_slice(&e.ctime_s.to_le_bytes());
+        rec.extend_from_slice(&e.ctime_ns.to_le_bytes());
+        rec.extend_from_slice(&e.last_used.to_le_bytes());
+        rec.extend_from_slice(e.hash.as_bytes());
+        let crc = crc32fast::hash(&rec);
+        rec.extend_from_slice(&crc.to_le_bytes());
+        out.write_all(&rec)?;
     }
-    out
+    out.flush()
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes a temporary file with `fill` (which says whether there was anything to write), then
+/// fsync, rename over `path`, fsync of the directory: a crash leaves the old or the new file.
+fn write_atomically(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<bool>) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
@@ -307,7 +321,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     ));
     let result = (|| {
         let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
+        if !fill(&mut f)? {
+            drop(f);
+            return std::fs::remove_file(&tmp);
+        }
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()

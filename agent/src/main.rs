@@ -1,6 +1,7 @@
 //! `cassette-agent`: the Cassette agent on a Cassandra host.
 
-#![forbid(unsafe_code)]
+// One exception, `tune_allocator` (a libc call); the library forbids unsafe code.
+#![deny(unsafe_code)]
 
 mod cli;
 
@@ -47,7 +48,23 @@ enum Command {
     Serve(cli::serve::ServeArgs),
 }
 
+/// glibc's allocator, tuned for many small per-file records freed from many threads: a fixed
+/// mmap threshold and trim threshold (the dynamic ones let freed memory stay resident) and two
+/// arenas. Measured on a backup of 80,000 files: 166 MiB resident for 89 MiB of live heap
+/// untuned, 117 MiB tuned (docs/benchmarks.md). Called before any thread starts.
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() {
+    tune_allocator();
     cassette_agent::install_crypto_provider();
     let args = Cli::parse();
     let _ = tracing_subscriber::fmt()

@@ -93,29 +93,77 @@ pub struct TableEntry {
 }
 
 /// One file of a backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// In the document it also carries `sstable`, the SSTable identity parsed from the file name;
+/// that is derived from `path` when written and when read (see [`FileEntry::sstable`]), not
+/// kept in memory: a large node's manifest has tens of thousands of entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {
     /// Path relative to its data directory, as the live file would be:
     /// `<keyspace>/<table>-<id>/<component file>` or `<keyspace>/<table>-<id>/.<index>/<component file>`.
     pub path: String,
     /// Index into [`NodeInfo::data_dirs`] of the directory the file came from.
-    #[serde(default)]
     pub data_dir: u16,
     /// Size in bytes.
     pub size: u64,
     /// SHA-256 of the content: the blob's name.
     pub sha256: BlobHash,
-    /// SSTable identity, when the file name is an SSTable component.
-    #[serde(default)]
-    pub sstable: Option<SstableIdentity>,
 }
 
 impl FileEntry {
-    /// An entry for `path`, filling in the SSTable identity from the file name when it parses.
+    /// An entry for `path`.
     pub fn new(path: String, data_dir: u16, size: u64, sha256: BlobHash) -> Self {
-        let file_name = path.rsplit('/').next().unwrap_or(&path);
-        let sstable = SstableName::parse(file_name).ok().map(|n| n.identity());
-        Self { path, data_dir, size, sha256, sstable }
+        Self { path, data_dir, size, sha256 }
+    }
+
+    /// The file name (the last part of the path).
+    pub fn file_name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+
+    /// The SSTable identity, when the file name is an SSTable component.
+    pub fn sstable(&self) -> Option<SstableIdentity> {
+        SstableName::parse(self.file_name()).ok().map(|n| n.identity())
+    }
+}
+
+/// The document form of a [`FileEntry`].
+#[derive(Serialize)]
+struct FileEntryOut<'a> {
+    path: &'a str,
+    data_dir: u16,
+    size: u64,
+    sha256: &'a BlobHash,
+    sstable: Option<SstableIdentity>,
+}
+
+/// What is read of a [`FileEntry`] (`sstable` and unknown fields are ignored).
+#[derive(Deserialize)]
+struct FileEntryIn {
+    path: String,
+    #[serde(default)]
+    data_dir: u16,
+    size: u64,
+    sha256: BlobHash,
+}
+
+impl Serialize for FileEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        FileEntryOut {
+            path: &self.path,
+            data_dir: self.data_dir,
+            size: self.size,
+            sha256: &self.sha256,
+            sstable: self.sstable(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for FileEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = FileEntryIn::deserialize(d)?;
+        Ok(Self { path: f.path, data_dir: f.data_dir, size: f.size, sha256: f.sha256 })
     }
 }
 
@@ -354,6 +402,10 @@ mod tests {
         )
     }
 
+    fn v_files_sstable(m: &NodeManifest) -> serde_json::Value {
+        serde_json::to_value(m).unwrap()["files"][0]["sstable"].clone()
+    }
+
     #[test]
     fn round_trips_and_ignores_unknown_fields() {
         let m = manifest(vec![file("ks/t-0123456789abcdef0123456789abcdef/nb-1-big-Data.db", 1)]);
@@ -362,7 +414,11 @@ mod tests {
         v["files"][0]["future"] = serde_json::json!(true);
         let back: NodeManifest = serde_json::from_value(v).unwrap();
         assert_eq!(back, m);
-        let id = back.files[0].sstable.as_ref().unwrap();
+        assert_eq!(
+            v_files_sstable(&m),
+            serde_json::json!({"version": "nb", "generation": "1", "format": "big", "component": "Data.db"})
+        );
+        let id = back.files[0].sstable().unwrap();
         assert_eq!((id.version.as_str(), id.generation.as_str(), id.format.as_str()), ("nb", "1", "big"));
         assert_eq!(id.component, "Data.db");
         assert!(back.validate(100).is_ok());

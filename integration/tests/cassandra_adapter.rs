@@ -234,7 +234,7 @@ async fn t22_uuid_ids_and_bti_sstables() {
     let snaps = ctl.list_snapshots(Some("u")).await.unwrap();
     let files: Vec<SstableName> = snaps[0].tables[0]
         .sstable_files()
-        .map(|f| match &f.kind {
+        .map(|f| match &f.kind() {
             FileKind::Sstable(n) => n.clone(),
             k => panic!("{k:?}"),
         })
@@ -515,7 +515,7 @@ async fn t24_snapshots_of_real_sstables_verify_with_the_file_model() {
         let table = &snaps[0].tables[0];
         let mut checked = 0;
         for f in table.sstable_files() {
-            let FileKind::Sstable(name) = &f.kind else { unreachable!() };
+            let FileKind::Sstable(name) = &f.kind() else { unreachable!() };
             if name.component != "Data.db" {
                 continue;
             }

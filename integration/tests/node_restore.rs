@@ -179,7 +179,7 @@ fn t52_missing_tables_renames_and_schema_differences() {
         .files
         .iter()
         .filter(|f| f.path.contains("/users-"))
-        .map(|f| (f.sstable.as_ref().unwrap().component.clone(), f.sha256))
+        .map(|f| (f.sstable().unwrap().component, f.sha256))
         .collect();
     users.sort();
     assert_eq!(copy, users, "shop.copy holds exactly the backed-up shop.users");

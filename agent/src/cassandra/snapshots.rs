@@ -51,12 +51,18 @@ pub struct SnapshotFile {
     pub live_path: String,
     /// The secondary index it belongs to.
     pub index: Option<String>,
-    /// What it is.
-    pub kind: FileKind,
     /// Size in bytes.
     pub size: u64,
     /// Device and inode: hard links to one live SSTable share them.
     pub inode: (u64, u64),
+}
+
+impl SnapshotFile {
+    /// What it is, from its name (computed when asked: a node has tens of thousands of files,
+    /// and the parsed name would double each one's memory).
+    pub fn kind(&self) -> FileKind {
+        FileKind::of(self.path.file_name().and_then(|n| n.to_str()).unwrap_or_default())
+    }
 }
 
 /// One table's part of a snapshot.
@@ -83,7 +89,7 @@ pub struct SnapshotTable {
 impl SnapshotTable {
     /// The SSTable component files (excluding manifest, schema, markers, temporary files).
     pub fn sstable_files(&self) -> impl Iterator<Item = &SnapshotFile> {
-        self.files.iter().filter(|f| matches!(f.kind, FileKind::Sstable(_)))
+        self.files.iter().filter(|f| matches!(f.kind(), FileKind::Sstable(_)))
     }
 }
 
@@ -121,7 +127,12 @@ fn read_dir(path: &Path) -> Result<Vec<(String, PathBuf, std::fs::FileType)>, Ca
         let ft = e.file_type().map_err(|err| CassandraError::files("stat", e.path(), err))?;
         // Non-UTF-8 names cannot be Cassandra files.
         if let Some(name) = e.file_name().to_str() {
-            out.push((name.to_owned(), e.path(), ft));
+            // Exactly sized: `DirEntry::path` may leave room for growth, and a node has tens of
+            // thousands of these.
+            let mut p = PathBuf::with_capacity(path.as_os_str().len() + 1 + name.len());
+            p.push(path);
+            p.push(name);
+            out.push((name.to_owned(), p, ft));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -180,13 +191,15 @@ fn collect(
     table: &TableDir,
     snap_dir: &Path,
 ) -> Result<(), CassandraError> {
-    for (name, path, ft) in read_dir(snap_dir)? {
+    let entries = read_dir(snap_dir)?;
+    t.files.reserve(entries.len());
+    for (name, path, ft) in entries {
         if ft.is_dir() {
             if let Some(index) = name.strip_prefix('.').filter(|i| !i.is_empty()) {
                 for (fname, fpath, fft) in read_dir(&path)? {
                     if fft.is_file() {
                         let live = format!("{ks}/{}/.{index}/{fname}", table.dir_name());
-                        t.files.push(file(root_idx, fpath, live, Some(index.to_owned()), &fname)?);
+                        t.files.push(file(root_idx, fpath, live, Some(index.to_owned()))?);
                     }
                 }
             }
@@ -209,7 +222,7 @@ fn collect(
             _ => {}
         }
         let live = format!("{ks}/{}/{name}", table.dir_name());
-        t.files.push(file(root_idx, path, live, None, &name)?);
+        t.files.push(file(root_idx, path, live, None)?);
     }
     Ok(())
 }
@@ -219,18 +232,9 @@ fn file(
     path: PathBuf,
     live_path: String,
     index: Option<String>,
-    name: &str,
 ) -> Result<SnapshotFile, CassandraError> {
     let m = std::fs::metadata(&path).map_err(|e| CassandraError::files("stat", &path, e))?;
-    Ok(SnapshotFile {
-        data_root,
-        live_path,
-        index,
-        kind: FileKind::of(name),
-        size: m.len(),
-        inode: (m.dev(), m.ino()),
-        path,
-    })
+    Ok(SnapshotFile { data_root, live_path, index, size: m.len(), inode: (m.dev(), m.ino()), path })
 }
 
 #[cfg(test)]
@@ -291,7 +295,9 @@ mod tests {
         assert_eq!(linked.inode, (live_meta.dev(), live_meta.ino()), "the snapshot file is a hard link");
         assert_eq!(
             snaps[0].size_on_disk(),
-            4 + 3 + 4 + t.files.iter().filter(|f| !matches!(f.kind, FileKind::Sstable(_))).map(|f| f.size).sum::<u64>()
+            4 + 3
+                + 4
+                + t.files.iter().filter(|f| !matches!(f.kind(), FileKind::Sstable(_))).map(|f| f.size).sum::<u64>()
         );
     }
 

@@ -304,11 +304,11 @@ impl OpPhase {
             fail("take the backup lock", &e, r)
         })?;
         let result = async {
-            let up = backup::upload(ctx, &req, &snap).await?;
+            let mut up = backup::upload(ctx, &req, &snap).await?;
             if ctx.cancel.is_cancelled() {
                 return Err(backup::BackupError::Cancelled { cleared: false });
             }
-            let (key, m) = backup::write_manifest(ctx, &req, &snap, &up, &lock).await?;
+            let (key, m) = backup::write_manifest(ctx, &req, &snap, &mut up, &lock).await?;
             Ok((up, key, m))
         }
         .await;

@@ -113,8 +113,6 @@ pub struct Uploaded {
     pub files: Vec<FileEntry>,
     /// Every table, with its schema.
     pub tables: Vec<TableEntry>,
-    /// Where each blob was read from (to upload it again if a removal took it meanwhile).
-    pub sources: BTreeMap<BlobHash, PathBuf>,
     /// Transfer counters.
     pub stats: TransferStats,
     /// Dry run: files and bytes that would be sent.
@@ -369,15 +367,49 @@ pub async fn lock(ctx: &OpContext, snap: &Snapshotted) -> Result<RepoLock, Backu
     Ok(lock)
 }
 
+/// A file of the snapshot to store: only what the upload and the manifest need (a node has
+/// tens of thousands of files, so the per-file state is kept small; the live path is derived
+/// from the snapshot path when the manifest entry is made, see [`live_path_of`]).
+#[derive(Debug)]
+struct Candidate {
+    /// Absolute path in the snapshot.
+    path: PathBuf,
+    /// Index of the data root.
+    data_root: u16,
+    /// Size in bytes.
+    size: u64,
+}
+
+impl From<SnapshotFile> for Candidate {
+    fn from(f: SnapshotFile) -> Self {
+        Self { path: f.path, data_root: u16::try_from(f.data_root).unwrap_or(u16::MAX), size: f.size }
+    }
+}
+
+/// The live path (relative to the data root) of a snapshot file:
+/// `<root>/<keyspace>/<table dir>/snapshots/<tag>/[.<index>/]<name>` gives
+/// `<keyspace>/<table dir>/[.<index>/]<name>`. The inverse of [`snapshot_path`].
+fn live_path_of(root: &std::path::Path, tag: &str, path: &std::path::Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let mut parts = rel.components().map(|c| c.as_os_str().to_str());
+    let (ks, table) = (parts.next()??, parts.next()??);
+    if parts.next()?? != cassette_common::datadir::SNAPSHOTS_DIR || parts.next()?? != tag {
+        return None;
+    }
+    let rest: Vec<&str> = parts.collect::<Option<_>>()?;
+    (!rest.is_empty()).then(|| format!("{ks}/{table}/{}", rest.join("/")))
+}
+
 /// The files of the snapshot to store: per SSTable, the components its `TOC.txt` lists.
+/// Consumes the listing, so that no file is held twice.
 fn select_files(
     req: &BackupRequest,
-    snapshot: &[crate::cassandra::Snapshot],
-) -> (Vec<SnapshotFile>, Vec<TableEntry>, Vec<String>) {
+    snapshot: Vec<crate::cassandra::Snapshot>,
+) -> (Vec<Candidate>, Vec<TableEntry>, Vec<String>) {
     let mut warnings = Vec::new();
     let mut files = Vec::new();
     let mut tables = Vec::new();
-    for t in snapshot.iter().flat_map(|s| &s.tables) {
+    for t in snapshot.into_iter().flat_map(|s| s.tables) {
         if !req.entities.matches(&t.keyspace, &t.table) {
             continue;
         }
@@ -387,19 +419,19 @@ fn select_files(
             table_id: t.table_id.map(|i| i.to_hex()),
             schema_cql: t.schema_cql.clone(),
         });
-        // SSTables by (data root, directory, prefix).
-        let mut sstables: BTreeMap<(usize, PathBuf, String), Vec<&SnapshotFile>> = BTreeMap::new();
-        for f in &t.files {
-            match &f.kind {
+        // SSTables by (data root, directory, prefix), with each component's name.
+        let mut sstables: BTreeMap<(usize, PathBuf, String), Vec<(String, SnapshotFile)>> = BTreeMap::new();
+        for f in t.files {
+            match f.kind() {
                 FileKind::Sstable(n) => {
                     let dir = f.path.parent().map(PathBuf::from).unwrap_or_default();
-                    sstables.entry((f.data_root, dir, n.sstable_prefix())).or_default().push(f);
+                    let key = (f.data_root, dir, n.sstable_prefix());
+                    sstables.entry(key).or_default().push((n.component, f));
                 }
                 FileKind::LegacySstable { version } => warnings.push(format!(
                     "{} is a pre-3.0 SSTable (version {version}) that Cassandra cannot read: not backed up",
                     f.path.display()
                 )),
-                k if k.is_ignored() => {}
                 _ => {}
             }
         }
@@ -407,13 +439,19 @@ fn select_files(
             let toc_path = dir.join(format!("{prefix}-TOC.txt"));
             match Toc::read(&toc_path) {
                 Ok(toc) => {
-                    for f in &components {
-                        let comp = match &f.kind {
-                            FileKind::Sstable(n) => n.component.as_str(),
-                            _ => continue,
-                        };
-                        if toc.contains(comp) {
-                            files.push((*f).clone());
+                    let present: BTreeSet<&str> = components.iter().map(|(c, _)| c.as_str()).collect();
+                    let missing: Vec<&str> =
+                        toc.components().iter().map(String::as_str).filter(|c| !present.contains(c)).collect();
+                    if !missing.is_empty() {
+                        warnings.push(format!(
+                            "{} lists components that are not in the snapshot: {}",
+                            toc_path.display(),
+                            missing.join(", ")
+                        ));
+                    }
+                    for (comp, f) in components {
+                        if toc.contains(&comp) {
+                            files.push(Candidate::from(f));
                         } else {
                             warnings.push(format!(
                                 "{} is not listed in {}: Cassandra does not use it, not backed up",
@@ -422,18 +460,10 @@ fn select_files(
                             ));
                         }
                     }
-                    let missing = toc.missing_in(&dir, &prefix);
-                    if !missing.is_empty() {
-                        warnings.push(format!(
-                            "{} lists components that are not in the snapshot: {}",
-                            toc_path.display(),
-                            missing.join(", ")
-                        ));
-                    }
                 }
                 Err(e) => {
                     warnings.push(format!("{e}: backing up every component of {prefix} in {}", dir.display()));
-                    files.extend(components.into_iter().cloned());
+                    files.extend(components.into_iter().map(|(_, f)| Candidate::from(f)));
                 }
             }
         }
@@ -443,12 +473,14 @@ fn select_files(
 
 /// Phase 2: store the snapshot's files. In a dry run, only find out what would be sent.
 pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) -> Result<Uploaded, BackupError> {
+    // Before the snapshot is listed: the two are the largest per-file structures of a backup.
+    let previous = blobs_of_previous_backup(ctx, snap).await;
     let snapshot = ctx
         .cassandra
         .list_snapshots(Some(&snap.snapshot_tag))
         .await
         .map_err(|source| BackupError::ReadSnapshot { tag: snap.snapshot_tag.clone(), source })?;
-    let (candidates, tables, mut warnings) = select_files(req, &snapshot);
+    let (mut candidates, tables, mut warnings) = select_files(req, snapshot);
     if tables.is_empty() {
         let what = if req.entities.is_explicit() {
             format!(
@@ -460,8 +492,8 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
         };
         return Err(BackupError::Empty(what));
     }
-    let paths: Vec<PathBuf> = candidates.iter().map(|c| c.path.clone()).collect();
-    let by_path: BTreeMap<PathBuf, &SnapshotFile> = candidates.iter().map(|c| (c.path.clone(), c)).collect();
+    // The paths go to the engine; the candidates keep the rest, in the same order.
+    let paths: Vec<PathBuf> = candidates.iter_mut().map(|c| std::mem::take(&mut c.path)).collect();
     let bytes: u64 = candidates.iter().map(|c| c.size).sum();
     ctx.say(format!(
         "snapshot {} holds {} files ({}) in {} tables",
@@ -490,12 +522,12 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
             missing.iter().filter(|f| seen.insert(f.sha256)).fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.size));
         would_send = Some((files, bytes));
         if req.dry_run {
+            let by_path: std::collections::HashMap<&std::path::Path, usize> =
+                paths.iter().enumerate().map(|(i, p)| (p.as_path(), i)).collect();
             let mut entries = Vec::new();
-            let mut sources = BTreeMap::new();
             for f in &probe.files {
-                if let Some(sf) = by_path.get(&f.path) {
-                    entries.push(entry(sf, f.sha256, f.size));
-                    sources.insert(f.sha256, f.path.clone());
+                if let Some(c) = by_path.get(f.path.as_path()).map(|i| &candidates[*i]) {
+                    entries.push(FileEntry::new(live_path(snap, c.data_root, &f.path)?, c.data_root, f.size, f.sha256));
                 }
             }
             let stats = TransferStats {
@@ -506,7 +538,7 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
                 bytes_hashed: engine.stats().bytes_hashed,
                 ..TransferStats::default()
             };
-            return Ok(Uploaded { files: entries, tables, sources, stats, would_send, warnings });
+            return Ok(Uploaded { files: entries, tables, stats, would_send, warnings });
         }
         if let Some(d) = req.duration {
             // Pace: what must be sent over the duration. The bandwidth limit stays a hard cap:
@@ -537,29 +569,28 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
         }
     }
 
-    if let Some((previous, blobs)) = blobs_of_previous_backup(ctx, snap).await {
+    if let Some((previous, blobs)) = previous {
         ctx.say(format!("{} blobs of backup {previous} are known to be stored", blobs.len()));
         engine.assume_present(blobs);
     }
-    let report =
-        ctx.cancellable(engine.upload_files(paths.clone())).await.ok_or(BackupError::Cancelled { cleared: false })?;
+    let total = paths.len();
+    let report = ctx.cancellable(engine.upload_files(paths)).await.ok_or(BackupError::Cancelled { cleared: false })?;
     if !report.failures.is_empty() {
         return Err(BackupError::Upload {
-            total: paths.len(),
+            total,
             failures: report.failures.iter().map(FailureSummary::from).collect(),
         });
     }
+    // Without failures the engine reports every file, in the order given.
+    debug_assert_eq!(report.files.len(), candidates.len());
     let mut files = Vec::with_capacity(report.files.len());
-    let mut sources = BTreeMap::new();
-    for f in &report.files {
-        let Some(sf) = by_path.get(&f.path) else { continue };
-        files.push(entry(sf, f.sha256, f.size));
-        sources.insert(f.sha256, f.path.clone());
+    for (f, c) in report.files.into_iter().zip(candidates) {
+        files.push(FileEntry::new(live_path(snap, c.data_root, &f.path)?, c.data_root, f.size, f.sha256));
     }
     files.sort_by(|a, b| (a.data_dir, &a.path).cmp(&(b.data_dir, &b.path)));
     warnings.sort();
     warnings.dedup();
-    Ok(Uploaded { files, tables, sources, stats: report.stats, would_send, warnings })
+    Ok(Uploaded { files, tables, stats: report.stats, would_send, warnings })
 }
 
 /// The blobs of this node's newest earlier backup, which the upload may treat as stored without
@@ -577,8 +608,8 @@ async fn blobs_of_previous_backup(ctx: &OpContext, snap: &Snapshotted) -> Option
     let newest =
         index.node(&snap.node.cluster, &snap.node.host_id).into_iter().rfind(|m| m.backup_id != snap.backup_id)?;
     let cache = catalog::ManifestCache::for_context(ctx);
-    match catalog::load_manifest(&ctx.repo, &newest, &ctx.settings.manifests, cache.as_ref()).await {
-        Ok(m) => Some((m.backup_id, m.files.iter().map(|f| f.sha256).collect())),
+    match catalog::load_manifest_blobs(&ctx.repo, &newest, &ctx.settings.manifests, cache.as_ref()).await {
+        Ok(blobs) => Some((newest.backup_id, blobs)),
         Err(e) => {
             tracing::debug!(error = %e, key = %newest.key, "cannot read the previous backup; every blob will be checked");
             None
@@ -586,18 +617,42 @@ async fn blobs_of_previous_backup(ctx: &OpContext, snap: &Snapshotted) -> Option
     }
 }
 
-fn entry(f: &SnapshotFile, sha256: BlobHash, size: u64) -> FileEntry {
-    FileEntry::new(f.live_path.clone(), u16::try_from(f.data_root).unwrap_or(u16::MAX), size, sha256)
+fn live_path(snap: &Snapshotted, data_root: u16, path: &std::path::Path) -> Result<String, BackupError> {
+    snap.roots.get(usize::from(data_root)).and_then(|root| live_path_of(root, &snap.snapshot_tag, path)).ok_or_else(
+        || BackupError::ReadSnapshot {
+            tag: snap.snapshot_tag.clone(),
+            source: CassandraError::files(
+                "find the live path of",
+                path.to_owned(),
+                std::io::Error::other(format!(
+                    "not under <data root>/<keyspace>/<table>/snapshots/{}/",
+                    snap.snapshot_tag
+                )),
+            ),
+        },
+    )
+}
+
+/// Where the snapshot holds the file `f` of the manifest: `<data root>/<keyspace>/<table
+/// dir>/snapshots/<tag>/[.<index>/]<name>` for the live path `<keyspace>/<table dir>/[.<index>/]<name>`.
+fn snapshot_path(roots: &[PathBuf], tag: &str, f: &FileEntry) -> PathBuf {
+    let mut parts = f.path.splitn(3, '/');
+    let (ks, table, rest) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let root = roots.get(usize::from(f.data_dir)).cloned().unwrap_or_default();
+    root.join(ks).join(table).join(cassette_common::datadir::SNAPSHOTS_DIR).join(tag).join(rest)
 }
 
 /// Phase 3: write the node manifest. If the backup lock lapsed at some point (a removal may have
 /// taken it as stale), every referenced blob is checked again first, and stored again from the
 /// snapshot if it went missing.
+///
+/// The manifest takes the file and table lists out of `up` (a large node's list is tens of
+/// megabytes; it is not copied).
 pub async fn write_manifest(
     ctx: &OpContext,
     req: &BackupRequest,
     snap: &Snapshotted,
-    up: &Uploaded,
+    up: &mut Uploaded,
     lock: &RepoLock,
 ) -> Result<(String, NodeManifest), BackupError> {
     if lock.lapsed() {
@@ -618,10 +673,12 @@ pub async fn write_manifest(
             .into());
         }
         let engine = ctx.engine()?;
-        for (hash, path) in &up.sources {
+        let mut checked = BTreeSet::new();
+        for f in up.files.iter().filter(|f| checked.insert(f.sha256)) {
+            let (hash, path) = (&f.sha256, snapshot_path(&snap.roots, &snap.snapshot_tag, f));
             if ctx.repo.blob_size(hash).await?.is_none() {
                 ctx.say(format!("blob {} went missing: storing it again from {}", hash.short(), path.display()));
-                engine.upload_file(path).await?;
+                engine.upload_file(&path).await?;
             }
         }
     }
@@ -634,8 +691,8 @@ pub async fn write_manifest(
         started_at: snap.started_at,
         snapshot_at: snap.snapshot_at,
         finished_at: Utc::now(),
-        tables: up.tables.clone(),
-        files: up.files.clone(),
+        tables: std::mem::take(&mut up.tables),
+        files: std::mem::take(&mut up.files),
     };
     let key = layout::node_manifest_key(&snap.node.cluster, &snap.backup_id, &snap.node.host_id);
     ctx.repo.put_json_create(&key, &manifest).await?;
@@ -661,11 +718,13 @@ pub async fn run(ctx: &OpContext, req: &BackupRequest) -> Result<BackupReport, B
         }
         let lock = lock(ctx, &snap).await?;
         let result = async {
-            let up = upload(ctx, req, &snap).await?;
+            let mut up = upload(ctx, req, &snap).await?;
             if ctx.cancel.is_cancelled() {
                 return Err(BackupError::Cancelled { cleared: false });
             }
-            let (key, _) = write_manifest(ctx, req, &snap, &up, &lock).await?;
+            let (key, m) = write_manifest(ctx, req, &snap, &mut up, &lock).await?;
+            up.files = m.files;
+            up.tables = m.tables;
             Ok((up, Some(key)))
         }
         .await;
@@ -740,5 +799,39 @@ impl BackupReport {
     /// Whether the operator must act (the snapshot could not be cleared).
     pub fn needs_attention(&self) -> bool {
         self.snapshot_clear_error.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_path_inverts_the_live_path() {
+        let roots = vec![PathBuf::from("/d1"), PathBuf::from("/d2")];
+        let hash = BlobHash::from_bytes([7; 32]);
+        let f = FileEntry::new("ks/t-0123/nb-1-big-Data.db".into(), 1, 10, hash);
+        assert_eq!(
+            snapshot_path(&roots, "cassette-x", &f),
+            PathBuf::from("/d2/ks/t-0123/snapshots/cassette-x/nb-1-big-Data.db")
+        );
+        let idx = FileEntry::new("ks/t-0123/.by_name/nb-2-big-Index.db".into(), 0, 10, hash);
+        assert_eq!(
+            snapshot_path(&roots, "cassette-x", &idx),
+            PathBuf::from("/d1/ks/t-0123/snapshots/cassette-x/.by_name/nb-2-big-Index.db")
+        );
+        for e in [&f, &idx] {
+            let p = snapshot_path(&roots, "cassette-x", e);
+            let root = &roots[usize::from(e.data_dir)];
+            assert_eq!(live_path_of(root, "cassette-x", &p).as_deref(), Some(e.path.as_str()));
+        }
+        // Another tag, another root, or no file name: no live path.
+        let p = snapshot_path(&roots, "cassette-x", &f);
+        assert_eq!(live_path_of(&roots[1], "cassette-y", &p), None);
+        assert_eq!(live_path_of(&roots[0], "cassette-x", &p), None);
+        assert_eq!(
+            live_path_of(&roots[1], "cassette-x", std::path::Path::new("/d2/ks/t-0123/snapshots/cassette-x")),
+            None
+        );
     }
 }

@@ -241,6 +241,81 @@ pub async fn load_manifest(
     cache: Option<&ManifestCache>,
 ) -> Result<NodeManifest, CatalogError> {
     let location = repo.location().to_string();
+    let bytes = manifest_bytes(repo, m, limits, cache).await?;
+    let manifest: NodeManifest = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
+        key: m.key.clone(),
+        location: location.clone(),
+        message: format!("not a node manifest: {e}"),
+    })?;
+    drop(bytes);
+    manifest.validate(limits.max_files).map_err(|source| CatalogError::Invalid {
+        key: m.key.clone(),
+        location: location.clone(),
+        source,
+    })?;
+    check_identity(m, &manifest.backup_id, &manifest.node.host_id, &manifest.node.cluster, location)?;
+    Ok(manifest)
+}
+
+/// The blobs a node manifest references, without building the manifest (an incremental backup
+/// needs only these; a large node's full manifest is tens of megabytes in memory).
+pub async fn load_manifest_blobs(
+    repo: &Repository,
+    m: &ManifestRef,
+    limits: &ManifestLimits,
+    cache: Option<&ManifestCache>,
+) -> Result<Vec<BlobHash>, CatalogError> {
+    #[derive(serde::Deserialize)]
+    struct Node {
+        host_id: HostId,
+        cluster: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct File {
+        sha256: BlobHash,
+    }
+    #[derive(serde::Deserialize)]
+    struct Blobs {
+        backup_id: BackupId,
+        node: Node,
+        files: Vec<File>,
+    }
+    let location = repo.location().to_string();
+    let bytes = manifest_bytes(repo, m, limits, cache).await?;
+    let b: Blobs = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
+        key: m.key.clone(),
+        location: location.clone(),
+        message: format!("not a node manifest: {e}"),
+    })?;
+    check_identity(m, &b.backup_id, &b.node.host_id, &b.node.cluster, location)?;
+    Ok(b.files.into_iter().map(|f| f.sha256).collect())
+}
+
+fn check_identity(
+    m: &ManifestRef,
+    backup_id: &BackupId,
+    host_id: &HostId,
+    cluster: &str,
+    location: String,
+) -> Result<(), CatalogError> {
+    if *backup_id != m.backup_id || *host_id != m.host_id || layout::cluster_key(cluster) != m.cluster_key {
+        return Err(CatalogError::Mismatch {
+            key: m.key.clone(),
+            location,
+            what: format!("backup {backup_id} of node {host_id} in cluster {cluster:?}"),
+        });
+    }
+    Ok(())
+}
+
+/// A manifest's bytes, from the local cache or the repository, within the size limit.
+async fn manifest_bytes(
+    repo: &Repository,
+    m: &ManifestRef,
+    limits: &ManifestLimits,
+    cache: Option<&ManifestCache>,
+) -> Result<bytes::Bytes, CatalogError> {
+    let location = repo.location().to_string();
     if m.size > limits.max_bytes.0 {
         return Err(StoreError::BadDocument {
             key: m.key.clone(),
@@ -252,7 +327,7 @@ pub async fn load_manifest(
         }
         .into());
     }
-    let bytes = match cache.and_then(|c| c.get(&m.key, m.size, m.last_modified)) {
+    Ok(match cache.and_then(|c| c.get(&m.key, m.size, m.last_modified)) {
         Some(b) => bytes::Bytes::from(b),
         None => {
             let b = repo.get_bytes(&m.key, limits.max_bytes.0).await?;
@@ -261,31 +336,7 @@ pub async fn load_manifest(
             }
             b
         }
-    };
-    let manifest: NodeManifest = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
-        key: m.key.clone(),
-        location: location.clone(),
-        message: format!("not a node manifest: {e}"),
-    })?;
-    manifest.validate(limits.max_files).map_err(|source| CatalogError::Invalid {
-        key: m.key.clone(),
-        location: location.clone(),
-        source,
-    })?;
-    if manifest.backup_id != m.backup_id
-        || manifest.node.host_id != m.host_id
-        || layout::cluster_key(&manifest.node.cluster) != m.cluster_key
-    {
-        return Err(CatalogError::Mismatch {
-            key: m.key.clone(),
-            location,
-            what: format!(
-                "backup {} of node {} in cluster {:?}",
-                manifest.backup_id, manifest.node.host_id, manifest.node.cluster
-            ),
-        });
-    }
-    Ok(manifest)
+    })
 }
 
 /// Reads many manifests, `limits.read_concurrency` at a time; fails at the first bad one.

@@ -830,8 +830,7 @@ fn place_files(
         // Components of one SSTable: same directory and name prefix.
         let dir = f.path.rsplit_once('/').map(|x| x.0).unwrap_or_default();
         let prefix = f
-            .sstable
-            .as_ref()
+            .sstable()
             .map(|s| format!("{}-{}-{}", s.version, s.generation, s.format))
             .unwrap_or_else(|| f.path.clone());
         let group = (f.data_dir, format!("{dir}/{prefix}"));

@@ -193,7 +193,7 @@ impl Repository {
     /// identical content (a retried write that had in fact succeeded), that is success;
     /// different content is an error.
     pub async fn put_json_create<T: Serialize>(&self, key: &str, value: &T) -> Result<Written, StoreError> {
-        let body = Bytes::from(serde_json::to_vec_pretty(value).map_err(|e| self.bad_doc(key, e.to_string()))?);
+        let body = Bytes::from(to_json_exact(value).map_err(|e| self.bad_doc(key, e.to_string()))?);
         match self.put_create(key, body.clone().into()).await {
             Ok(()) => Ok(Written::Created),
             Err(e) if e.is_already_exists() => {
@@ -277,6 +277,38 @@ impl Repository {
     fn bad_doc(&self, key: &str, message: String) -> StoreError {
         StoreError::BadDocument { key: key.to_owned(), location: self.display.clone(), message }
     }
+}
+
+/// Documents up to this size (compact) are written pretty-printed, larger ones compact.
+const PRETTY_MAX: usize = 1 << 20;
+
+/// JSON in a buffer of exactly its size: measured first, then written once (a large node
+/// manifest is tens of megabytes, and a growing buffer would hold up to three times that while
+/// it doubles). Pretty-printed for people up to [`PRETTY_MAX`]; compact above, where the
+/// indentation would add a third to a document nobody reads by eye.
+fn to_json_exact<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut compact = Count(0);
+    serde_json::to_writer(&mut compact, value)?;
+    if compact.0 > PRETTY_MAX {
+        let mut out = Vec::with_capacity(compact.0);
+        serde_json::to_writer(&mut out, value)?;
+        return Ok(out);
+    }
+    let mut pretty = Count(0);
+    serde_json::to_writer_pretty(&mut pretty, value)?;
+    let mut out = Vec::with_capacity(pretty.0);
+    serde_json::to_writer_pretty(&mut out, value)?;
+    Ok(out)
 }
 
 #[cfg(test)]

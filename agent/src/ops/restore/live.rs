@@ -203,7 +203,7 @@ fn link_table(
         }
     }
     for f in files {
-        if let Some(s) = &f.entry.sstable
+        if let Some(s) = f.entry.sstable()
             && let Ok(n) = s.generation.parse::<u64>()
         {
             max_seq = max_seq.max(n);

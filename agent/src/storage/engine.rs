@@ -71,6 +71,8 @@ pub struct TransferEngine {
     listing: tokio::sync::OnceCell<Option<HashMap<BlobHash, u64>>>,
     /// Files in the current upload or probe, which sizes the listing.
     listing_files: std::sync::atomic::AtomicUsize,
+    /// See [`TransferEngine::seeded`].
+    seeded: std::sync::atomic::AtomicBool,
     /// One lock per blob being checked or uploaded, so that two files with the same content in
     /// one operation upload it once.
     blob_locks: Mutex<HashMap<BlobHash, Arc<tokio::sync::Mutex<()>>>>,
@@ -103,6 +105,7 @@ impl TransferEngine {
             present: Mutex::default(),
             listing: tokio::sync::OnceCell::new(),
             listing_files: std::sync::atomic::AtomicUsize::new(0),
+            seeded: std::sync::atomic::AtomicBool::new(false),
             blob_locks: Mutex::default(),
             large_slots: tokio::sync::Semaphore::new(cfg.concurrency),
             small_slots: tokio::sync::Semaphore::new(cfg.small_file_concurrency),
@@ -161,7 +164,21 @@ impl TransferEngine {
     /// backup whose manifest was just read: blobs a kept manifest references are never removed,
     /// and removal does not run while a backup holds its lock. Do not seed from anything weaker.
     pub fn assume_present(&self, hashes: impl IntoIterator<Item = BlobHash>) {
-        self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(hashes);
+        let mut present = self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = present.len();
+        present.extend(hashes);
+        if present.len() > before {
+            self.seeded.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether [`TransferEngine::assume_present`] seeded the known blobs (an incremental backup).
+    /// The files left unknown are then new SSTables, nearly all of them new blobs: no listing of
+    /// the repository (which holds every earlier backup, and costs the store a walk of all of
+    /// it), and small files go straight to their create-only request, which also tells whether
+    /// the blob was there.
+    fn seeded(&self) -> bool {
+        self.seeded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What the listing says about a blob: `Some(Some(size))` stored, `Some(None)` not stored at
@@ -170,7 +187,7 @@ impl TransferEngine {
     async fn listed(&self, hash: &BlobHash) -> Option<Option<u64>> {
         let files = self.listing_files.load(std::sync::atomic::Ordering::Relaxed);
         let per_file = self.cfg.list_blobs_per_file;
-        if per_file == 0 || files < LISTING_MIN_FILES {
+        if per_file == 0 || files < LISTING_MIN_FILES || self.seeded() {
             return None;
         }
         let listing = self

@@ -103,12 +103,19 @@ impl TransferEngine {
     /// hashes is an error for both; listed twice with the same hash, once.
     pub async fn download_files(&self, items: Vec<DownloadItem>) -> DownloadReport {
         let mut failures = Vec::new();
-        let mut by_dest: std::collections::BTreeMap<PathBuf, DownloadItem> = std::collections::BTreeMap::new();
-        for item in items {
-            match by_dest.get(&item.dest) {
-                Some(prev) if prev.hash != item.hash => {
+        // Sorted by destination, duplicates side by side (no second copy of every path).
+        let mut items = items;
+        items.sort_by(|a, b| a.dest.cmp(&b.dest));
+        let mut kept: Vec<DownloadItem> = Vec::with_capacity(items.len());
+        let mut group: Vec<DownloadItem> = Vec::new();
+        let mut flush_group = |group: &mut Vec<DownloadItem>, kept: &mut Vec<DownloadItem>| {
+            let mut g = std::mem::take(group).into_iter();
+            let Some(first) = g.next() else { return };
+            let mut conflict = false;
+            for item in g {
+                if item.hash != first.hash {
+                    conflict = true;
                     failures.push(FileFailure {
-                        path: item.dest.clone(),
                         error: StoreError::local(
                             "download",
                             &item.dest,
@@ -116,21 +123,27 @@ impl TransferEngine {
                                 std::io::ErrorKind::InvalidInput,
                                 format!(
                                     "listed twice with different content ({} and {})",
-                                    prev.hash.short(),
+                                    first.hash.short(),
                                     item.hash.short()
                                 ),
                             ),
                         ),
+                        path: item.dest,
                     });
                 }
-                Some(_) => {}
-                None => {
-                    by_dest.insert(item.dest.clone(), item);
-                }
             }
+            if !conflict {
+                kept.push(first);
+            }
+        };
+        for item in items {
+            if group.last().is_some_and(|g| g.dest != item.dest) {
+                flush_group(&mut group, &mut kept);
+            }
+            group.push(item);
         }
-        let conflicted: std::collections::BTreeSet<PathBuf> = failures.iter().map(|f| f.path.clone()).collect();
-        let items: Vec<DownloadItem> = by_dest.into_values().filter(|i| !conflicted.contains(&i.dest)).collect();
+        flush_group(&mut group, &mut kept);
+        let items = kept;
         self.progress.add_total(items.len() as u64, items.iter().map(|i| i.size).sum());
 
         // Two stages: fetching (holds a download slot) and committing (rename into place, on
@@ -143,7 +156,7 @@ impl TransferEngine {
         // after it: after a crash a rerun hashes what it finds and fetches again what is wrong.
         let batched = self.cfg.fsync && cfg!(target_os = "linux");
         let written = std::sync::Mutex::new(std::collections::BTreeSet::new());
-        let results: Vec<(PathBuf, Result<DownloadedFile, StoreError>)> = futures::stream::iter(items)
+        let results: Vec<Result<DownloadedFile, Box<FileFailure>>> = futures::stream::iter(items)
             .map(|item| async move {
                 let _slot = self.slot(item.size).await;
                 let r = self.fetch(&item).await;
@@ -158,12 +171,20 @@ impl TransferEngine {
                         Err(e) => Err(e),
                     };
                     if batched
-                        && r.as_ref().is_ok_and(|f| f.downloaded)
+                        && r.as_ref().is_ok_and(|downloaded| *downloaded)
                         && let Some(dir) = item.dest.parent()
                     {
-                        written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(dir.to_owned());
+                        let mut written = written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if !written.contains(dir) {
+                            written.insert(dir.to_owned());
+                        }
                     }
-                    (item.dest, r)
+                    match r {
+                        Ok(downloaded) => {
+                            Ok(DownloadedFile { sha256: item.hash, size: item.size, downloaded, dest: item.dest })
+                        }
+                        Err(error) => Err(Box::new(FileFailure { path: item.dest, error })),
+                    }
                 }
             })
             .buffer_unordered(self.cfg.fsync_concurrency)
@@ -180,10 +201,11 @@ impl TransferEngine {
             tracing::warn!(error = %e, "could not save the hash cache");
         }
         let mut report = DownloadReport { files: Vec::new(), failures, stats: TransferStats::default() };
-        for (dest, r) in results {
+        report.files.reserve(results.len());
+        for r in results {
             match r {
                 Ok(f) => report.files.push(f),
-                Err(error) => report.failures.push(FileFailure { path: dest, error }),
+                Err(f) => report.failures.push(*f),
             }
         }
         report.stats = self.stats();
@@ -193,7 +215,8 @@ impl TransferEngine {
     /// Places one blob at `item.dest`, verified (with retries).
     pub async fn download_file(&self, item: &DownloadItem) -> Result<DownloadedFile, StoreError> {
         let fetched = self.fetch(item).await?;
-        self.finish(item, fetched, true).await
+        let downloaded = self.finish(item, fetched, true).await?;
+        Ok(DownloadedFile { dest: item.dest.clone(), sha256: item.hash, size: item.size, downloaded })
     }
 
     /// Fetches into a verified temporary file, unless the destination already has the content.
@@ -205,8 +228,9 @@ impl TransferEngine {
         self.backoff.run(&what, |_| self.fetch_attempt(item)).await.map(Fetched::Verified)
     }
 
-    /// Puts a fetched file under its name (durably, when `sync` and fsync is on) and reports it.
-    async fn finish(&self, item: &DownloadItem, fetched: Fetched, sync: bool) -> Result<DownloadedFile, StoreError> {
+    /// Puts a fetched file under its name (durably, when `sync` and fsync is on); returns whether
+    /// it was fetched (false: it was already in place).
+    async fn finish(&self, item: &DownloadItem, fetched: Fetched, sync: bool) -> Result<bool, StoreError> {
         let downloaded = match fetched {
             Fetched::InPlace => false,
             Fetched::Verified(tmp) => {
@@ -218,7 +242,7 @@ impl TransferEngine {
             }
         };
         self.progress.file_finished(&item.dest, item.size, !downloaded);
-        Ok(DownloadedFile { dest: item.dest.clone(), sha256: item.hash, size: item.size, downloaded })
+        Ok(downloaded)
     }
 
     /// True if the destination already holds exactly this content.
@@ -260,7 +284,7 @@ impl TransferEngine {
         let path = ObjectPath::from(key.as_str());
         let loc = self.repo.loc().to_owned();
         let file = std::fs::File::create(tmp).map_err(|e| StoreError::local("create", tmp, e))?;
-        let mut sink = HashingFile::new(file, tmp.to_owned(), self.buffers.clone());
+        let mut sink = HashingFile::new(file, tmp.to_owned(), self.buffers.clone(), item.size);
 
         if item.size > self.cfg.multipart_threshold.0 {
             let part = self.cfg.part_size_for(item.size);
@@ -439,17 +463,32 @@ struct HashingFile {
     file: Option<std::fs::File>,
     hasher: Option<Hasher>,
     pending: Option<Lease>,
+    /// Bytes the pending buffer gathers before it is written.
+    batch: usize,
     pool: BufferPool,
     written: u64,
+    /// The blob's size: a small blob's batch is leased at its size, not at [`WRITE_BATCH`].
+    expected: u64,
     path: PathBuf,
 }
 
 impl HashingFile {
-    fn new(file: std::fs::File, path: PathBuf, pool: BufferPool) -> Self {
-        Self { file: Some(file), hasher: Some(Hasher::new()), pending: None, pool, written: 0, path }
+    fn new(file: std::fs::File, path: PathBuf, pool: BufferPool, expected: u64) -> Self {
+        Self {
+            file: Some(file),
+            hasher: Some(Hasher::new()),
+            pending: None,
+            batch: WRITE_BATCH,
+            pool,
+            written: 0,
+            expected,
+            path,
+        }
     }
 
     async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError> {
+        // What is still to come once the bytes already gathered are counted.
+        let to_come = self.expected.saturating_sub(self.written);
         self.written += bytes.len() as u64;
         if bytes.len() >= WRITE_BATCH && self.pending.is_none() {
             return self.flush(bytes).await;
@@ -457,14 +496,17 @@ impl HashingFile {
         let mut rest = &bytes[..];
         while !rest.is_empty() {
             if self.pending.is_none() {
-                self.pending = Some(self.pool.lease(WRITE_BATCH).await);
+                let left = usize::try_from(to_come).unwrap_or(WRITE_BATCH).max(rest.len());
+                self.batch = left.clamp(1, WRITE_BATCH);
+                self.pending = Some(self.pool.lease(self.batch).await);
             }
+            let batch = self.batch;
             let full = match self.pending.as_mut().and_then(Lease::buf_mut) {
                 Some(buf) => {
-                    let n = rest.len().min(WRITE_BATCH - buf.len());
+                    let n = rest.len().min(batch.saturating_sub(buf.len()).max(1));
                     buf.extend_from_slice(&rest[..n]);
                     rest = &rest[n..];
-                    buf.len() >= WRITE_BATCH
+                    buf.len() >= batch
                 }
                 None => break,
             };

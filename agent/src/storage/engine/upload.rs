@@ -278,10 +278,13 @@ impl TransferEngine {
             if self.is_present(&hash) {
                 return Ok(false);
             }
-            // The listing answers first attempts; after a failure, ask the store itself.
+            // The listing answers first attempts; after a failure, ask the store itself. In an
+            // incremental backup a small new file skips the question: its create-only request
+            // answers it (see `put_small`).
             let listed = if attempt == 1 { self.listed(&hash).await } else { None };
             let stored = match listed {
                 Some(listed) => listed,
+                None if attempt == 1 && self.seeded() && size <= crate::storage::config::SMALL_FILE => None,
                 None => {
                     self.progress.checked(1);
                     self.repo.blob_size(&hash).await?

@@ -919,24 +919,25 @@ pub async fn download(
     state.downloaded_at = None;
     state.save(&plan.state_path())?;
     let engine = ctx.engine()?;
-    let report = ctx
-        .cancellable(engine.download_files(items.clone()))
-        .await
-        .ok_or(RestoreError::Cancelled { phase: "download" })?;
+    let total = items.len();
+    let report =
+        ctx.cancellable(engine.download_files(items)).await.ok_or(RestoreError::Cancelled { phase: "download" })?;
     if !report.failures.is_empty() {
         let full = report.failures.iter().any(|f| {
             matches!(&f.error, StoreError::Local { source, .. } if source.raw_os_error() == Some(28) || source.kind() == std::io::ErrorKind::StorageFull)
         });
         let hint = if full { " (the disk is full)".to_owned() } else { String::new() };
         return Err(RestoreError::Download {
-            total: items.len(),
+            total,
             failures: report.failures.iter().map(FailureSummary::from).collect(),
             hint,
         });
     }
+    let stats = report.stats;
+    drop(report);
     state.downloaded_at = Some(Utc::now());
     state.save(&plan.state_path())?;
-    Ok(report.stats)
+    Ok(stats)
 }
 
 /// Checks that the download phase finished for this plan (later phases may run in another call).

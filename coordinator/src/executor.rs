@@ -374,9 +374,7 @@ impl Executor {
                 spec.protect.push(p.backup_id);
             }
         }
-        let mut candidates: Vec<&crate::model::NodeRecord> = nodes.iter().collect();
-        candidates.sort_by_key(|n| (!n.health.agent_reachable, n.address.clone()));
-        let n = candidates.first().ok_or_else(|| PlanError(format!("cluster {} has no nodes", cluster.name)))?;
+        let n = plan::one_node(&cluster.name, &nodes)?;
         let ring: Vec<String> = nodes.iter().map(|n| n.host_id.clone()).collect();
         let plan = Plan {
             kind: plan::KIND_PURGE.into(),
@@ -384,14 +382,7 @@ impl Executor {
             exclusive_clusters: if spec.dry_run { vec![] } else { vec![cluster.name.clone()] },
             backup_id: format!("{}-{}", cluster.name, now_ms()),
             storage_cluster: cluster.cassandra_cluster_name.clone(),
-            nodes: vec![PlanNode {
-                host_id: n.host_id.clone(),
-                address: n.address.clone(),
-                agent_address: n.agent_address.clone(),
-                datacenter: n.datacenter.clone(),
-                rack: n.rack.clone(),
-                source_host: ring.join(","),
-            }],
+            nodes: vec![PlanNode { source_host: ring.join(","), ..plan::plan_node(n) }],
             steps: vec![Step {
                 phase: ph::BACKUP_PURGE.into(),
                 scope: Scope::Every,
@@ -431,9 +422,7 @@ impl Executor {
         let backups = self.raft.state().backups(&spec.cluster)?;
         let backup = plan::select_backup(&backups, &spec.cluster, &spec.backup)?.clone();
         // One node does it for the whole cluster: the first one that answered last.
-        let mut candidates: Vec<&crate::model::NodeRecord> = nodes.iter().collect();
-        candidates.sort_by_key(|n| (!n.health.agent_reachable, n.address.clone()));
-        let n = candidates.first().ok_or_else(|| PlanError(format!("cluster {} has no nodes", cluster.name)))?;
+        let n = plan::one_node(&cluster.name, &nodes)?;
         let kind = if delete { plan::KIND_DELETE } else { plan::KIND_VERIFY };
         let phase = if delete { ph::BACKUP_REMOVE } else { ph::BACKUP_VERIFY };
         let plan = Plan {
@@ -442,14 +431,7 @@ impl Executor {
             exclusive_clusters: if delete { vec![cluster.name.clone()] } else { vec![] },
             backup_id: backup.id.clone(),
             storage_cluster: backup.labels.get("cassandra_cluster").cloned().unwrap_or(cluster.cassandra_cluster_name),
-            nodes: vec![PlanNode {
-                host_id: n.host_id.clone(),
-                address: n.address.clone(),
-                agent_address: n.agent_address.clone(),
-                datacenter: n.datacenter.clone(),
-                rack: n.rack.clone(),
-                source_host: String::new(),
-            }],
+            nodes: vec![plan::plan_node(n)],
             steps: vec![Step {
                 phase: phase.into(),
                 scope: Scope::Every,

@@ -242,11 +242,7 @@ pub async fn load_manifest(
 ) -> Result<NodeManifest, CatalogError> {
     let location = repo.location().to_string();
     let bytes = manifest_bytes(repo, m, limits, cache).await?;
-    let manifest: NodeManifest = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
-        key: m.key.clone(),
-        location: location.clone(),
-        message: format!("not a node manifest: {e}"),
-    })?;
+    let manifest: NodeManifest = parse_manifest(&bytes, m, &location)?;
     drop(bytes);
     manifest.validate(limits.max_files).map_err(|source| CatalogError::Invalid {
         key: m.key.clone(),
@@ -282,13 +278,24 @@ pub async fn load_manifest_blobs(
     }
     let location = repo.location().to_string();
     let bytes = manifest_bytes(repo, m, limits, cache).await?;
-    let b: Blobs = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadDocument {
-        key: m.key.clone(),
-        location: location.clone(),
-        message: format!("not a node manifest: {e}"),
-    })?;
+    let b: Blobs = parse_manifest(&bytes, m, &location)?;
     check_identity(m, &b.backup_id, &b.node.host_id, &b.node.cluster, location)?;
     Ok(b.files.into_iter().map(|f| f.sha256).collect())
+}
+
+fn parse_manifest<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    m: &ManifestRef,
+    location: &str,
+) -> Result<T, CatalogError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        StoreError::BadDocument {
+            key: m.key.clone(),
+            location: location.to_owned(),
+            message: format!("not a node manifest: {e}"),
+        }
+        .into()
+    })
 }
 
 fn check_identity(

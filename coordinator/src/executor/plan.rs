@@ -195,7 +195,8 @@ pub struct PurgeSpec {
 #[error("{0}")]
 pub struct PlanError(pub String);
 
-fn plan_node(n: &NodeRecord) -> PlanNode {
+/// The plan's view of a registered node (no restore source).
+pub(crate) fn plan_node(n: &NodeRecord) -> PlanNode {
     PlanNode {
         host_id: n.host_id.clone(),
         address: n.address.clone(),
@@ -204,6 +205,15 @@ fn plan_node(n: &NodeRecord) -> PlanNode {
         rack: n.rack.clone(),
         source_host: String::new(),
     }
+}
+
+/// The node that does a whole-cluster job alone: one whose agent answered last, the first by
+/// address among them.
+pub(crate) fn one_node<'a>(cluster: &str, nodes: &'a [NodeRecord]) -> Result<&'a NodeRecord, PlanError> {
+    nodes
+        .iter()
+        .min_by_key(|n| (!n.health.agent_reachable, n.address.clone()))
+        .ok_or_else(|| PlanError(format!("cluster {cluster} has no nodes")))
 }
 
 fn sorted(mut nodes: Vec<PlanNode>) -> Vec<PlanNode> {

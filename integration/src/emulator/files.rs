@@ -175,17 +175,25 @@ pub fn sstable_prefixes(dir: &Path) -> Vec<SstableName> {
     seen.into_values().collect()
 }
 
-/// Hard-links every component of `prefix` from `from` into `to` (created as needed).
+/// Hard-links every component of `prefix` from `from` into `to`, which must exist (callers
+/// create it once, not once per SSTable). One `link` per component, as Cassandra does: a
+/// component its TOC lists but that is absent, or one already linked, is skipped.
 pub fn link_sstable(from: &Path, to: &Path, prefix: &str) -> anyhow::Result<u64> {
-    std::fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
+    let names = match Toc::read(&from.join(format!("{prefix}-TOC.txt"))) {
+        Ok(toc) => toc.components().iter().map(|c| format!("{prefix}-{c}")).collect(),
+        Err(_) => component_files(from, prefix),
+    };
     let mut n = 0;
-    for f in component_files(from, prefix) {
-        let dst = to.join(&f);
-        if dst.exists() {
-            continue;
+    for f in names {
+        match std::fs::hard_link(from.join(&f), to.join(&f)) {
+            Ok(()) => n += 1,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::AlreadyExists) => {
+                if e.kind() == std::io::ErrorKind::NotFound && !to.is_dir() {
+                    anyhow::bail!("link {} into {}: the directory does not exist", f, to.display());
+                }
+            }
+            Err(e) => return Err(e).with_context(|| format!("link {} into {}", f, to.display())),
         }
-        std::fs::hard_link(from.join(&f), &dst).with_context(|| format!("link {} into {}", f, to.display()))?;
-        n += 1;
     }
     Ok(n)
 }

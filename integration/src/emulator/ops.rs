@@ -1,7 +1,7 @@
 //! What an emulated node does: flush, snapshot, clear, import, refresh, compact, truncate,
 //! commit-log segments and archiving. Shared by the `nodetool`, `cqlsh` and admin front ends.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -108,6 +108,7 @@ fn go_live(c: &mut Cluster, node: usize, store: &str, root: usize, prefix: &str)
             Some((table_dir, idx)) => roots[root].join(table_dir).join(datadir::BACKUPS_DIR).join(format!(".{idx}")),
             None => dir.join(datadir::BACKUPS_DIR),
         };
+        std::fs::create_dir_all(&backups).with_context(|| format!("create {}", backups.display()))?;
         files::link_sstable(&dir, &backups, prefix)?;
     }
     Ok(())
@@ -343,6 +344,7 @@ fn snapshot_table(
     let mut stores: Vec<Option<String>> = vec![None];
     stores.extend(table.indexes.iter().filter(|i| i.kind == IndexKind::Native).map(|i| Some(i.name.clone())));
     let mut used_roots = BTreeSet::new();
+    let mut made_dirs = BTreeSet::new();
     for idx in &stores {
         let store = store_key(ks, &tdir, idx.as_deref());
         let live: Vec<LiveSstable> =
@@ -352,6 +354,10 @@ fn snapshot_table(
             let mut dst = roots[l.root].join(ks).join(&tdir).join(datadir::SNAPSHOTS_DIR).join(tag);
             if let Some(i) = idx {
                 dst = dst.join(format!(".{i}"));
+            }
+            if !made_dirs.contains(&dst) {
+                std::fs::create_dir_all(&dst).with_context(|| format!("create {}", dst.display()))?;
+                made_dirs.insert(dst.clone());
             }
             files::link_sstable(&src, &dst, &l.prefix)?;
             used_roots.insert(l.root);
@@ -512,7 +518,10 @@ pub fn clear(
     older_than_ms: Option<i64>,
     force: bool,
 ) -> anyhow::Result<()> {
-    let rows = snapshot_rows(c, node);
+    // Sizes and manifests are read only when a manifest decides (5.0's ephemeral flag, --older-than):
+    // a plain clear by tag unlinks, as Cassandra does, without a stat per file.
+    let needs_rows = older_than_ms.is_some() || (c.version == Version::V50 && !force);
+    let rows = if needs_rows { snapshot_rows(c, node) } else { Vec::new() };
     let n = &c.nodes[node];
     for (ks, t, tdir, _) in tables(c) {
         if !keyspaces.is_empty() && !keyspaces.contains(&ks) {
@@ -778,10 +787,19 @@ pub fn load(c: &Cluster, node: usize) -> u64 {
     let roots = n.roots();
     let mut total = 0;
     for (store, set) in &n.live {
+        // One listing per directory: a file counts when its SSTable prefix is live there.
+        let mut by_root: BTreeMap<usize, HashSet<&str>> = BTreeMap::new();
         for l in set {
-            let dir = roots[l.root].join(store);
-            for f in files::component_files(&dir, &l.prefix) {
-                total += std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
+            by_root.entry(l.root).or_default().insert(l.prefix.as_str());
+        }
+        for (root, prefixes) in by_root {
+            for e in std::fs::read_dir(roots[root].join(store)).into_iter().flatten().flatten() {
+                let name = e.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let live = SstableName::parse(name).is_ok_and(|s| prefixes.contains(s.sstable_prefix().as_str()));
+                if live && e.file_type().is_ok_and(|t| t.is_file()) {
+                    total += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
             }
         }
     }

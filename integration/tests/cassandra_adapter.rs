@@ -157,14 +157,14 @@ async fn t20_snapshot_list_and_clear_with_jbod_and_a_secondary_index() {
     assert!(users.schema_cql.as_ref().unwrap().contains(&format!("WITH ID = {}", t.id)));
     // Every manifest entry is a file of the snapshot; every SSTable file is a hard link to the live one.
     for f in &manifest.files {
-        assert!(users.files.iter().any(|x| x.live_path.ends_with(&format!("/{f}"))), "{f} not found");
+        assert!(users.files.iter().any(|x| x.live_path().ends_with(&format!("/{f}"))), "{f} not found");
     }
     let roots = state.nodes[0].roots();
     let mut index_files = 0;
     for f in users.sstable_files() {
-        let live = roots[f.data_root].join(&f.live_path);
+        let live = roots[f.data_root].join(f.live_path());
         let m = std::fs::metadata(&live).unwrap();
-        assert_eq!(f.inode, (m.dev(), m.ino()), "{}", f.live_path);
+        assert_eq!(f.inode, (m.dev(), m.ino()), "{}", f.live_path());
         index_files += usize::from(f.index.as_deref() == Some("users_email"));
     }
     assert_eq!(index_files, 6 * 8);

@@ -45,10 +45,8 @@ impl SnapshotManifest {
 pub struct SnapshotFile {
     /// Index of the data root it is in (in the order given to [`scan`]).
     pub data_root: usize,
-    /// Absolute path.
+    /// Absolute path: `<data root>/<ks>/<table>-<id>/snapshots/<tag>/[.<idx>/]<name>`.
     pub path: PathBuf,
-    /// Where the live file would be, relative to the data root: `<ks>/<table>-<id>/[.<idx>/]<name>`.
-    pub live_path: String,
     /// The secondary index it belongs to.
     pub index: Option<String>,
     /// Size in bytes.
@@ -62,6 +60,20 @@ impl SnapshotFile {
     /// and the parsed name would double each one's memory).
     pub fn kind(&self) -> FileKind {
         FileKind::of(self.path.file_name().and_then(|n| n.to_str()).unwrap_or_default())
+    }
+
+    /// Where the live file would be, relative to the data root: `<ks>/<table>-<id>/[.<idx>/]<name>`
+    /// (derived from the path when asked, not kept per file).
+    pub fn live_path(&self) -> String {
+        let mut parts = self.path.iter().rev().map(|c| c.to_string_lossy());
+        let name = parts.next().unwrap_or_default();
+        let index = self.index.as_ref().and_then(|_| parts.next());
+        let (_tag, _snapshots) = (parts.next(), parts.next());
+        let (table, ks) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        match index {
+            Some(i) => format!("{ks}/{table}/{i}/{name}"),
+            None => format!("{ks}/{table}/{name}"),
+        }
     }
 }
 
@@ -120,6 +132,18 @@ impl Snapshot {
 }
 
 fn read_dir(path: &Path) -> Result<Vec<(String, PathBuf, std::fs::FileType)>, CassandraError> {
+    Ok(list(path, false)?.into_iter().map(|(name, p, ft, _)| (name, p, ft)).collect())
+}
+
+/// Size, device and inode of a listed file.
+type FileStat = (u64, u64, u64);
+
+/// A listed entry: name, path, type, and for a regular file (when asked) its [`FileStat`].
+type Listed = (String, PathBuf, std::fs::FileType, Option<FileStat>);
+
+/// The entries of `path`, sorted by name; with `stat`, regular files are stat'ed through the open
+/// directory (no walk of the full path per file).
+fn list(path: &Path, stat: bool) -> Result<Vec<Listed>, CassandraError> {
     let mut out = Vec::new();
     let rd = std::fs::read_dir(path).map_err(|e| CassandraError::files("list", path, e))?;
     for e in rd {
@@ -127,12 +151,18 @@ fn read_dir(path: &Path) -> Result<Vec<(String, PathBuf, std::fs::FileType)>, Ca
         let ft = e.file_type().map_err(|err| CassandraError::files("stat", e.path(), err))?;
         // Non-UTF-8 names cannot be Cassandra files.
         if let Some(name) = e.file_name().to_str() {
+            let st = if stat && ft.is_file() {
+                let m = e.metadata().map_err(|err| CassandraError::files("stat", e.path(), err))?;
+                Some((m.len(), m.dev(), m.ino()))
+            } else {
+                None
+            };
             // Exactly sized: `DirEntry::path` may leave room for growth, and a node has tens of
             // thousands of these.
             let mut p = PathBuf::with_capacity(path.as_os_str().len() + 1 + name.len());
             p.push(path);
             p.push(name);
-            out.push((name.to_owned(), p, ft));
+            out.push((name.to_owned(), p, ft, st));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -170,7 +200,7 @@ pub fn scan(data_roots: &[PathBuf], tag: Option<&str>) -> Result<Vec<Snapshot>, 
                             files: Vec::new(),
                         });
                     entry.dirs.push(snap_path.clone());
-                    collect(entry, root_idx, &ks, &table, &snap_path)?;
+                    collect(entry, root_idx, &snap_path)?;
                 }
             }
         }
@@ -184,22 +214,15 @@ pub fn scan(data_roots: &[PathBuf], tag: Option<&str>) -> Result<Vec<Snapshot>, 
     Ok(by_tag.into_iter().map(|(tag, tables)| Snapshot { tag, tables }).collect())
 }
 
-fn collect(
-    t: &mut SnapshotTable,
-    root_idx: usize,
-    ks: &str,
-    table: &TableDir,
-    snap_dir: &Path,
-) -> Result<(), CassandraError> {
-    let entries = read_dir(snap_dir)?;
+fn collect(t: &mut SnapshotTable, root_idx: usize, snap_dir: &Path) -> Result<(), CassandraError> {
+    let entries = list(snap_dir, true)?;
     t.files.reserve(entries.len());
-    for (name, path, ft) in entries {
+    for (name, path, ft, st) in entries {
         if ft.is_dir() {
             if let Some(index) = name.strip_prefix('.').filter(|i| !i.is_empty()) {
-                for (fname, fpath, fft) in read_dir(&path)? {
+                for (_, fpath, fft, fst) in list(&path, true)? {
                     if fft.is_file() {
-                        let live = format!("{ks}/{}/.{index}/{fname}", table.dir_name());
-                        t.files.push(file(root_idx, fpath, live, Some(index.to_owned()))?);
+                        t.files.push(file(root_idx, fpath, fst, Some(index.to_owned()))?);
                     }
                 }
             }
@@ -221,8 +244,7 @@ fn collect(
             FileKind::EphemeralMarker => t.ephemeral = true,
             _ => {}
         }
-        let live = format!("{ks}/{}/{name}", table.dir_name());
-        t.files.push(file(root_idx, path, live, None)?);
+        t.files.push(file(root_idx, path, st, None)?);
     }
     Ok(())
 }
@@ -230,11 +252,17 @@ fn collect(
 fn file(
     data_root: usize,
     path: PathBuf,
-    live_path: String,
+    st: Option<FileStat>,
     index: Option<String>,
 ) -> Result<SnapshotFile, CassandraError> {
-    let m = std::fs::metadata(&path).map_err(|e| CassandraError::files("stat", &path, e))?;
-    Ok(SnapshotFile { data_root, live_path, index, size: m.len(), inode: (m.dev(), m.ino()), path })
+    let (size, dev, ino) = match st {
+        Some(st) => st,
+        None => {
+            let m = std::fs::metadata(&path).map_err(|e| CassandraError::files("stat", &path, e))?;
+            (m.len(), m.dev(), m.ino())
+        }
+    };
+    Ok(SnapshotFile { data_root, index, size, inode: (dev, ino), path })
 }
 
 #[cfg(test)]
@@ -281,7 +309,7 @@ mod tests {
         assert_eq!(t.manifest.as_ref().unwrap().files[2], ".users_by_email/nb-1-big-Data.db");
         assert!(t.schema_cql.as_ref().unwrap().contains("WITH ID"));
         assert!(!t.ephemeral);
-        let sst: Vec<_> = t.sstable_files().map(|f| (f.data_root, f.live_path.clone(), f.index.clone())).collect();
+        let sst: Vec<_> = t.sstable_files().map(|f| (f.data_root, f.live_path(), f.index.clone())).collect();
         assert_eq!(
             sst,
             [
@@ -290,7 +318,7 @@ mod tests {
                 (1, format!("shop/{T1}/nb-2-big-Data.db"), None),
             ]
         );
-        let linked = t.files.iter().find(|f| f.live_path.ends_with(&format!("{T1}/nb-1-big-Data.db"))).unwrap();
+        let linked = t.files.iter().find(|f| f.live_path().ends_with(&format!("{T1}/nb-1-big-Data.db"))).unwrap();
         let live_meta = std::fs::metadata(&live).unwrap();
         assert_eq!(linked.inode, (live_meta.dev(), live_meta.ino()), "the snapshot file is a hard link");
         assert_eq!(

@@ -407,7 +407,8 @@ fn select_files(
     snapshot: Vec<crate::cassandra::Snapshot>,
 ) -> (Vec<Candidate>, Vec<TableEntry>, Vec<String>) {
     let mut warnings = Vec::new();
-    let mut files = Vec::new();
+    // Sized for every file of the snapshot: no doubling slack on a large node.
+    let mut files = Vec::with_capacity(snapshot.iter().flat_map(|s| &s.tables).map(|t| t.files.len()).sum());
     let mut tables = Vec::new();
     for t in snapshot.into_iter().flat_map(|s| s.tables) {
         if !req.entities.matches(&t.keyspace, &t.table) {
@@ -468,19 +469,26 @@ fn select_files(
             }
         }
     }
+    files.shrink_to_fit();
     (files, tables, warnings)
 }
 
 /// Phase 2: store the snapshot's files. In a dry run, only find out what would be sent.
 pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) -> Result<Uploaded, BackupError> {
     // Before the snapshot is listed: the two are the largest per-file structures of a backup.
+    let t0 = Instant::now();
     let previous = blobs_of_previous_backup(ctx, snap).await;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "read the previous backup's blobs");
+    let t0 = Instant::now();
     let snapshot = ctx
         .cassandra
         .list_snapshots(Some(&snap.snapshot_tag))
         .await
         .map_err(|source| BackupError::ReadSnapshot { tag: snap.snapshot_tag.clone(), source })?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "listed the snapshot");
+    let t0 = Instant::now();
     let (mut candidates, tables, mut warnings) = select_files(req, snapshot);
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "selected the files by TOC");
     if tables.is_empty() {
         let what = if req.entities.is_explicit() {
             format!(
@@ -574,7 +582,9 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
         engine.assume_present(blobs);
     }
     let total = paths.len();
+    let t0 = Instant::now();
     let report = ctx.cancellable(engine.upload_files(paths)).await.ok_or(BackupError::Cancelled { cleared: false })?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "stored the files");
     if !report.failures.is_empty() {
         return Err(BackupError::Upload {
             total,
@@ -695,7 +705,9 @@ pub async fn write_manifest(
         files: std::mem::take(&mut up.files),
     };
     let key = layout::node_manifest_key(&snap.node.cluster, &snap.backup_id, &snap.node.host_id);
+    let t0 = Instant::now();
     ctx.repo.put_json_create(&key, &manifest).await?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, files = manifest.files.len(), "wrote the manifest");
     Ok((key, manifest))
 }
 
@@ -709,6 +721,8 @@ pub async fn cleanup(ctx: &OpContext, snap: &Snapshotted) -> Result<(), Cassandr
 pub async fn run(ctx: &OpContext, req: &BackupRequest) -> Result<BackupReport, BackupError> {
     let start = Instant::now();
     let snap = snapshot(ctx, req).await?;
+    // The snapshot's clear, when it ran beside the manifest's write.
+    let mut early_clear = None;
     let body = async {
         if ctx.cancel.is_cancelled() {
             return Err(BackupError::Cancelled { cleared: false });
@@ -722,7 +736,18 @@ pub async fn run(ctx: &OpContext, req: &BackupRequest) -> Result<BackupReport, B
             if ctx.cancel.is_cancelled() {
                 return Err(BackupError::Cancelled { cleared: false });
             }
-            let (key, m) = write_manifest(ctx, req, &snap, &mut up, &lock).await?;
+            // Every blob is stored: unless the lock lapsed (then the manifest phase may store
+            // blobs again from the snapshot), the snapshot is cleared while the manifest is written.
+            // Should the lock lapse just now and a blob be missing, storing it again fails and so
+            // does the backup: no manifest names a missing blob.
+            let (written, cleared) = if !req.keep_snapshot && !lock.lapsed() {
+                let (w, c) = tokio::join!(write_manifest(ctx, req, &snap, &mut up, &lock), cleanup(ctx, &snap));
+                (w, Some(c))
+            } else {
+                (write_manifest(ctx, req, &snap, &mut up, &lock).await, None)
+            };
+            early_clear = cleared;
+            let (key, m) = written?;
             up.files = m.files;
             up.tables = m.tables;
             Ok((up, Some(key)))
@@ -735,10 +760,11 @@ pub async fn run(ctx: &OpContext, req: &BackupRequest) -> Result<BackupReport, B
     let (cleared, clear_error) = if req.keep_snapshot {
         (false, None)
     } else {
-        match cleanup(ctx, &snap).await {
-            Ok(()) => (true, None),
-            Err(e) => (false, Some(e)),
+        match early_clear {
+            Some(r) => r,
+            None => cleanup(ctx, &snap).await,
         }
+        .map_or_else(|e| (false, Some(e)), |()| (true, None))
     };
     let (up, manifest_key) = match body {
         Ok(x) => x,

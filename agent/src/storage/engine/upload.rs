@@ -106,36 +106,60 @@ impl TransferEngine {
     /// others (so a rerun has less to do), except a permanent storage error (denied, missing
     /// bucket), which stops scheduling new files.
     pub async fn upload_files(&self, paths: Vec<PathBuf>) -> UploadReport {
-        let (sizes, unknown) = self.survey(&paths);
-        self.progress.add_total(paths.len() as u64, sizes.iter().sum());
-        self.expect_files(unknown);
+        // One pass of `stat`s: a file whose hash the cache knows and whose blob is known to be
+        // stored (an incremental backup's unchanged files) is done here, without a task, a second
+        // `stat` or a question to the store; the rest are uploaded below.
+        let total = paths.len();
+        let mut results: Vec<(usize, Result<UploadedFile, Box<FileFailure>>)> = Vec::with_capacity(total);
+        let mut todo = Vec::new();
+        let mut bytes = 0;
+        for (i, path) in paths.into_iter().enumerate() {
+            let meta = std::fs::metadata(&path).ok();
+            let size = meta.as_ref().map_or(0, std::fs::Metadata::len);
+            bytes += size;
+            match meta.filter(std::fs::Metadata::is_file).and_then(|m| self.cache.lookup(&m)) {
+                Some(sha256) if self.is_present(&sha256) => {
+                    results.push((i, Ok(UploadedFile { path, sha256, size, uploaded: false })));
+                }
+                _ => todo.push((i, path, size)),
+            }
+        }
+        self.progress.add_total(total as u64, bytes);
+        for (_, r) in &results {
+            if let Ok(f) = r {
+                self.progress.file_finished(&f.path, f.size, true);
+            }
+        }
+        self.expect_files(todo.len());
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let mut results: Vec<(usize, Result<UploadedFile, Box<FileFailure>>)> =
-            futures::stream::iter(paths.into_iter().zip(sizes).enumerate())
-                .map(|(i, (path, size))| {
-                    let stop = &stop;
-                    async move {
-                        let _slot = self.slot(size).await;
-                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            return (i, Err(Box::new(FileFailure { path, error: StoreError::Cancelled })));
-                        }
-                        let r = self.store_file(&path).await;
-                        if let Err(
-                            StoreError::Denied { .. } | StoreError::MissingBucket { .. } | StoreError::Config { .. },
-                        ) = &r
-                        {
-                            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        let r = match r {
-                            Ok(s) => Ok(UploadedFile { path, sha256: s.sha256, size: s.size, uploaded: s.uploaded }),
-                            Err(error) => Err(Box::new(FileFailure { path, error })),
-                        };
-                        (i, r)
+        let mut sent = futures::stream::iter(todo)
+            .map(|(i, path, size)| {
+                let stop = &stop;
+                async move {
+                    let _slot = self.slot(size).await;
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return (i, Err(Box::new(FileFailure { path, error: StoreError::Cancelled })));
                     }
-                })
-                .buffer_unordered(self.in_flight())
-                .collect()
-                .await;
+                    let r = self.store_file(&path).await;
+                    if let Err(
+                        StoreError::Denied { .. } | StoreError::MissingBucket { .. } | StoreError::Config { .. },
+                    ) = &r
+                    {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let r = match r {
+                        Ok(s) => Ok(UploadedFile { path, sha256: s.sha256, size: s.size, uploaded: s.uploaded }),
+                        Err(error) => Err(Box::new(FileFailure { path, error })),
+                    };
+                    (i, r)
+                }
+            })
+            .buffer_unordered(self.in_flight());
+        // Into the list sized for every file: no second list of the sent ones.
+        while let Some(r) = sent.next().await {
+            results.push(r);
+        }
+        drop(sent);
         if let Err(e) = self.cache.save() {
             tracing::warn!(error = %e, "could not save the hash cache; hashes will be recomputed next time");
         }

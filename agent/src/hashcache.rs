@@ -16,6 +16,11 @@
 //! skips damaged records (and ignores a torn tail), so a damaged file costs re-hashing only the
 //! files whose records were lost; the next save rewrites the file whole (temp file, fsync,
 //! rename). The cache is bounded: least recently used entries go first.
+//!
+//! The file is read on the first lookup, not when the cache is opened. An operation that only
+//! inserts (a restore's downloads) keeps its new entries in a list and appends them to the file
+//! as records, so it never holds the node's whole cache in memory; when the file is read later,
+//! the newer record of a file wins.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
@@ -92,9 +97,19 @@ pub struct HashCacheStats {
 #[derive(Debug, Default)]
 struct Inner {
     map: HashMap<FileKey, Entry>,
+    /// Whether the file was read into `map` (always, without a file).
+    loaded: bool,
+    /// Inserts made before the file was read, oldest first.
+    pending: Vec<(FileKey, Entry)>,
     dirty: bool,
     stats: HashCacheStats,
     last_save: Option<Instant>,
+}
+
+impl Inner {
+    fn count(&mut self) {
+        self.stats.entries = self.map.len() + self.pending.len();
+    }
 }
 
 /// A persistent map from file identity to SHA-256.
@@ -116,21 +131,11 @@ impl HashCache {
         Self::open(HashCacheConfig::default())
     }
 
-    /// Loads the cache from `cfg.path`. Never fails: a missing file means an empty cache, a
-    /// damaged one keeps its good records and is rewritten at the next save.
+    /// The cache kept in `cfg.path`. Never fails, and reads nothing yet: the file is read on
+    /// the first lookup. A missing file means an empty cache, a damaged one keeps its good
+    /// records and is rewritten at the next save.
     pub fn open(cfg: HashCacheConfig) -> Self {
-        let mut inner = Inner::default();
-        if let Some(path) = &cfg.path {
-            match std::fs::read(path) {
-                Ok(bytes) => load(&bytes, path, &mut inner),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot read the hash cache; starting empty");
-                    inner.dirty = true;
-                }
-            }
-        }
-        inner.stats.entries = inner.map.len();
+        let inner = Inner { loaded: cfg.path.is_none(), ..Inner::default() };
         Self { cfg, inner: Mutex::new(inner), saving: Mutex::new(()) }
     }
 
@@ -140,11 +145,29 @@ impl HashCache {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The lock, with the file read into the map (once).
+    fn loaded(&self) -> std::sync::MutexGuard<'_, Inner> {
+        let mut inner = self.lock();
+        if !inner.loaded {
+            if let Some(path) = &self.cfg.path {
+                read_file(path, &mut inner);
+            }
+            let pending = std::mem::take(&mut inner.pending);
+            inner.map.extend(pending);
+            inner.loaded = true;
+            if inner.map.len() > self.cfg.max_entries {
+                evict(&mut inner.map, self.cfg.max_entries);
+            }
+            inner.count();
+        }
+        inner
+    }
+
     /// The cached hash of the file described by `meta`, if it is known and still valid.
     pub fn lookup(&self, meta: &Metadata) -> Option<BlobHash> {
         let key = FileKey::of(meta);
         let strict = self.cfg.strict_ctime;
-        let mut inner = self.lock();
+        let mut inner = self.loaded();
         let found = match inner.map.get_mut(&key) {
             Some(e) if !strict || (e.ctime_s == meta.ctime() && e.ctime_ns == meta.ctime_nsec() as u32) => {
                 e.last_used = now_secs();
@@ -164,41 +187,62 @@ impl HashCache {
     pub fn insert(&self, meta: &Metadata, hash: BlobHash) {
         let entry = Entry { ctime_s: meta.ctime(), ctime_ns: meta.ctime_nsec() as u32, last_used: now_secs(), hash };
         let mut inner = self.lock();
-        inner.map.insert(FileKey::of(meta), entry);
-        inner.dirty = true;
-        if inner.map.len() > self.cfg.max_entries {
-            evict(&mut inner.map, self.cfg.max_entries);
+        if inner.loaded {
+            inner.map.insert(FileKey::of(meta), entry);
+            if inner.map.len() > self.cfg.max_entries {
+                evict(&mut inner.map, self.cfg.max_entries);
+            }
+        } else {
+            inner.pending.push((FileKey::of(meta), entry));
         }
-        inner.stats.entries = inner.map.len();
+        inner.dirty = true;
+        inner.count();
     }
 
     /// Forgets the file described by `meta` (its content turned out to differ).
     pub fn remove(&self, meta: &Metadata) {
-        let mut inner = self.lock();
+        let mut inner = self.loaded();
         if inner.map.remove(&FileKey::of(meta)).is_some() {
             inner.dirty = true;
         }
-        inner.stats.entries = inner.map.len();
+        inner.count();
     }
 
-    /// Counters since the cache was opened.
+    /// Counters since the cache was opened (reads the file if it was not yet).
     pub fn stats(&self) -> HashCacheStats {
-        self.lock().stats
+        self.loaded().stats
     }
 
     /// Writes the cache to its file if anything changed: temp file, fsync, rename, so a crash
-    /// leaves either the old or the new file.
+    /// leaves either the old or the new file. A cache whose file was never read appends its new
+    /// records to the file instead (then fsync), unless the file is missing, damaged or holds
+    /// more than half again `max_entries` records: then it is read and rewritten whole.
     ///
     /// The records are streamed to the temporary file under the lock (a few milliseconds for
     /// 100,000 entries) rather than copied into memory first; the fsync runs outside it.
     pub fn save(&self) -> io::Result<()> {
         let Some(path) = &self.cfg.path else { return Ok(()) };
         let _saving = self.saving.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !self.lock().dirty {
-            return Ok(());
+        {
+            let mut inner = self.lock();
+            if !inner.dirty {
+                return Ok(());
+            }
+            if !inner.loaded {
+                let limit = self.cfg.max_entries + self.cfg.max_entries / 2;
+                if let Some(file) = appendable(path, limit.saturating_sub(inner.pending.len()))? {
+                    let r = append(file, &inner.pending);
+                    if r.is_ok() {
+                        inner.pending = Vec::new();
+                        inner.dirty = false;
+                        inner.last_save = Some(Instant::now());
+                    }
+                    return r;
+                }
+            }
         }
         let result = write_atomically(path, |f| {
-            let mut inner = self.lock();
+            let mut inner = self.loaded();
             if !inner.dirty {
                 return Ok(false);
             }
@@ -235,46 +279,103 @@ fn evict(map: &mut HashMap<FileKey, Entry>, max: usize) {
     }
 }
 
-fn load(bytes: &[u8], path: &Path, inner: &mut Inner) {
-    let header_ok = bytes.len() >= HEADER_LEN
-        && &bytes[..4] == MAGIC
-        && bytes[4..8] == VERSION.to_le_bytes()
-        && bytes[8..12] == (RECORD_LEN as u32).to_le_bytes();
-    if !header_ok {
+fn header() -> [u8; HEADER_LEN] {
+    let mut head = [0u8; HEADER_LEN];
+    head[..4].copy_from_slice(MAGIC);
+    head[4..8].copy_from_slice(&VERSION.to_le_bytes());
+    head[8..12].copy_from_slice(&(RECORD_LEN as u32).to_le_bytes());
+    head
+}
+
+fn header_ok(head: &[u8]) -> bool {
+    head.len() >= HEADER_LEN && head[..12] == header()[..12]
+}
+
+/// The cache file opened for appending records, if it can take them: it exists, its header is
+/// good, it ends on a record boundary and holds at most `max_records`.
+fn appendable(path: &Path, max_records: usize) -> io::Result<Option<File>> {
+    use std::io::Read;
+    let mut f = match std::fs::OpenOptions::new().read(true).append(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len() as usize;
+    let mut head = [0u8; HEADER_LEN];
+    let whole = len >= HEADER_LEN && (len - HEADER_LEN).is_multiple_of(RECORD_LEN);
+    if !whole || (len - HEADER_LEN) / RECORD_LEN > max_records || f.read_exact(&mut head).is_err() || !header_ok(&head)
+    {
+        return Ok(None);
+    }
+    Ok(Some(f))
+}
+
+fn append(file: File, records: &[(FileKey, Entry)]) -> io::Result<()> {
+    let mut out = io::BufWriter::with_capacity(256 << 10, &file);
+    let mut rec = Vec::with_capacity(RECORD_LEN);
+    for (k, e) in records {
+        encode(k, e, &mut rec);
+        out.write_all(&rec)?;
+    }
+    out.flush()?;
+    drop(out);
+    file.sync_data()
+}
+
+/// Reads the cache file into `inner.map`, record by record (the file is not held in memory).
+fn read_file(path: &Path, inner: &mut Inner) {
+    use std::io::Read;
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the hash cache; starting empty");
+            inner.dirty = true;
+            return;
+        }
+    };
+    let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    let mut head = [0u8; HEADER_LEN];
+    if f.read_exact(&mut head).is_err() || !header_ok(&head) {
         tracing::warn!(path = %path.display(), "hash cache file has an unknown or damaged header; starting empty (hashes will be recomputed)");
         inner.dirty = true;
         return;
     }
-    let body = &bytes[HEADER_LEN..];
+    inner.map.reserve(len.saturating_sub(HEADER_LEN) / RECORD_LEN + inner.pending.len());
     let mut damaged = 0u64;
-    for rec in body.chunks(RECORD_LEN) {
-        if rec.len() < RECORD_LEN {
-            damaged += 1; // torn tail
-            break;
-        }
-        let (data, crc) = rec.split_at(RECORD_LEN - 4);
-        if crc32fast::hash(data).to_le_bytes() != crc {
-            damaged += 1;
+    let mut buf = vec![0u8; RECORD_LEN * 4096];
+    let mut filled = 0;
+    loop {
+        let n = match f.read(&mut buf[filled..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "reading the hash cache failed; keeping what was read");
+                inner.dirty = true;
+                break;
+            }
+        };
+        filled += n;
+        if n != 0 && filled < buf.len() {
             continue;
         }
-        let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap_or_default());
-        let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap_or_default());
-        let key = FileKey {
-            dev: u64_at(0),
-            ino: u64_at(8),
-            size: u64_at(16),
-            mtime_s: u64_at(24) as i64,
-            mtime_ns: u32_at(32),
-        };
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(&data[52..84]);
-        let entry = Entry {
-            ctime_s: u64_at(36) as i64,
-            ctime_ns: u32_at(44),
-            last_used: u32_at(48),
-            hash: BlobHash::from_bytes(hash),
-        };
-        inner.map.insert(key, entry);
+        let whole = filled - filled % RECORD_LEN;
+        for rec in buf[..whole].chunks(RECORD_LEN) {
+            match decode(rec) {
+                Some((key, entry)) => {
+                    inner.map.insert(key, entry);
+                }
+                None => damaged += 1,
+            }
+        }
+        if n == 0 {
+            if filled > whole {
+                damaged += 1; // torn tail
+            }
+            break;
+        }
+        buf.copy_within(whole..filled, 0);
+        filled -= whole;
     }
     if damaged > 0 {
         tracing::warn!(path = %path.display(), damaged, "hash cache file had damaged records; they were dropped and the file will be rewritten");
@@ -283,27 +384,47 @@ fn load(bytes: &[u8], path: &Path, inner: &mut Inner) {
     inner.stats.damaged_records = damaged;
 }
 
+/// One record, if its CRC matches.
+fn decode(rec: &[u8]) -> Option<(FileKey, Entry)> {
+    let (data, crc) = rec.split_at(RECORD_LEN - 4);
+    if crc32fast::hash(data).to_le_bytes() != crc {
+        return None;
+    }
+    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap_or_default());
+    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap_or_default());
+    let key =
+        FileKey { dev: u64_at(0), ino: u64_at(8), size: u64_at(16), mtime_s: u64_at(24) as i64, mtime_ns: u32_at(32) };
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&data[52..84]);
+    let entry = Entry {
+        ctime_s: u64_at(36) as i64,
+        ctime_ns: u32_at(44),
+        last_used: u32_at(48),
+        hash: BlobHash::from_bytes(hash),
+    };
+    Some((key, entry))
+}
+
+fn encode(k: &FileKey, e: &Entry, rec: &mut Vec<u8>) {
+    rec.clear();
+    rec.extend_from_slice(&k.dev.to_le_bytes());
+    rec.extend_from_slice(&k.ino.to_le_bytes());
+    rec.extend_from_slice(&k.size.to_le_bytes());
+    rec.extend_from_slice(&k.mtime_s.to_le_bytes());
+    rec.extend_from_slice(&k.mtime_ns.to_le_bytes());
+    rec.extend_from_slice(&e.ctime_s.to_le_bytes());
+    rec.extend_from_slice(&e.ctime_ns.to_le_bytes());
+    rec.extend_from_slice(&e.last_used.to_le_bytes());
+    rec.extend_from_slice(e.hash.as_bytes());
+    let crc = crc32fast::hash(rec);
+    rec.extend_from_slice(&crc.to_le_bytes());
+}
+
 fn serialize(map: &HashMap<FileKey, Entry>, out: &mut impl Write) -> io::Result<()> {
-    let mut head = Vec::with_capacity(HEADER_LEN);
-    head.extend_from_slice(MAGIC);
-    head.extend_from_slice(&VERSION.to_le_bytes());
-    head.extend_from_slice(&(RECORD_LEN as u32).to_le_bytes());
-    head.extend_from_slice(&0u32.to_le_bytes());
-    out.write_all(&head)?;
+    out.write_all(&header())?;
     let mut rec = Vec::with_capacity(RECORD_LEN);
     for (k, e) in map {
-        rec.clear();
-        rec.extend_from_slice(&k.dev.to_le_bytes());
-        rec.extend_from_slice(&k.ino.to_le_bytes());
-        rec.extend_from_slice(&k.size.to_le_bytes());
-        rec.extend_from_slice(&k.mtime_s.to_le_bytes());
-        rec.extend_from_slice(&k.mtime_ns.to_le_bytes());
-        rec.extend_from_slice(&e.ctime_s.to_le_bytes());
-        rec.extend_from_slice(&e.ctime_ns.to_le_bytes());
-        rec.extend_from_slice(&e.last_used.to_le_bytes());
-        rec.extend_from_slice(e.hash.as_bytes());
-        let crc = crc32fast::hash(&rec);
-        rec.extend_from_slice(&crc.to_le_bytes());
+        encode(k, e, &mut rec);
         out.write_all(&rec)?;
     }
     out.flush()
@@ -421,6 +542,66 @@ mod tests {
         assert_eq!(garbage.stats().entries, 0);
         garbage.save().unwrap();
         assert_eq!(&std::fs::read(&cache_path).unwrap()[..4], MAGIC);
+    }
+
+    #[test]
+    fn inserts_before_any_lookup_are_appended_and_the_newest_record_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_path = dir.path().join("hashes");
+        let files: Vec<PathBuf> = (0..6)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i}"));
+                std::fs::write(&p, format!("content {i}")).unwrap();
+                p
+            })
+            .collect();
+        let meta = |i: usize| std::fs::metadata(&files[i]).unwrap();
+        let first = HashCache::open(cfg(&cache_path));
+        for i in 0..3 {
+            first.insert(&meta(i), sha256(format!("content {i}").as_bytes()));
+        }
+        first.save().unwrap();
+        assert_eq!(std::fs::read(&cache_path).unwrap().len(), HEADER_LEN + 3 * RECORD_LEN);
+
+        // A restore only inserts: the file is not read, the records are appended.
+        let restore = HashCache::open(cfg(&cache_path));
+        restore.insert(&meta(3), sha256(b"content 3"));
+        restore.insert(&meta(4), sha256(b"content 4"));
+        restore.insert(&meta(0), sha256(b"a newer hash of f0"));
+        assert!(restore.lock().map.is_empty(), "the file was read although nothing was looked up");
+        restore.save().unwrap();
+        assert_eq!(std::fs::read(&cache_path).unwrap().len(), HEADER_LEN + 6 * RECORD_LEN, "appended");
+        restore.save().unwrap();
+        assert_eq!(std::fs::read(&cache_path).unwrap().len(), HEADER_LEN + 6 * RECORD_LEN, "nothing new to write");
+
+        let reopened = HashCache::open(cfg(&cache_path));
+        assert_eq!(reopened.lookup(&meta(0)), Some(sha256(b"a newer hash of f0")), "the newer record wins");
+        for i in 1..5 {
+            assert_eq!(reopened.lookup(&meta(i)), Some(sha256(format!("content {i}").as_bytes())));
+        }
+        assert_eq!(reopened.stats().entries, 5);
+        // A lookup read the file: the next save rewrites it whole, one record per file.
+        reopened.save().unwrap();
+        assert_eq!(std::fs::read(&cache_path).unwrap().len(), HEADER_LEN + 5 * RECORD_LEN);
+
+        // Inserts, then a lookup: the file and the earlier inserts are both there.
+        let mixed = HashCache::open(cfg(&cache_path));
+        mixed.insert(&meta(1), sha256(b"newer f1"));
+        assert_eq!(mixed.lookup(&meta(1)), Some(sha256(b"newer f1")));
+        assert_eq!(mixed.lookup(&meta(2)), Some(sha256(b"content 2")));
+
+        // A torn tail is never appended to: the file is read and rewritten whole instead (the
+        // torn record is lost, four of the five remain, plus the new one).
+        let mut bytes = std::fs::read(&cache_path).unwrap();
+        bytes.truncate(bytes.len() - RECORD_LEN / 2);
+        std::fs::write(&cache_path, &bytes).unwrap();
+        let torn = HashCache::open(cfg(&cache_path));
+        torn.insert(&meta(5), sha256(b"content 5"));
+        torn.save().unwrap();
+        assert_eq!(std::fs::read(&cache_path).unwrap().len(), HEADER_LEN + 5 * RECORD_LEN);
+        let after = HashCache::open(cfg(&cache_path));
+        assert_eq!(after.stats().damaged_records, 0);
+        assert_eq!(after.lookup(&meta(5)), Some(sha256(b"content 5")));
     }
 
     #[test]

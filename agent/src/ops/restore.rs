@@ -227,10 +227,8 @@ pub struct PlannedFile {
     pub entry: FileEntry,
     /// Index into [`RestorePlan::tables`].
     pub table: usize,
-    /// Index of the target data directory.
+    /// Index of the target data directory (and of its staging directory).
     pub root: usize,
-    /// Where the download goes.
-    pub staged: PathBuf,
     /// In-place: the final path.
     pub dest: Option<PathBuf>,
     /// In-place: the destination already holds exactly this content (nothing to download).
@@ -275,7 +273,20 @@ pub struct RestorePlan {
     pub warnings: Vec<String>,
 }
 
+impl PlannedFile {
+    /// Where the download goes: `<staging of its root>/<live path>`. Derived, not stored: a
+    /// node's plan has tens of thousands of files.
+    pub fn staged(&self, staging: &[PathBuf]) -> PathBuf {
+        staging[self.root].join(&self.entry.path)
+    }
+}
+
 impl RestorePlan {
+    /// Where the download of `f` goes.
+    pub fn staged(&self, f: &PlannedFile) -> PathBuf {
+        f.staged(&self.staging)
+    }
+
     /// Files that must be downloaded.
     pub fn to_download(&self) -> impl Iterator<Item = &PlannedFile> {
         self.files.iter().filter(|f| !f.in_place)
@@ -766,14 +777,15 @@ pub async fn plan(
     }
 
     let staging = staging_roots(staging_dir, &target_roots, &manifest.backup_id);
-    let files = place_files(req, &manifest, &mut tables, &target_roots, &staging, &dirs, &mut warnings)?;
+    let files = place_files(req, &manifest, &mut tables, &target_roots, &dirs, &mut warnings)?;
     // Untrusted paths: no symbolic link on the way to any destination.
     for f in &files {
         let anchor_staging = match staging_dir {
             Some(d) => d.to_path_buf(),
             None => target_roots[f.root].clone(),
         };
-        let rel_staged = f.staged.strip_prefix(&anchor_staging).unwrap_or(&f.staged).to_string_lossy().into_owned();
+        let staged = f.staged(&staging);
+        let rel_staged = staged.strip_prefix(&anchor_staging).unwrap_or(&staged).to_string_lossy().into_owned();
         super::check_no_symlinks(&anchor_staging, &rel_staged)?;
         if f.dest.is_some() {
             super::check_no_symlinks(&target_roots[f.root], &f.entry.path)?;
@@ -806,7 +818,6 @@ fn place_files(
     manifest: &NodeManifest,
     tables: &mut [PlannedTable],
     roots: &[PathBuf],
-    staging: &[PathBuf],
     dirs: &crate::cassandra::Directories,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<PlannedFile>, RestoreError> {
@@ -817,7 +828,8 @@ fn place_files(
     let mut load: Vec<u64> = vec![0; roots.len()];
     let mut groups: BTreeMap<(u16, String), usize> = BTreeMap::new();
     let mut skipped_index = false;
-    let mut out = Vec::new();
+    // Sized for every file of the backup, trimmed after: no doubling slack on a large node.
+    let mut out = Vec::with_capacity(manifest.files.len());
     for f in &manifest.files {
         let mut it = f.path.split('/');
         let (Some(ks), Some(tdir)) = (it.next(), it.next()) else { continue };
@@ -853,15 +865,9 @@ fn place_files(
         tables[ti].files += 1;
         tables[ti].bytes += f.size;
         let dest = (req.strategy == Strategy::InPlace).then(|| roots[root].join(&f.path));
-        out.push(PlannedFile {
-            entry: f.clone(),
-            table: ti,
-            root,
-            staged: staging[root].join(&f.path),
-            dest,
-            in_place: false,
-        });
+        out.push(PlannedFile { entry: f.clone(), table: ti, root, dest, in_place: false });
     }
+    out.shrink_to_fit();
     if skipped_index {
         warnings.push(
             "native secondary index SSTables are not restored into a running node: Cassandra rebuilds the indexes of imported SSTables".into(),
@@ -881,7 +887,7 @@ fn space_needed(plan: &RestorePlan) -> Result<Vec<SpaceCheck>, RestoreError> {
     let mut by_fs: BTreeMap<u64, SpaceCheck> = BTreeMap::new();
     for f in plan.to_download() {
         // Bytes already downloaded into staging (a rerun) do not count again.
-        let have = std::fs::metadata(&f.staged).map(|m| m.len() == f.entry.size).unwrap_or(false);
+        let have = std::fs::metadata(plan.staged(f)).map(|m| m.len() == f.entry.size).unwrap_or(false);
         if have {
             continue;
         }
@@ -905,7 +911,7 @@ pub async fn download(
     }
     let items: Vec<DownloadItem> = plan
         .to_download()
-        .map(|f| DownloadItem { hash: f.entry.sha256, size: f.entry.size, dest: f.staged.clone() })
+        .map(|f| DownloadItem { hash: f.entry.sha256, size: f.entry.size, dest: plan.staged(f) })
         .collect();
     let bytes: u64 = items.iter().map(|i| i.size).sum();
     ctx.say(format!("downloading {} files ({}) into {}", items.len(), human_bytes(bytes), plan.staging[0].display()));

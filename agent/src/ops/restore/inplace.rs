@@ -119,6 +119,7 @@ pub async fn place(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) ->
         }
     }
     let files_of = plan.files.iter().filter(|f| !f.in_place).cloned().collect::<Vec<_>>();
+    let staging = plan.staging.clone();
     let removed = tokio::task::spawn_blocking(move || -> Result<usize, RestoreError> {
         let mut removed = 0;
         for dir in &table_dirs {
@@ -146,7 +147,7 @@ pub async fn place(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) ->
             let Some(dest) = &f.dest else { continue };
             let dir = dest.parent().unwrap_or(Path::new("/"));
             std::fs::create_dir_all(dir).map_err(|e| RestoreError::local("create", dir, e))?;
-            move_into_place(&f.staged, dest)?;
+            move_into_place(&f.staged(&staging), dest)?;
         }
         let mut synced = BTreeSet::new();
         for f in &files_of {

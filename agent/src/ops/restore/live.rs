@@ -26,29 +26,31 @@ pub(super) async fn verify_staged(
         .cloned()
         .collect();
     let cache = std::sync::Arc::clone(&ctx.hash_cache);
+    let staging = plan.staging.clone();
     let problems = tokio::task::spawn_blocking(move || {
         let mut problems = Vec::new();
         for f in files {
-            let meta = match std::fs::metadata(&f.staged) {
+            let staged = f.staged(&staging);
+            let meta = match std::fs::metadata(&staged) {
                 Ok(m) => m,
                 Err(e) => {
-                    problems.push(format!("{}: {e}", f.staged.display()));
+                    problems.push(format!("{}: {e}", staged.display()));
                     continue;
                 }
             };
             if meta.len() != f.entry.size {
-                problems.push(format!("{}: {} bytes, expected {}", f.staged.display(), meta.len(), f.entry.size));
+                problems.push(format!("{}: {} bytes, expected {}", staged.display(), meta.len(), f.entry.size));
                 continue;
             }
             let hash = match cache.lookup(&meta) {
                 Some(h) => h,
-                None => match cassette_common::hash::sha256_file(&f.staged) {
+                None => match cassette_common::hash::sha256_file(&staged) {
                     Ok((h, _)) => {
                         cache.insert(&meta, h);
                         h
                     }
                     Err(e) => {
-                        problems.push(format!("{}: {e}", f.staged.display()));
+                        problems.push(format!("{}: {e}", staged.display()));
                         continue;
                     }
                 },
@@ -56,7 +58,7 @@ pub(super) async fn verify_staged(
             if hash != f.entry.sha256 {
                 problems.push(format!(
                     "{}: sha256 {} instead of {}",
-                    f.staged.display(),
+                    staged.display(),
                     hash.short(),
                     f.entry.sha256.short()
                 ));
@@ -135,7 +137,7 @@ pub async fn import(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) -
         match plan.strategy {
             Strategy::Import => {
                 let dirs: BTreeSet<PathBuf> =
-                    files.iter().filter_map(|f| f.staged.parent().map(Path::to_path_buf)).collect();
+                    files.iter().filter_map(|f| plan.staged(f).parent().map(Path::to_path_buf)).collect();
                 ctx.say(format!("importing {} files ({}) into {name}", files.len(), human_bytes(bytes)));
                 ctx.cassandra
                     .import(&ImportRequest {
@@ -249,10 +251,11 @@ fn link_table(
             return Err(RestoreError::local("create", dir, e));
         }
         let target = dir.join(format!("{new_prefix}-{}", name.component));
-        let linked = std::fs::hard_link(&f.staged, &target).or_else(|e| {
+        let staged = plan.staged(f);
+        let linked = std::fs::hard_link(&staged, &target).or_else(|e| {
             if e.kind() == std::io::ErrorKind::CrossesDevices {
                 // Staged on another file system (--staging-dir): copy, durably.
-                std::fs::copy(&f.staged, &target).and_then(|_| std::fs::File::open(&target)?.sync_all())
+                std::fs::copy(&staged, &target).and_then(|_| std::fs::File::open(&target)?.sync_all())
             } else {
                 Err(e)
             }

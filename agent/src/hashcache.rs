@@ -38,6 +38,8 @@ const VERSION: u32 = 1;
 const HEADER_LEN: usize = 16;
 /// dev, ino, size, mtime_s, mtime_ns, ctime_s, ctime_ns, last_used, hash, crc32.
 const RECORD_LEN: usize = 8 + 8 + 8 + 8 + 4 + 8 + 4 + 4 + 32 + 4;
+/// Inserts kept in memory before a cache whose file was not read appends them (about 700 KB).
+const PENDING_BATCH: usize = 8192;
 
 /// Configuration of the hash cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,9 +196,24 @@ impl HashCache {
             }
         } else {
             inner.pending.push((FileKey::of(meta), entry));
+            // A long restore appends as it goes (the final save makes it durable), so the
+            // list stays small.
+            if inner.pending.len() >= PENDING_BATCH
+                && let Some(path) = &self.cfg.path
+                && let Ok(Some(file)) = appendable(path, self.append_limit(inner.pending.len()))
+                && append(file, &inner.pending, false).is_ok()
+            {
+                inner.pending.clear();
+            }
         }
         inner.dirty = true;
         inner.count();
+    }
+
+    /// Most records the file may hold before `adding` more are appended to it rather than the
+    /// whole cache rewritten (which evicts).
+    fn append_limit(&self, adding: usize) -> usize {
+        (self.cfg.max_entries + self.cfg.max_entries / 2).saturating_sub(adding)
     }
 
     /// Forgets the file described by `meta` (its content turned out to differ).
@@ -228,17 +245,16 @@ impl HashCache {
             if !inner.dirty {
                 return Ok(());
             }
-            if !inner.loaded {
-                let limit = self.cfg.max_entries + self.cfg.max_entries / 2;
-                if let Some(file) = appendable(path, limit.saturating_sub(inner.pending.len()))? {
-                    let r = append(file, &inner.pending);
-                    if r.is_ok() {
-                        inner.pending = Vec::new();
-                        inner.dirty = false;
-                        inner.last_save = Some(Instant::now());
-                    }
-                    return r;
+            if !inner.loaded
+                && let Some(file) = appendable(path, self.append_limit(inner.pending.len()))?
+            {
+                let r = append(file, &inner.pending, true);
+                if r.is_ok() {
+                    inner.pending = Vec::new();
+                    inner.dirty = false;
+                    inner.last_save = Some(Instant::now());
                 }
+                return r;
             }
         }
         let result = write_atomically(path, |f| {
@@ -291,13 +307,26 @@ fn header_ok(head: &[u8]) -> bool {
     head.len() >= HEADER_LEN && head[..12] == header()[..12]
 }
 
-/// The cache file opened for appending records, if it can take them: it exists, its header is
-/// good, it ends on a record boundary and holds at most `max_records`.
+/// The cache file opened for appending records, if it can take them: its header is good, it
+/// ends on a record boundary and holds at most `max_records`. A missing file is created with
+/// its header.
 fn appendable(path: &Path, max_records: usize) -> io::Result<Option<File>> {
     use std::io::Read;
     let mut f = match std::fs::OpenOptions::new().read(true).append(true).open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut f = match std::fs::OpenOptions::new().read(true).append(true).create_new(true).open(path) {
+                Ok(f) => f,
+                // Created meanwhile: a full rewrite sorts it out.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            f.write_all(&header())?;
+            return Ok(Some(f));
+        }
         Err(e) => return Err(e),
     };
     let len = f.metadata()?.len() as usize;
@@ -310,7 +339,8 @@ fn appendable(path: &Path, max_records: usize) -> io::Result<Option<File>> {
     Ok(Some(f))
 }
 
-fn append(file: File, records: &[(FileKey, Entry)]) -> io::Result<()> {
+/// Appends whole records; with `sync`, the file's data (including earlier appends) is flushed.
+fn append(file: File, records: &[(FileKey, Entry)], sync: bool) -> io::Result<()> {
     let mut out = io::BufWriter::with_capacity(256 << 10, &file);
     let mut rec = Vec::with_capacity(RECORD_LEN);
     for (k, e) in records {
@@ -319,7 +349,7 @@ fn append(file: File, records: &[(FileKey, Entry)]) -> io::Result<()> {
     }
     out.flush()?;
     drop(out);
-    file.sync_data()
+    if sync { file.sync_data() } else { Ok(()) }
 }
 
 /// Reads the cache file into `inner.map`, record by record (the file is not held in memory).
@@ -602,6 +632,34 @@ mod tests {
         let after = HashCache::open(cfg(&cache_path));
         assert_eq!(after.stats().damaged_records, 0);
         assert_eq!(after.lookup(&meta(5)), Some(sha256(b"content 5")));
+    }
+
+    #[test]
+    fn a_long_run_of_inserts_is_appended_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_path = dir.path().join("state/hashes");
+        let n = PENDING_BATCH + 10;
+        let metas: Vec<Metadata> = (0..n)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i}"));
+                std::fs::write(&p, i.to_le_bytes()).unwrap();
+                std::fs::metadata(&p).unwrap()
+            })
+            .collect();
+        let cache = HashCache::open(cfg(&cache_path));
+        for (i, m) in metas.iter().enumerate() {
+            cache.insert(m, sha256(&i.to_le_bytes()));
+        }
+        // No file existed: it was created, and the first batch is in it before any save.
+        assert_eq!(std::fs::read(&cache_path).unwrap().len(), HEADER_LEN + PENDING_BATCH * RECORD_LEN);
+        assert_eq!(cache.lock().pending.len(), 10);
+        cache.save().unwrap();
+        assert_eq!(std::fs::read(&cache_path).unwrap().len(), HEADER_LEN + n * RECORD_LEN);
+        let reopened = HashCache::open(cfg(&cache_path));
+        assert_eq!(reopened.stats().entries, n);
+        assert_eq!(reopened.stats().damaged_records, 0);
+        assert_eq!(reopened.lookup(&metas[n - 1]), Some(sha256(&(n - 1).to_le_bytes())));
+        assert_eq!(reopened.lookup(&metas[0]), Some(sha256(&0usize.to_le_bytes())));
     }
 
     #[test]

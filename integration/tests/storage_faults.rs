@@ -438,3 +438,55 @@ fn t27_cli_put_list_round_trips_through_get() {
     );
     assert!(!work.path().join("escaped").exists());
 }
+
+#[test]
+fn t28_a_destination_listed_twice_is_placed_once_or_refused() {
+    let Some(server) = start(Backend::Local, "t28_a_destination_listed_twice_is_placed_once_or_refused") else {
+        return;
+    };
+    runtime().block_on(async {
+        let work = tempfile::tempdir().unwrap();
+        let repo = server.repository("dups", &cfg());
+        repo.init().await.unwrap();
+        let files: Vec<PathBuf> = (0..3).map(|i| work.path().join(format!("f{i}"))).collect();
+        for (i, f) in files.iter().enumerate() {
+            random_file(f, 1000 + i as u64, 40 + i as u64).unwrap();
+        }
+        let (up, _) = engine(&repo).upload_files(files.clone()).await.into_result().unwrap();
+        let item = |i: usize, dest: &str| DownloadItem {
+            hash: up[i].sha256,
+            size: up[i].size,
+            dest: work.path().join("restore").join(dest),
+        };
+        step("same destination, same content: placed once; same destination, two contents: refused, once per content");
+        let items = vec![item(2, "c"), item(0, "a"), item(1, "b"), item(0, "a"), item(2, "b"), item(1, "b")];
+        for counted in [false, true] {
+            let _ = std::fs::remove_dir_all(work.path().join("restore"));
+            let e = engine(&repo);
+            let report = if counted {
+                e.download_files_counted(items.clone()).await
+            } else {
+                e.download_files(items.clone()).await
+            };
+            let mut failed: Vec<(PathBuf, String)> =
+                report.failures.iter().map(|f| (f.path.clone(), f.error.to_string())).collect();
+            failed.sort();
+            assert_eq!(failed.len(), 2, "one failure per content of b: {failed:?}");
+            for (path, error) in &failed {
+                assert_eq!(path, &work.path().join("restore/b"));
+                assert!(error.contains("listed twice with different content"), "{error}");
+            }
+            assert!(!work.path().join("restore/b").exists(), "a destination with two contents is not placed");
+            assert_eq!(sha256_file(&work.path().join("restore/a")).unwrap().0, up[0].sha256);
+            assert_eq!(sha256_file(&work.path().join("restore/c")).unwrap().0, up[2].sha256);
+            let mut placed: Vec<PathBuf> = report.files.iter().map(|f| f.dest.clone()).collect();
+            placed.sort();
+            if counted {
+                assert!(placed.is_empty(), "the counted variant keeps no list of files");
+            } else {
+                assert_eq!(placed, vec![work.path().join("restore/a"), work.path().join("restore/c")]);
+            }
+            assert_eq!(report.stats.files_total, 2);
+        }
+    });
+}

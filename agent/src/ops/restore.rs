@@ -926,8 +926,10 @@ pub async fn download(
     state.save(&plan.state_path())?;
     let engine = ctx.engine()?;
     let total = items.len();
-    let report =
-        ctx.cancellable(engine.download_files(items)).await.ok_or(RestoreError::Cancelled { phase: "download" })?;
+    let report = ctx
+        .cancellable(engine.download_files_counted(items))
+        .await
+        .ok_or(RestoreError::Cancelled { phase: "download" })?;
     if !report.failures.is_empty() {
         let full = report.failures.iter().any(|f| {
             matches!(&f.error, StoreError::Local { source, .. } if source.raw_os_error() == Some(28) || source.kind() == std::io::ErrorKind::StorageFull)

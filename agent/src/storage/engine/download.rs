@@ -100,50 +100,59 @@ const WRITE_BATCH: usize = 1 << 20;
 
 impl TransferEngine {
     /// Places every item, `concurrency` at a time. A destination listed twice with different
-    /// hashes is an error for both; listed twice with the same hash, once.
+    /// hashes is not placed and fails once per hash; listed twice with the same hash, it is
+    /// placed once.
     pub async fn download_files(&self, items: Vec<DownloadItem>) -> DownloadReport {
+        self.download(items, true).await
+    }
+
+    /// [`download_files`](Self::download_files) for callers that need only the failures and
+    /// the counters: `files` stays empty, and each item's path is freed as soon as it is placed
+    /// (a restore of a large node holds tens of megabytes of paths otherwise).
+    pub async fn download_files_counted(&self, items: Vec<DownloadItem>) -> DownloadReport {
+        self.download(items, false).await
+    }
+
+    async fn download(&self, items: Vec<DownloadItem>, keep_files: bool) -> DownloadReport {
         let mut failures = Vec::new();
-        // Sorted by destination, duplicates side by side (no second copy of every path).
+        // Sorted by destination (then content), duplicates side by side, deduplicated in place
+        // (no second list, no second copy of any path): a destination listed with several
+        // contents is not placed and fails once per content.
         let mut items = items;
-        items.sort_by(|a, b| a.dest.cmp(&b.dest));
-        let mut kept: Vec<DownloadItem> = Vec::with_capacity(items.len());
-        let mut group: Vec<DownloadItem> = Vec::new();
-        let mut flush_group = |group: &mut Vec<DownloadItem>, kept: &mut Vec<DownloadItem>| {
-            let mut g = std::mem::take(group).into_iter();
-            let Some(first) = g.next() else { return };
-            let mut conflict = false;
-            for item in g {
-                if item.hash != first.hash {
-                    conflict = true;
+        items.sort_unstable_by(|a, b| (&a.dest, a.hash).cmp(&(&b.dest, b.hash)));
+        let mut kept = 0;
+        let mut i = 0;
+        while i < items.len() {
+            let mut j = i + 1;
+            while j < items.len() && items[j].dest == items[i].dest {
+                j += 1;
+            }
+            let group = &items[i..j];
+            if group.iter().all(|x| x.hash == group[0].hash) {
+                items.swap(kept, i);
+                kept += 1;
+            } else {
+                let mut hashes: Vec<BlobHash> = group.iter().map(|x| x.hash).collect();
+                hashes.dedup();
+                let listed = hashes.iter().map(BlobHash::short).collect::<Vec<_>>().join(", ");
+                for h in &hashes {
+                    let dest = &group[0].dest;
                     failures.push(FileFailure {
                         error: StoreError::local(
                             "download",
-                            &item.dest,
+                            dest,
                             std::io::Error::new(
                                 std::io::ErrorKind::InvalidInput,
-                                format!(
-                                    "listed twice with different content ({} and {})",
-                                    first.hash.short(),
-                                    item.hash.short()
-                                ),
+                                format!("listed twice with different content ({listed}); this one is {}", h.short()),
                             ),
                         ),
-                        path: item.dest,
+                        path: dest.clone(),
                     });
                 }
             }
-            if !conflict {
-                kept.push(first);
-            }
-        };
-        for item in items {
-            if group.last().is_some_and(|g| g.dest != item.dest) {
-                flush_group(&mut group, &mut kept);
-            }
-            group.push(item);
+            i = j;
         }
-        flush_group(&mut group, &mut kept);
-        let items = kept;
+        items.truncate(kept);
         self.progress.add_total(items.len() as u64, items.iter().map(|i| i.size).sum());
 
         // Two stages: fetching (holds a download slot) and committing (rename into place, on
@@ -156,7 +165,10 @@ impl TransferEngine {
         // after it: after a crash a rerun hashes what it finds and fetches again what is wrong.
         let batched = self.cfg.fsync && cfg!(target_os = "linux");
         let written = std::sync::Mutex::new(std::collections::BTreeSet::new());
-        let results: Vec<Result<DownloadedFile, Box<FileFailure>>> = futures::stream::iter(items)
+        // Sized for every file: no doubling slack on a large node.
+        let mut results: Vec<Result<DownloadedFile, Box<FileFailure>>> =
+            Vec::with_capacity(if keep_files { items.len() } else { 0 });
+        let mut done = futures::stream::iter(items)
             .map(|item| async move {
                 let _slot = self.slot(item.size).await;
                 let r = self.fetch(&item).await;
@@ -187,9 +199,13 @@ impl TransferEngine {
                     }
                 }
             })
-            .buffer_unordered(self.cfg.fsync_concurrency)
-            .collect()
-            .await;
+            .buffer_unordered(self.cfg.fsync_concurrency);
+        while let Some(r) = done.next().await {
+            if keep_files || r.is_err() {
+                results.push(r);
+            }
+        }
+        drop(done);
         let written = written.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err((dir, e)) = flush_file_systems(written).await {
             // Nothing written may be trusted: every downloaded file fails with the flush.

@@ -341,15 +341,17 @@ fn appendable(path: &Path, max_records: usize) -> io::Result<Option<File>> {
 
 /// Appends whole records; with `sync`, the file's data (including earlier appends) is flushed.
 fn append(file: File, records: &[(FileKey, Entry)], sync: bool) -> io::Result<()> {
-    let mut out = io::BufWriter::with_capacity(256 << 10, &file);
+    write_records(records.iter().map(|(k, e)| (k, e)), &mut io::BufWriter::with_capacity(256 << 10, &file))?;
+    if sync { file.sync_data() } else { Ok(()) }
+}
+
+fn write_records<'a>(records: impl Iterator<Item = (&'a FileKey, &'a Entry)>, out: &mut impl Write) -> io::Result<()> {
     let mut rec = Vec::with_capacity(RECORD_LEN);
     for (k, e) in records {
         encode(k, e, &mut rec);
         out.write_all(&rec)?;
     }
-    out.flush()?;
-    drop(out);
-    if sync { file.sync_data() } else { Ok(()) }
+    out.flush()
 }
 
 /// Reads the cache file into `inner.map`, record by record (the file is not held in memory).
@@ -373,45 +375,47 @@ fn read_file(path: &Path, inner: &mut Inner) {
     }
     inner.map.reserve(len.saturating_sub(HEADER_LEN) / RECORD_LEN + inner.pending.len());
     let mut damaged = 0u64;
-    let mut buf = vec![0u8; RECORD_LEN * 4096];
-    let mut filled = 0;
+    let mut reader = io::BufReader::with_capacity(RECORD_LEN * 4096, f);
+    let mut rec = [0u8; RECORD_LEN];
     loop {
-        let n = match f.read(&mut buf[filled..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        match read_full(&mut reader, &mut rec) {
+            Ok(0) => break,
+            Ok(RECORD_LEN) => match decode(&rec) {
+                Some((key, entry)) => {
+                    inner.map.insert(key, entry);
+                }
+                None => damaged += 1,
+            },
+            Ok(_) => {
+                damaged += 1; // torn tail
+                break;
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "reading the hash cache failed; keeping what was read");
                 inner.dirty = true;
                 break;
             }
-        };
-        filled += n;
-        if n != 0 && filled < buf.len() {
-            continue;
         }
-        let whole = filled - filled % RECORD_LEN;
-        for rec in buf[..whole].chunks(RECORD_LEN) {
-            match decode(rec) {
-                Some((key, entry)) => {
-                    inner.map.insert(key, entry);
-                }
-                None => damaged += 1,
-            }
-        }
-        if n == 0 {
-            if filled > whole {
-                damaged += 1; // torn tail
-            }
-            break;
-        }
-        buf.copy_within(whole..filled, 0);
-        filled -= whole;
     }
     if damaged > 0 {
         tracing::warn!(path = %path.display(), damaged, "hash cache file had damaged records; they were dropped and the file will be rewritten");
         inner.dirty = true;
     }
     inner.stats.damaged_records = damaged;
+}
+
+/// Reads until `buf` is full or the end of the file; returns how many bytes were read.
+fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// One record, if its CRC matches.
@@ -452,12 +456,7 @@ fn encode(k: &FileKey, e: &Entry, rec: &mut Vec<u8>) {
 
 fn serialize(map: &HashMap<FileKey, Entry>, out: &mut impl Write) -> io::Result<()> {
     out.write_all(&header())?;
-    let mut rec = Vec::with_capacity(RECORD_LEN);
-    for (k, e) in map {
-        encode(k, e, &mut rec);
-        out.write_all(&rec)?;
-    }
-    out.flush()
+    write_records(map.iter(), out)
 }
 
 /// Writes a temporary file with `fill` (which says whether there was anything to write), then
@@ -493,6 +492,17 @@ mod tests {
 
     fn cfg(path: &Path) -> HashCacheConfig {
         HashCacheConfig { path: Some(path.to_owned()), ..HashCacheConfig::default() }
+    }
+
+    /// Files `f0`..`f{n-1}` in `dir`, each holding `content {i}`.
+    fn numbered_files(dir: &Path, n: usize) -> Vec<PathBuf> {
+        (0..n)
+            .map(|i| {
+                let p = dir.join(format!("f{i}"));
+                std::fs::write(&p, format!("content {i}")).unwrap();
+                p
+            })
+            .collect()
     }
 
     #[test]
@@ -539,13 +549,7 @@ mod tests {
     fn damaged_records_are_dropped_and_the_file_rewritten() {
         let dir = tempfile::tempdir().unwrap();
         let cache_path = dir.path().join("hashes");
-        let files: Vec<PathBuf> = (0..5)
-            .map(|i| {
-                let p = dir.path().join(format!("f{i}"));
-                std::fs::write(&p, format!("content {i}")).unwrap();
-                p
-            })
-            .collect();
+        let files = numbered_files(dir.path(), 5);
         let cache = HashCache::open(cfg(&cache_path));
         for (i, f) in files.iter().enumerate() {
             cache.insert(&std::fs::metadata(f).unwrap(), sha256(format!("content {i}").as_bytes()));
@@ -578,13 +582,7 @@ mod tests {
     fn inserts_before_any_lookup_are_appended_and_the_newest_record_wins() {
         let dir = tempfile::tempdir().unwrap();
         let cache_path = dir.path().join("hashes");
-        let files: Vec<PathBuf> = (0..6)
-            .map(|i| {
-                let p = dir.path().join(format!("f{i}"));
-                std::fs::write(&p, format!("content {i}")).unwrap();
-                p
-            })
-            .collect();
+        let files = numbered_files(dir.path(), 6);
         let meta = |i: usize| std::fs::metadata(&files[i]).unwrap();
         let first = HashCache::open(cfg(&cache_path));
         for i in 0..3 {
@@ -639,13 +637,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache_path = dir.path().join("state/hashes");
         let n = PENDING_BATCH + 10;
-        let metas: Vec<Metadata> = (0..n)
-            .map(|i| {
-                let p = dir.path().join(format!("f{i}"));
-                std::fs::write(&p, i.to_le_bytes()).unwrap();
-                std::fs::metadata(&p).unwrap()
-            })
-            .collect();
+        let metas: Vec<Metadata> =
+            numbered_files(dir.path(), n).iter().map(|p| std::fs::metadata(p).unwrap()).collect();
         let cache = HashCache::open(cfg(&cache_path));
         for (i, m) in metas.iter().enumerate() {
             cache.insert(m, sha256(&i.to_le_bytes()));

@@ -144,9 +144,8 @@ pub fn copy_sstable(
 /// `TOC.txt` lists that exist, as Cassandra knows them; a directory scan only when there is no
 /// readable TOC. Listing by TOC keeps operations on tables with 10,000 SSTables linear.
 pub fn component_files(dir: &Path, prefix: &str) -> Vec<String> {
-    if let Ok(toc) = Toc::read(&dir.join(format!("{prefix}-TOC.txt"))) {
-        let mut out: Vec<String> =
-            toc.components().iter().map(|c| format!("{prefix}-{c}")).filter(|f| dir.join(f).exists()).collect();
+    if let Some(listed) = toc_files(dir, prefix) {
+        let mut out: Vec<String> = listed.into_iter().filter(|f| dir.join(f).exists()).collect();
         out.sort();
         return out;
     }
@@ -160,6 +159,12 @@ pub fn component_files(dir: &Path, prefix: &str) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+/// The file names `<prefix>-<component>` its readable `TOC.txt` lists, present or not.
+fn toc_files(dir: &Path, prefix: &str) -> Option<Vec<String>> {
+    let toc = Toc::read(&dir.join(format!("{prefix}-TOC.txt"))).ok()?;
+    Some(toc.components().iter().map(|c| format!("{prefix}-{c}")).collect())
 }
 
 /// Distinct SSTable prefixes in `dir` (non-recursive), ignoring temporary files.
@@ -179,19 +184,16 @@ pub fn sstable_prefixes(dir: &Path) -> Vec<SstableName> {
 /// create it once, not once per SSTable). One `link` per component, as Cassandra does: a
 /// component its TOC lists but that is absent, or one already linked, is skipped.
 pub fn link_sstable(from: &Path, to: &Path, prefix: &str) -> anyhow::Result<u64> {
-    let names = match Toc::read(&from.join(format!("{prefix}-TOC.txt"))) {
-        Ok(toc) => toc.components().iter().map(|c| format!("{prefix}-{c}")).collect(),
-        Err(_) => component_files(from, prefix),
-    };
+    let names = toc_files(from, prefix).unwrap_or_else(|| component_files(from, prefix));
     let mut n = 0;
     for f in names {
         match std::fs::hard_link(from.join(&f), to.join(&f)) {
             Ok(()) => n += 1,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::AlreadyExists) => {
-                if e.kind() == std::io::ErrorKind::NotFound && !to.is_dir() {
-                    anyhow::bail!("link {} into {}: the directory does not exist", f, to.display());
-                }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !to.is_dir() => {
+                anyhow::bail!("link {} into {}: the directory does not exist", f, to.display())
             }
+            // Listed but absent, or linked already.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::AlreadyExists) => {}
             Err(e) => return Err(e).with_context(|| format!("link {} into {}", f, to.display())),
         }
     }

@@ -166,8 +166,7 @@ impl TransferEngine {
         let batched = self.cfg.fsync && cfg!(target_os = "linux");
         let written = std::sync::Mutex::new(std::collections::BTreeSet::new());
         // Sized for every file: no doubling slack on a large node.
-        let mut results: Vec<Result<DownloadedFile, Box<FileFailure>>> =
-            Vec::with_capacity(if keep_files { items.len() } else { 0 });
+        let mut files = Vec::with_capacity(if keep_files { items.len() } else { 0 });
         let mut done = futures::stream::iter(items)
             .map(|item| async move {
                 let _slot = self.slot(item.size).await;
@@ -201,8 +200,10 @@ impl TransferEngine {
             })
             .buffer_unordered(self.cfg.fsync_concurrency);
         while let Some(r) = done.next().await {
-            if keep_files || r.is_err() {
-                results.push(r);
+            match r {
+                Ok(f) if keep_files => files.push(f),
+                Ok(_) => {}
+                Err(f) => failures.push(*f),
             }
         }
         drop(done);
@@ -216,16 +217,7 @@ impl TransferEngine {
         if let Err(e) = self.cache.save() {
             tracing::warn!(error = %e, "could not save the hash cache");
         }
-        let mut report = DownloadReport { files: Vec::new(), failures, stats: TransferStats::default() };
-        report.files.reserve(results.len());
-        for r in results {
-            match r {
-                Ok(f) => report.files.push(f),
-                Err(f) => report.failures.push(*f),
-            }
-        }
-        report.stats = self.stats();
-        report
+        DownloadReport { files, failures, stats: self.stats() }
     }
 
     /// Places one blob at `item.dest`, verified (with retries).

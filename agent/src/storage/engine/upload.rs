@@ -114,14 +114,11 @@ impl TransferEngine {
         let mut todo = Vec::new();
         let mut bytes = 0;
         for (i, path) in paths.into_iter().enumerate() {
-            let meta = std::fs::metadata(&path).ok();
-            let size = meta.as_ref().map_or(0, std::fs::Metadata::len);
+            let (size, stored) = self.known_stored(&path);
             bytes += size;
-            match meta.filter(std::fs::Metadata::is_file).and_then(|m| self.cache.lookup(&m)) {
-                Some(sha256) if self.is_present(&sha256) => {
-                    results.push((i, Ok(UploadedFile { path, sha256, size, uploaded: false })));
-                }
-                _ => todo.push((i, path, size)),
+            match stored {
+                Some(sha256) => results.push((i, Ok(UploadedFile { path, sha256, size, uploaded: false }))),
+                None => todo.push((i, path, size)),
             }
         }
         self.progress.add_total(total as u64, bytes);
@@ -239,22 +236,30 @@ impl TransferEngine {
         report
     }
 
-    /// One `stat` per file: the size of each of `paths`, and how many may need an existence check.
-    /// Files whose hash the cache knows and whose blob is already known to be stored (e.g. from
-    /// the previous backup's manifest) need none. The blob listing is sized by that count, so an
+    /// One `stat` per file: the size of each of `paths`, and how many may need an existence check
+    /// (see [`TransferEngine::known_stored`]). The blob listing is sized by that count, so an
     /// incremental backup of a large node with a few new files asks about those few instead of
     /// listing every blob of the repository.
     fn survey(&self, paths: &[PathBuf]) -> (Vec<u64>, usize) {
         let mut sizes = Vec::with_capacity(paths.len());
         let mut unknown = 0usize;
         for p in paths {
-            let meta = std::fs::metadata(p).ok();
-            sizes.push(meta.as_ref().map_or(0, std::fs::Metadata::len));
-            if !meta.and_then(|m| self.cache.lookup(&m)).is_some_and(|h| self.is_present(&h)) {
-                unknown += 1;
-            }
+            let (size, stored) = self.known_stored(p);
+            sizes.push(size);
+            unknown += usize::from(stored.is_none());
         }
         (sizes, unknown)
+    }
+
+    /// One `stat`: the size of `path` (0 if it cannot be read), and its blob hash when nothing is
+    /// left to do for it: the hash cache knows the file and the blob is already known to be
+    /// stored (e.g. from the previous backup's manifest).
+    fn known_stored(&self, path: &Path) -> (u64, Option<BlobHash>) {
+        let meta = std::fs::metadata(path).ok();
+        let size = meta.as_ref().map_or(0, std::fs::Metadata::len);
+        let hash =
+            meta.filter(std::fs::Metadata::is_file).and_then(|m| self.cache.lookup(&m)).filter(|h| self.is_present(h));
+        (size, hash)
     }
 
     /// Stores one file as a blob (with retries).

@@ -145,13 +145,9 @@ pub async fn run_suite(backend: &str, repo_at: &dyn Fn(&str) -> Repository) {
 
     step(b, "download everything, verified");
     let out = work.path().join("restore");
-    let items: Vec<DownloadItem> = files
+    let items: Vec<DownloadItem<'_>> = files
         .iter()
-        .map(|f| DownloadItem {
-            hash: f.sha256,
-            size: f.size,
-            dest: out.join("ks/t").join(f.path.file_name().unwrap()),
-        })
+        .map(|f| DownloadItem::new(f.sha256, f.size, out.join("ks/t").join(f.path.file_name().unwrap())))
         .collect();
     let dl_cache = Arc::new(HashCache::in_memory());
     let report = engine(&repo, &dl_cache).download_files(items.clone()).await;
@@ -177,14 +173,10 @@ pub async fn run_suite(backend: &str, repo_at: &dyn Fn(&str) -> Repository) {
     assert_eq!(std::fs::read(&wrong).unwrap(), std::fs::read(src.join("c.small")).unwrap());
 
     step(b, "a missing blob fails with not-found and leaves no file");
-    let missing = DownloadItem {
-        hash: cassette_common::hash::sha256(b"never uploaded"),
-        size: 14,
-        dest: out.join("ks/t/missing.db"),
-    };
+    let missing = DownloadItem::new(cassette_common::hash::sha256(b"never uploaded"), 14, out.join("ks/t/missing.db"));
     let e = engine(&repo, &dl_cache).download_file(&missing).await.unwrap_err();
     assert!(e.is_not_found(), "{e}");
-    assert!(!missing.dest.exists());
+    assert!(!missing.dest().exists());
     no_temp_files(&out);
 
     step(b, "documents are create-only and round-trip");
@@ -279,10 +271,10 @@ pub async fn run_suite(backend: &str, repo_at: &dyn Fn(&str) -> Repository) {
     let (r1, r2) = tokio::join!(e1.upload_files(race_paths.clone()), e2.upload_files(race_paths.clone()));
     assert!(r1.failures.is_empty() && r2.failures.is_empty(), "{:#?} {:#?}", r1.failures, r2.failures);
     let race_out = work.path().join("race-out");
-    let items: Vec<DownloadItem> = r1
+    let items: Vec<DownloadItem<'_>> = r1
         .files
         .iter()
-        .map(|f| DownloadItem { hash: f.sha256, size: f.size, dest: race_out.join(f.path.file_name().unwrap()) })
+        .map(|f| DownloadItem::new(f.sha256, f.size, race_out.join(f.path.file_name().unwrap())))
         .collect();
     let report = engine(&repo, &c1).download_files(items).await;
     assert!(report.failures.is_empty(), "{:#?}", report.failures);
@@ -334,14 +326,10 @@ pub async fn run_suite(backend: &str, repo_at: &dyn Fn(&str) -> Repository) {
         .await
         .expect("uploads under a tight memory budget must not stall");
     assert!(report.failures.is_empty(), "{:#?}", report.failures);
-    let items: Vec<DownloadItem> = report
+    let items: Vec<DownloadItem<'_>> = report
         .files
         .iter()
-        .map(|f| DownloadItem {
-            hash: f.sha256,
-            size: f.size,
-            dest: work.path().join("big-out").join(f.path.file_name().unwrap()),
-        })
+        .map(|f| DownloadItem::new(f.sha256, f.size, work.path().join("big-out").join(f.path.file_name().unwrap())))
         .collect();
     let report = tokio::time::timeout(Duration::from_secs(120), tight_engine.download_files(items))
         .await

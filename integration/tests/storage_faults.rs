@@ -97,7 +97,7 @@ fn t20_blob_corrupted_on_server_disk_is_caught_on_download() {
                 std::fs::write(&on_disk, &bytes).unwrap();
 
                 let dest = work.path().join("restore").join(f.path.file_name().unwrap());
-                let item = DownloadItem { hash: f.sha256, size: f.size, dest: dest.clone() };
+                let item = DownloadItem::new(f.sha256, f.size, dest.clone());
                 let err = engine(&repo).download_file(&item).await.unwrap_err();
                 match &err {
                     StoreError::HashMismatch { path, expected, actual } => {
@@ -143,10 +143,7 @@ fn t21_dropped_connection_mid_upload_is_retried() {
         let direct = server.repository("dropped", &cfg());
         for f in a.iter().chain(&b) {
             let dest = work.path().join("check").join(f.path.file_name().unwrap());
-            engine(&direct)
-                .download_file(&DownloadItem { hash: f.sha256, size: f.size, dest: dest.clone() })
-                .await
-                .unwrap();
+            engine(&direct).download_file(&DownloadItem::new(f.sha256, f.size, dest.clone())).await.unwrap();
             assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&f.path).unwrap());
         }
     });
@@ -173,10 +170,7 @@ fn t22_body_corrupted_in_transit_is_rejected_and_retried() {
         step("the stored blob is the file, byte for byte (without the read-back repair it is not, on s3s-fs)");
         let direct = server.repository("in-transit", &cfg());
         let dest = work.path().join("check");
-        engine(&direct)
-            .download_file(&DownloadItem { hash: up[0].sha256, size: up[0].size, dest: dest.clone() })
-            .await
-            .unwrap();
+        engine(&direct).download_file(&DownloadItem::new(up[0].sha256, up[0].size, dest.clone())).await.unwrap();
         assert_eq!(sha256_file(&dest).unwrap(), sha256_file(&file).unwrap());
     });
 }
@@ -453,11 +447,8 @@ fn t28_a_destination_listed_twice_is_placed_once_or_refused() {
             random_file(f, 1000 + i as u64, 40 + i as u64).unwrap();
         }
         let (up, _) = engine(&repo).upload_files(files.clone()).await.into_result().unwrap();
-        let item = |i: usize, dest: &str| DownloadItem {
-            hash: up[i].sha256,
-            size: up[i].size,
-            dest: work.path().join("restore").join(dest),
-        };
+        let item =
+            |i: usize, dest: &str| DownloadItem::new(up[i].sha256, up[i].size, work.path().join("restore").join(dest));
         step("same destination, same content: placed once; same destination, two contents: refused, once per content");
         let items = vec![item(2, "c"), item(0, "a"), item(1, "b"), item(0, "a"), item(2, "b"), item(1, "b")];
         for counted in [false, true] {

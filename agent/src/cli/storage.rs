@@ -370,7 +370,7 @@ async fn get(a: GetArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
             })?;
             let mut items = Vec::with_capacity(doc.files.len());
             for f in doc.files {
-                items.push(DownloadItem { hash: f.sha256, size: f.size, dest: to.join(safe_relative(&f.path)?) });
+                items.push(DownloadItem::new(f.sha256, f.size, to.join(safe_relative(&f.path)?)));
             }
             items
         }
@@ -380,7 +380,7 @@ async fn get(a: GetArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
                 .await?
                 .with_context(|| format!("blob {hash} is not stored at {}", repo.location()))?;
             let dest = a.output_file.clone().context("--output-file is needed with --sha256")?;
-            vec![DownloadItem { hash: *hash, size, dest }]
+            vec![DownloadItem::new(*hash, size, dest)]
         }
         (None, None) => bail!("give --list FILE --to DIR, or --sha256 HASH -o FILE"),
     };

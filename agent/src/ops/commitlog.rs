@@ -572,10 +572,10 @@ pub async fn restore(ctx: &OpContext, node: &NodeIdentity, req: &PitrRequest) ->
             req.conf_dir.display()
         )));
     }
-    let items: Vec<DownloadItem> = report
+    let items: Vec<DownloadItem<'_>> = report
         .segments
         .iter()
-        .map(|s| DownloadItem { hash: s.sha256, size: s.size, dest: req.download_dir.join(&s.segment) })
+        .map(|s| DownloadItem::new(s.sha256, s.size, req.download_dir.join(&s.segment)))
         .collect();
     let bytes: u64 = items.iter().map(|i| i.size).sum();
     ctx.say(format!(

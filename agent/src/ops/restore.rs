@@ -909,9 +909,9 @@ pub async fn download(
     if !short.is_empty() && !req.skip_space_check {
         return Err(RestoreError::NoSpace(short));
     }
-    let items: Vec<DownloadItem> = plan
+    let items: Vec<DownloadItem<'_>> = plan
         .to_download()
-        .map(|f| DownloadItem { hash: f.entry.sha256, size: f.entry.size, dest: plan.staged(f) })
+        .map(|f| DownloadItem::under(f.entry.sha256, f.entry.size, &plan.staging[f.root], Path::new(&f.entry.path)))
         .collect();
     let bytes: u64 = items.iter().map(|i| i.size).sum();
     ctx.say(format!("downloading {} files ({}) into {}", items.len(), human_bytes(bytes), plan.staging[0].display()));

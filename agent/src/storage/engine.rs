@@ -19,7 +19,7 @@ use cassette_common::hash::sha256_reader_with;
 use cassette_common::ids::BlobHash;
 use serde::Serialize;
 
-pub use download::{DownloadItem, DownloadReport, DownloadedFile, temp_path_for};
+pub use download::{Dest, DownloadItem, DownloadReport, DownloadedFile, temp_path_for};
 pub use upload::{ProbeReport, ProbedFile, UploadReport, UploadedFile};
 
 use super::config::{self, TransferConfig};

@@ -25,13 +25,168 @@ use crate::storage::progress::TransferStats;
 
 /// A blob to place at a local path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DownloadItem {
+pub struct DownloadItem<'a> {
     /// The blob.
     pub hash: BlobHash,
     /// Its size (from the manifest).
     pub size: u64,
     /// Where it goes.
-    pub dest: PathBuf,
+    pub dest: Dest<'a>,
+}
+
+/// Where a download goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest<'a> {
+    /// A full path.
+    Path(PathBuf),
+    /// `root` joined with the relative `rel`, both borrowed from what the caller keeps anyway (a
+    /// restore plan's staging directories and manifest paths): the download list of a node with
+    /// tens of thousands of files then holds no path of its own, and each path is put together
+    /// only while its file is in flight.
+    Under(&'a Path, &'a Path),
+}
+
+impl DownloadItem<'static> {
+    /// `hash` (of `size` bytes) to the full path `dest`.
+    pub fn new(hash: BlobHash, size: u64, dest: impl Into<PathBuf>) -> Self {
+        Self { hash, size, dest: Dest::Path(dest.into()) }
+    }
+}
+
+impl<'a> DownloadItem<'a> {
+    /// `hash` (of `size` bytes) to `root/rel`.
+    pub fn under(hash: BlobHash, size: u64, root: &'a Path, rel: &'a Path) -> Self {
+        Self { hash, size, dest: Dest::Under(root, rel) }
+    }
+
+    /// The full destination path.
+    pub fn dest(&self) -> std::borrow::Cow<'_, Path> {
+        match &self.dest {
+            Dest::Path(p) => std::borrow::Cow::Borrowed(p),
+            Dest::Under(root, rel) => std::borrow::Cow::Owned(root.join(rel)),
+        }
+    }
+
+    /// The item with its path put together, for the engine.
+    fn into_target(self) -> Target {
+        let dest = match self.dest {
+            Dest::Path(p) => p,
+            Dest::Under(root, rel) => root.join(rel),
+        };
+        Target { hash: self.hash, size: self.size, dest }
+    }
+}
+
+/// An item being placed: its full path exists only while the file is in flight.
+struct Target {
+    hash: BlobHash,
+    size: u64,
+    dest: PathBuf,
+}
+
+/// The items of a list, each with its path put together as it is taken.
+// A named iterator rather than `map(DownloadItem::into_target)`: the function item's lifetime
+// makes the download future fail rustc's `Send` check (rust-lang/rust#102211).
+struct Targets<'a>(std::vec::IntoIter<DownloadItem<'a>>);
+
+impl Iterator for Targets<'_> {
+    type Item = Target;
+
+    fn next(&mut self) -> Option<Target> {
+        self.0.next().map(|i| i.into_target())
+    }
+}
+
+/// Sorts `items` so that items with the same destination are side by side (and, among those, by
+/// content); the order is by full path when the items say so cheaply, and any order that groups
+/// equal destinations otherwise.
+fn sort_by_destination(items: &mut [DownloadItem<'_>]) {
+    // Fast path: every item is `root/rel` with a relative `rel`, and no root is inside another.
+    // Then two items have the same destination exactly when root and rel are the same, and the
+    // pairs sort without putting any path together.
+    let mut roots: Vec<&Path> = Vec::new();
+    let mut pairs = true;
+    for item in items.iter() {
+        match item.dest {
+            Dest::Under(root, rel) if rel.is_relative() => {
+                if !roots.iter().any(|r| std::ptr::eq(*r, root) || *r == root) {
+                    roots.push(root);
+                }
+            }
+            _ => {
+                pairs = false;
+                break;
+            }
+        }
+        if roots.len() > 64 {
+            pairs = false;
+            break;
+        }
+    }
+    let nested =
+        roots.iter().enumerate().any(|(i, a)| roots.iter().skip(i + 1).any(|b| a.starts_with(b) || b.starts_with(a)));
+    let all_paths = items.iter().all(|i| matches!(i.dest, Dest::Path(_)));
+    if pairs && !nested {
+        items.sort_unstable_by(|a, b| match (&a.dest, &b.dest) {
+            (Dest::Under(ra, xa), Dest::Under(rb, xb)) => (ra, xa, a.hash).cmp(&(rb, xb, b.hash)),
+            _ => std::cmp::Ordering::Equal,
+        });
+    } else if all_paths {
+        items.sort_unstable_by(|a, b| (a.dest(), a.hash).cmp(&(b.dest(), b.hash)));
+    } else {
+        items.sort_by_cached_key(|i| (i.dest().into_owned(), i.hash));
+    }
+}
+
+/// Sorts `items` by destination (then content) and keeps one item per destination, in place (no
+/// second list, no copy of any path). A destination listed with several contents is not kept and
+/// fails once per content.
+fn deduplicate(items: &mut Vec<DownloadItem<'_>>) -> Vec<FileFailure> {
+    let mut failures = Vec::new();
+    sort_by_destination(items);
+    let mut kept = 0;
+    let mut i = 0;
+    while i < items.len() {
+        let mut j = i + 1;
+        while j < items.len() && same_destination(&items[j], &items[i]) {
+            j += 1;
+        }
+        let group = &items[i..j];
+        if group.iter().all(|x| x.hash == group[0].hash) {
+            items.swap(kept, i);
+            kept += 1;
+        } else {
+            let mut hashes: Vec<BlobHash> = group.iter().map(|x| x.hash).collect();
+            hashes.dedup();
+            let listed = hashes.iter().map(BlobHash::short).collect::<Vec<_>>().join(", ");
+            let dest = group[0].dest().into_owned();
+            for h in &hashes {
+                failures.push(FileFailure {
+                    error: StoreError::local(
+                        "download",
+                        &dest,
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("listed twice with different content ({listed}); this one is {}", h.short()),
+                        ),
+                    ),
+                    path: dest.clone(),
+                });
+            }
+        }
+        i = j;
+    }
+    items.truncate(kept);
+    failures
+}
+
+/// Whether two items of a list sorted by [`sort_by_destination`] go to the same path.
+fn same_destination(a: &DownloadItem<'_>, b: &DownloadItem<'_>) -> bool {
+    match (&a.dest, &b.dest) {
+        (Dest::Path(p), Dest::Path(q)) => p == q,
+        (Dest::Under(ra, xa), Dest::Under(rb, xb)) if xa.is_relative() && xb.is_relative() && ra == rb => xa == xb,
+        _ => a.dest() == b.dest(),
+    }
 }
 
 /// One file handled by a download.
@@ -102,57 +257,20 @@ impl TransferEngine {
     /// Places every item, `concurrency` at a time. A destination listed twice with different
     /// hashes is not placed and fails once per hash; listed twice with the same hash, it is
     /// placed once.
-    pub async fn download_files(&self, items: Vec<DownloadItem>) -> DownloadReport {
+    pub async fn download_files(&self, items: Vec<DownloadItem<'_>>) -> DownloadReport {
         self.download(items, true).await
     }
 
     /// [`download_files`](Self::download_files) for callers that need only the failures and
     /// the counters: `files` stays empty, and each item's path is freed as soon as it is placed
     /// (a restore of a large node holds tens of megabytes of paths otherwise).
-    pub async fn download_files_counted(&self, items: Vec<DownloadItem>) -> DownloadReport {
+    pub async fn download_files_counted(&self, items: Vec<DownloadItem<'_>>) -> DownloadReport {
         self.download(items, false).await
     }
 
-    async fn download(&self, items: Vec<DownloadItem>, keep_files: bool) -> DownloadReport {
-        let mut failures = Vec::new();
-        // Sorted by destination (then content), duplicates side by side, deduplicated in place
-        // (no second list, no second copy of any path): a destination listed with several
-        // contents is not placed and fails once per content.
+    async fn download(&self, items: Vec<DownloadItem<'_>>, keep_files: bool) -> DownloadReport {
         let mut items = items;
-        items.sort_unstable_by(|a, b| (&a.dest, a.hash).cmp(&(&b.dest, b.hash)));
-        let mut kept = 0;
-        let mut i = 0;
-        while i < items.len() {
-            let mut j = i + 1;
-            while j < items.len() && items[j].dest == items[i].dest {
-                j += 1;
-            }
-            let group = &items[i..j];
-            if group.iter().all(|x| x.hash == group[0].hash) {
-                items.swap(kept, i);
-                kept += 1;
-            } else {
-                let mut hashes: Vec<BlobHash> = group.iter().map(|x| x.hash).collect();
-                hashes.dedup();
-                let listed = hashes.iter().map(BlobHash::short).collect::<Vec<_>>().join(", ");
-                for h in &hashes {
-                    let dest = &group[0].dest;
-                    failures.push(FileFailure {
-                        error: StoreError::local(
-                            "download",
-                            dest,
-                            std::io::Error::new(
-                                std::io::ErrorKind::InvalidInput,
-                                format!("listed twice with different content ({listed}); this one is {}", h.short()),
-                            ),
-                        ),
-                        path: dest.clone(),
-                    });
-                }
-            }
-            i = j;
-        }
-        items.truncate(kept);
+        let mut failures = deduplicate(&mut items);
         self.progress.add_total(items.len() as u64, items.iter().map(|i| i.size).sum());
 
         // Two stages: fetching (holds a download slot) and committing (rename into place, on
@@ -167,7 +285,8 @@ impl TransferEngine {
         let written = std::sync::Mutex::new(std::collections::BTreeSet::new());
         // Sized for every file: no doubling slack on a large node.
         let mut files = Vec::with_capacity(if keep_files { items.len() } else { 0 });
-        let mut done = futures::stream::iter(items)
+        // Each path is put together as its file is taken up (the iterator is lazy).
+        let mut done = futures::stream::iter(Targets(items.into_iter()))
             .map(|item| async move {
                 let _slot = self.slot(item.size).await;
                 let r = self.fetch(&item).await;
@@ -220,15 +339,16 @@ impl TransferEngine {
         DownloadReport { files, failures, stats: self.stats() }
     }
 
-    /// Places one blob at `item.dest`, verified (with retries).
-    pub async fn download_file(&self, item: &DownloadItem) -> Result<DownloadedFile, StoreError> {
+    /// Places one blob at its destination, verified (with retries).
+    pub async fn download_file(&self, item: &DownloadItem<'_>) -> Result<DownloadedFile, StoreError> {
+        let item = &item.clone().into_target();
         let fetched = self.fetch(item).await?;
         let downloaded = self.finish(item, fetched, true).await?;
         Ok(DownloadedFile { dest: item.dest.clone(), sha256: item.hash, size: item.size, downloaded })
     }
 
     /// Fetches into a verified temporary file, unless the destination already has the content.
-    async fn fetch(&self, item: &DownloadItem) -> Result<Fetched, StoreError> {
+    async fn fetch(&self, item: &Target) -> Result<Fetched, StoreError> {
         if self.already_in_place(item).await? {
             return Ok(Fetched::InPlace);
         }
@@ -238,7 +358,7 @@ impl TransferEngine {
 
     /// Puts a fetched file under its name (durably, when `sync` and fsync is on); returns whether
     /// it was fetched (false: it was already in place).
-    async fn finish(&self, item: &DownloadItem, fetched: Fetched, sync: bool) -> Result<bool, StoreError> {
+    async fn finish(&self, item: &Target, fetched: Fetched, sync: bool) -> Result<bool, StoreError> {
         let downloaded = match fetched {
             Fetched::InPlace => false,
             Fetched::Verified(tmp) => {
@@ -254,7 +374,7 @@ impl TransferEngine {
     }
 
     /// True if the destination already holds exactly this content.
-    async fn already_in_place(&self, item: &DownloadItem) -> Result<bool, StoreError> {
+    async fn already_in_place(&self, item: &Target) -> Result<bool, StoreError> {
         let meta = match tokio::fs::metadata(&item.dest).await {
             Ok(m) if m.is_file() && m.len() == item.size => m,
             _ => return Ok(false),
@@ -272,7 +392,7 @@ impl TransferEngine {
 
     /// One attempt: the blob into the temporary file beside the destination, verified. The
     /// temporary file is removed on failure.
-    async fn fetch_attempt(&self, item: &DownloadItem) -> Result<PathBuf, StoreError> {
+    async fn fetch_attempt(&self, item: &Target) -> Result<PathBuf, StoreError> {
         let dest = &item.dest;
         let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         tokio::fs::create_dir_all(dir).await.map_err(|e| StoreError::local("create directory", dir, e))?;
@@ -287,7 +407,7 @@ impl TransferEngine {
     }
 
     /// Fetches the blob into `tmp`, hashing on the way; fails unless size and hash match.
-    async fn fetch_verified(&self, item: &DownloadItem, tmp: &Path) -> Result<(), StoreError> {
+    async fn fetch_verified(&self, item: &Target, tmp: &Path) -> Result<(), StoreError> {
         let key = layout::blob_key(&item.hash);
         let path = ObjectPath::from(key.as_str());
         let loc = self.repo.loc().to_owned();
@@ -550,5 +670,79 @@ impl HashingFile {
             (Some(_), Some(h)) => Ok((h.finish(), self.written)),
             _ => Err(StoreError::local("write", &self.path, std::io::Error::other("writer already failed"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(n: u8) -> BlobHash {
+        cassette_common::hash::sha256(&[n])
+    }
+
+    fn dests(items: &[DownloadItem<'_>]) -> Vec<(PathBuf, BlobHash)> {
+        items.iter().map(|i| (i.dest().into_owned(), i.hash)).collect()
+    }
+
+    #[test]
+    fn items_under_roots_are_grouped_by_root_and_relative_path() {
+        let (a, b) = (Path::new("/data/1/staging"), Path::new("/data/2/staging"));
+        let mut items = vec![
+            DownloadItem::under(hash(1), 1, a, Path::new("ks/t/nb-2-big-Data.db")),
+            DownloadItem::under(hash(2), 1, b, Path::new("ks/t/nb-1-big-Data.db")),
+            DownloadItem::under(hash(1), 1, a, Path::new("ks/t/nb-2-big-Data.db")),
+            DownloadItem::under(hash(3), 1, a, Path::new("ks/t/nb-1-big-Data.db")),
+            DownloadItem::under(hash(4), 1, b, Path::new("ks/t/nb-1-big-Data.db")),
+        ];
+        let failures = deduplicate(&mut items);
+        // The same content twice is placed once; two contents for one path are refused, once each.
+        assert_eq!(
+            dests(&items),
+            vec![(a.join("ks/t/nb-1-big-Data.db"), hash(3)), (a.join("ks/t/nb-2-big-Data.db"), hash(1))]
+        );
+        assert_eq!(failures.len(), 2);
+        assert!(failures.iter().all(|f| f.path == b.join("ks/t/nb-1-big-Data.db")));
+    }
+
+    #[test]
+    fn nested_roots_and_mixed_forms_still_find_the_same_destination() {
+        let (outer, inner) = (Path::new("/s"), Path::new("/s/ks"));
+        let full = PathBuf::from("/s/ks/t/f");
+        for forms in [
+            // Nested roots: the same file through two roots.
+            vec![
+                DownloadItem::under(hash(1), 1, outer, Path::new("ks/t/f")),
+                DownloadItem::under(hash(2), 1, inner, Path::new("t/f")),
+            ],
+            // A full path and a root-relative one.
+            vec![
+                DownloadItem::new(hash(1), 1, full.clone()),
+                DownloadItem::under(hash(2), 1, outer, Path::new("ks/t/f")),
+            ],
+        ] {
+            let mut items = forms;
+            let failures = deduplicate(&mut items);
+            assert!(items.is_empty(), "{items:?}");
+            assert_eq!(failures.iter().map(|f| f.path.clone()).collect::<Vec<_>>(), vec![full.clone(), full.clone()]);
+        }
+        let mut same = vec![
+            DownloadItem::under(hash(1), 1, outer, Path::new("ks/t/f")),
+            DownloadItem::under(hash(1), 1, inner, Path::new("t/f")),
+            DownloadItem::new(hash(1), 1, full.clone()),
+        ];
+        assert!(deduplicate(&mut same).is_empty());
+        assert_eq!(dests(&same), vec![(full, hash(1))]);
+    }
+
+    #[test]
+    fn full_paths_sort_by_path() {
+        let mut items = vec![
+            DownloadItem::new(hash(1), 1, "/r/b"),
+            DownloadItem::new(hash(2), 1, "/r/a/c"),
+            DownloadItem::new(hash(1), 1, "/r/b"),
+        ];
+        assert!(deduplicate(&mut items).is_empty());
+        assert_eq!(dests(&items), vec![(PathBuf::from("/r/a/c"), hash(2)), (PathBuf::from("/r/b"), hash(1))]);
     }
 }

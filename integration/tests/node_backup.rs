@@ -131,8 +131,19 @@ fn scenario(env: &NodeEnv, version: Version, big: bool) {
         roots[0].join("shop").join(b.keys().find(|k| k.contains("/users-")).unwrap().split('/').nth(1).unwrap());
     std::fs::write(users_dir.join("nb-999-big-Data.db"), b"stray").unwrap();
     std::fs::write(users_dir.join("nb_txn_compaction_0b8b7d30-1c42-11ef-9d55-7f9d1b9b5a2e.log"), b"").unwrap();
+    // A planned file whose live copy changed (same size, other bytes) is replaced, not kept.
+    let changed = std::fs::read_dir(&users_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-Data.db") && !p.to_string_lossy().contains("nb-999-"))
+        .unwrap();
+    let mut bytes = std::fs::read(&changed).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::remove_file(&changed).unwrap();
+    std::fs::write(&changed, &bytes).unwrap();
     let r = env.agent_ok(&["restore", "latest", "--strategy", "in-place"]);
-    assert!(u(&r, "removed_files") >= 2, "{r}");
+    assert!(u(&r, "removed_files") >= 3, "{r}");
     let after = live_files(&roots, "shop");
     assert_eq!(after, b, "in place: the same files at the same paths, byte for byte");
     env.admin(&["start", &env.address]);

@@ -229,8 +229,6 @@ pub struct PlannedFile {
     pub table: usize,
     /// Index of the target data directory (and of its staging directory).
     pub root: usize,
-    /// In-place: the final path.
-    pub dest: Option<PathBuf>,
     /// In-place: the destination already holds exactly this content (nothing to download).
     pub in_place: bool,
 }
@@ -279,12 +277,22 @@ impl PlannedFile {
     pub fn staged(&self, staging: &[PathBuf]) -> PathBuf {
         staging[self.root].join(&self.entry.path)
     }
+
+    /// In-place: where the file ends up, `<its data directory>/<live path>`. Derived, not stored.
+    pub fn live(&self, target_roots: &[PathBuf]) -> PathBuf {
+        target_roots[self.root].join(&self.entry.path)
+    }
 }
 
 impl RestorePlan {
     /// Where the download of `f` goes.
     pub fn staged(&self, f: &PlannedFile) -> PathBuf {
         f.staged(&self.staging)
+    }
+
+    /// In-place: where `f` ends up (`None` for the other strategies, which import from staging).
+    pub fn dest(&self, f: &PlannedFile) -> Option<PathBuf> {
+        (self.strategy == Strategy::InPlace).then(|| f.live(&self.target_roots))
     }
 
     /// Files that must be downloaded.
@@ -787,7 +795,7 @@ pub async fn plan(
         let staged = f.staged(&staging);
         let rel_staged = staged.strip_prefix(&anchor_staging).unwrap_or(&staged).to_string_lossy().into_owned();
         super::check_no_symlinks(&anchor_staging, &rel_staged)?;
-        if f.dest.is_some() {
+        if req.strategy == Strategy::InPlace {
             super::check_no_symlinks(&target_roots[f.root], &f.entry.path)?;
         }
     }
@@ -864,8 +872,7 @@ fn place_files(
         load[root] += f.size;
         tables[ti].files += 1;
         tables[ti].bytes += f.size;
-        let dest = (req.strategy == Strategy::InPlace).then(|| roots[root].join(&f.path));
-        out.push(PlannedFile { entry: f.clone(), table: ti, root, dest, in_place: false });
+        out.push(PlannedFile { entry: f.clone(), table: ti, root, in_place: false });
     }
     out.shrink_to_fit();
     if skipped_index {
@@ -909,10 +916,13 @@ pub async fn download(
     if !short.is_empty() && !req.skip_space_check {
         return Err(RestoreError::NoSpace(short));
     }
-    let items: Vec<DownloadItem<'_>> = plan
-        .to_download()
-        .map(|f| DownloadItem::under(f.entry.sha256, f.entry.size, &plan.staging[f.root], Path::new(&f.entry.path)))
-        .collect();
+    // Sized exactly: a node's list is megabytes, and doubling would leave a third of it unused.
+    let mut items: Vec<DownloadItem<'_>> = Vec::with_capacity(plan.to_download().count());
+    items.extend(
+        plan.to_download().map(|f| {
+            DownloadItem::under(f.entry.sha256, f.entry.size, &plan.staging[f.root], Path::new(&f.entry.path))
+        }),
+    );
     let bytes: u64 = items.iter().map(|i| i.size).sum();
     ctx.say(format!("downloading {} files ({}) into {}", items.len(), human_bytes(bytes), plan.staging[0].display()));
     let mut state = RestoreState::load(&plan.state_path()).unwrap_or_default();

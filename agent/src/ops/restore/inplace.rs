@@ -22,7 +22,7 @@ pub async fn mark_in_place(ctx: &OpContext, plan: &mut RestorePlan) -> Result<()
         .files
         .iter()
         .enumerate()
-        .filter_map(|(i, f)| f.dest.clone().map(|d| (i, d, f.entry.size, f.entry.sha256)))
+        .filter_map(|(i, f)| plan.dest(f).map(|d| (i, d, f.entry.size, f.entry.sha256)))
         .collect();
     let same = tokio::task::spawn_blocking(move || {
         let mut same = Vec::new();
@@ -79,6 +79,12 @@ fn is_table_file(name: &str) -> bool {
 
 /// Places the staged files on the stopped node.
 pub async fn place(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) -> Result<Placed, RestoreError> {
+    if plan.strategy != super::Strategy::InPlace {
+        return Err(RestoreError::Refused(format!(
+            "files are placed only by an in-place restore, not {}",
+            plan.strategy.as_str()
+        )));
+    }
     let mut state = require_downloaded(plan, "import")?;
     // The node must still be stopped: it may have been started since the plan was made.
     if ctx.cassandra.is_up().await.map_err(|e| RestoreError::cassandra("check that the node is stopped", e))? {
@@ -96,8 +102,9 @@ pub async fn place(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) ->
         }
     }
     let mut out = Placed::default();
-    // Every file a restored table directory must end up with.
-    let keep: BTreeSet<PathBuf> = plan.files.iter().filter_map(|f| f.dest.clone()).collect();
+    // Live files that already hold their planned content stay; every other table file goes (the
+    // files to place are renamed over their paths afterwards).
+    let keep: BTreeSet<PathBuf> = plan.files.iter().filter(|f| f.in_place).filter_map(|f| plan.dest(f)).collect();
     let mut table_dirs: BTreeSet<PathBuf> = BTreeSet::new();
     for t in &plan.tables {
         for root in &plan.target_roots {
@@ -119,7 +126,7 @@ pub async fn place(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) ->
         }
     }
     let files_of = plan.files.iter().filter(|f| !f.in_place).cloned().collect::<Vec<_>>();
-    let staging = plan.staging.clone();
+    let (staging, roots) = (plan.staging.clone(), plan.target_roots.clone());
     let removed = tokio::task::spawn_blocking(move || -> Result<usize, RestoreError> {
         let mut removed = 0;
         for dir in &table_dirs {
@@ -135,7 +142,7 @@ pub async fn place(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) ->
                     let path = e.path();
                     let n = e.file_name().to_string_lossy().into_owned();
                     let Ok(ft) = e.file_type() else { continue };
-                    if ft.is_dir() || !is_table_file(&n) || keep_as_is(&keep, &files_of, &path) {
+                    if ft.is_dir() || !is_table_file(&n) || keep.contains(&path) {
                         continue;
                     }
                     std::fs::remove_file(&path).map_err(|e| RestoreError::local("remove", &path, e))?;
@@ -143,19 +150,18 @@ pub async fn place(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) ->
                 }
             }
         }
+        let mut dirs = BTreeSet::new();
         for f in &files_of {
-            let Some(dest) = &f.dest else { continue };
+            let dest = f.live(&roots);
             let dir = dest.parent().unwrap_or(Path::new("/"));
-            std::fs::create_dir_all(dir).map_err(|e| RestoreError::local("create", dir, e))?;
-            move_into_place(&f.staged(&staging), dest)?;
-        }
-        let mut synced = BTreeSet::new();
-        for f in &files_of {
-            if let Some(dir) = f.dest.as_ref().and_then(|d| d.parent())
-                && synced.insert(dir.to_path_buf())
-            {
-                sync_dir(dir).map_err(|e| RestoreError::local("sync", dir, e))?;
+            if !dirs.contains(dir) {
+                std::fs::create_dir_all(dir).map_err(|e| RestoreError::local("create", dir, e))?;
+                dirs.insert(dir.to_path_buf());
             }
+            move_into_place(&f.staged(&staging), &dest)?;
+        }
+        for dir in &dirs {
+            sync_dir(dir).map_err(|e| RestoreError::local("sync", dir, e))?;
         }
         Ok(removed)
     })
@@ -185,11 +191,6 @@ pub async fn place(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) ->
         out.yaml_updated = true;
     }
     Ok(out)
-}
-
-/// A live file that is a planned destination already holding the right content stays.
-fn keep_as_is(keep: &BTreeSet<PathBuf>, to_place: &[super::PlannedFile], path: &Path) -> bool {
-    keep.contains(path) && !to_place.iter().any(|f| f.dest.as_deref() == Some(path))
 }
 
 /// Renames a staged file into place; copies (durably) across file systems.

@@ -210,6 +210,17 @@ impl HashCache {
         inner.count();
     }
 
+    /// Makes room for `additional` inserts at once, when the file has been read (an upload that is
+    /// about to hash that many files): one allocation of the final size instead of growing by
+    /// doubling, which holds the old and the new table together at each step.
+    pub fn reserve(&self, additional: usize) {
+        let mut inner = self.lock();
+        if inner.loaded {
+            let room = self.cfg.max_entries.saturating_sub(inner.map.len());
+            inner.map.reserve(additional.min(room));
+        }
+    }
+
     /// Most records the file may hold before `adding` more are appended to it rather than the
     /// whole cache rewritten (which evicts).
     fn append_limit(&self, adding: usize) -> usize {

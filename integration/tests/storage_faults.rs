@@ -13,7 +13,10 @@
 //! - wrong credentials and a missing bucket fail fast with errors that say what to fix;
 //! - killing an upload (kill -9) leaves no visible partial object, and rerunning completes it;
 //! - killing a download leaves no partial file under the destination name, and rerunning completes it;
-//! - the CLI's `put --output json` list round-trips through `get --list`.
+//! - the CLI's `put --output json` list round-trips through `get --list`;
+//! - t28: a download destination listed twice is placed once (same content) or refused once per content;
+//! - t29: files of an upload that cannot be read fail alone; the stored files and the failures keep the
+//!   order given.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -478,6 +481,52 @@ fn t28_a_destination_listed_twice_is_placed_once_or_refused() {
                 assert_eq!(placed, vec![work.path().join("restore/a"), work.path().join("restore/c")]);
             }
             assert_eq!(report.stats.files_total, 2);
+        }
+    });
+}
+
+#[test]
+fn t29_files_that_cannot_be_read_fail_alone_and_the_rest_keep_their_order() {
+    let Some(server) = start(Backend::Local, "t29_files_that_cannot_be_read_fail_alone_and_the_rest_keep_their_order")
+    else {
+        return;
+    };
+    runtime().block_on(async {
+        let work = tempfile::tempdir().unwrap();
+        let repo = server.repository("partial", &cfg());
+        repo.init().await.unwrap();
+        // Real files between missing ones; the second run has one of them stored already (its
+        // hash cached), so both the stat pass and the upload tasks fill in the list.
+        let names = ["a", "gone-1", "b", "c", "gone-2", "d"];
+        let paths: Vec<PathBuf> = names.iter().map(|n| work.path().join(n)).collect();
+        for (i, p) in paths.iter().enumerate() {
+            if !p.to_string_lossy().contains("gone") {
+                random_file(p, 2000 + 300 * i as u64, 60 + i as u64).unwrap();
+            }
+        }
+        let cache = Arc::new(HashCache::in_memory());
+        let engine_with = |cache: &Arc<HashCache>| {
+            TransferEngine::new(repo.clone(), Arc::clone(cache), cfg(), Arc::new(NoProgress)).unwrap()
+        };
+        let (first, _) = engine_with(&cache).upload_files(vec![paths[2].clone()]).await.into_result().unwrap();
+        for round in 0..2 {
+            step(&format!("round {round}: four files stored in the order given, two failures in the order given"));
+            let e = engine_with(&cache);
+            if round == 1 {
+                e.assume_present([first[0].sha256]);
+            }
+            let report = e.upload_files(paths.clone()).await;
+            let stored: Vec<&Path> = report.files.iter().map(|f| f.path.as_path()).collect();
+            assert_eq!(stored, vec![&*paths[0], &*paths[2], &*paths[3], &*paths[5]]);
+            for f in &report.files {
+                assert_eq!(f.sha256, sha256_file(&f.path).unwrap().0, "{}", f.path.display());
+                assert_eq!(f.size, std::fs::metadata(&f.path).unwrap().len());
+            }
+            assert!(!report.files[1].uploaded, "b was stored before");
+            let failed: Vec<&Path> = report.failures.iter().map(|f| f.path.as_path()).collect();
+            assert_eq!(failed, vec![&*paths[1], &*paths[4]]);
+            assert!(report.failures.iter().all(|f| f.error.to_string().contains("gone-")));
+            assert_eq!(report.stats.files_total, 6);
         }
     });
 }

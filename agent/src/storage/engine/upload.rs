@@ -109,33 +109,55 @@ impl TransferEngine {
         // One pass of `stat`s: a file whose hash the cache knows and whose blob is known to be
         // stored (an incremental backup's unchanged files) is done here, without a task, a second
         // `stat` or a question to the store; the rest are uploaded below.
+        //
+        // One list, exactly sized, holds every file's entry in the order given and is filled in
+        // as files finish; the files left to send are indices into it (a file's path moves to its
+        // task and comes back with the result). No second list of the sent files, and none is
+        // built at the end.
         let total = paths.len();
-        let mut results: Vec<(usize, Result<UploadedFile, Box<FileFailure>>)> = Vec::with_capacity(total);
-        let mut todo = Vec::new();
+        let mut files: Vec<UploadedFile> = Vec::with_capacity(total);
+        let mut todo: Vec<usize> = Vec::new();
         let mut bytes = 0;
-        for (i, path) in paths.into_iter().enumerate() {
+        for path in paths {
             let (size, stored) = self.known_stored(&path);
             bytes += size;
             match stored {
-                Some(sha256) => results.push((i, Ok(UploadedFile { path, sha256, size, uploaded: false }))),
-                None => todo.push((i, path, size)),
+                Some(sha256) => files.push(UploadedFile { path, sha256, size, uploaded: false }),
+                None => {
+                    // A placeholder until the file is stored (the size decides its slot).
+                    todo.push(files.len());
+                    files.push(UploadedFile { path, sha256: BlobHash::from_bytes([0; 32]), size, uploaded: false });
+                }
             }
         }
+        todo.shrink_to_fit();
         self.progress.add_total(total as u64, bytes);
-        for (_, r) in &results {
-            if let Ok(f) = r {
+        let mut pending = todo.iter().copied().peekable();
+        for (i, f) in files.iter().enumerate() {
+            if pending.next_if_eq(&i).is_none() {
                 self.progress.file_finished(&f.path, f.size, true);
             }
         }
         self.expect_files(todo.len());
+        // Sized once for what is to come (see `HashCache::reserve`).
+        self.cache.reserve(todo.len());
+        self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner).reserve(todo.len());
+        // The stream takes each path as it starts the file and the loop below puts results back:
+        // both touch the list, one at a time (never across an await).
+        let files = std::sync::Mutex::new(files);
+        let take = |i: usize| {
+            let mut files = files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let f = &mut files[i];
+            (i, std::mem::take(&mut f.path), f.size)
+        };
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let mut sent = futures::stream::iter(todo)
+        let mut sent = futures::stream::iter(todo.into_iter().map(take))
             .map(|(i, path, size)| {
                 let stop = &stop;
                 async move {
                     let _slot = self.slot(size).await;
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        return (i, Err(Box::new(FileFailure { path, error: StoreError::Cancelled })));
+                        return (i, path, Err(StoreError::Cancelled));
                     }
                     let r = self.store_file(&path).await;
                     if let Err(
@@ -144,33 +166,38 @@ impl TransferEngine {
                     {
                         stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
-                    let r = match r {
-                        Ok(s) => Ok(UploadedFile { path, sha256: s.sha256, size: s.size, uploaded: s.uploaded }),
-                        Err(error) => Err(Box::new(FileFailure { path, error })),
-                    };
-                    (i, r)
+                    (i, path, r)
                 }
             })
             .buffer_unordered(self.in_flight());
-        // Into the list sized for every file: no second list of the sent ones.
-        while let Some(r) = sent.next().await {
-            results.push(r);
+        let mut failures: Vec<(usize, FileFailure)> = Vec::new();
+        while let Some((i, path, r)) = sent.next().await {
+            match r {
+                Ok(s) => {
+                    let mut files = files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    files[i] = UploadedFile { path, sha256: s.sha256, size: s.size, uploaded: s.uploaded };
+                }
+                Err(error) => failures.push((i, FileFailure { path, error })),
+            }
         }
         drop(sent);
         if let Err(e) = self.cache.save() {
             tracing::warn!(error = %e, "could not save the hash cache; hashes will be recomputed next time");
         }
-        results.sort_unstable_by_key(|(i, _)| *i);
-        let mut report = UploadReport { files: Vec::new(), failures: Vec::new(), stats: TransferStats::default() };
-        report.files.reserve(results.len());
-        for (_, r) in results {
-            match r {
-                Ok(f) => report.files.push(f),
-                Err(f) => report.failures.push(*f),
-            }
+        let mut files = files.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Failures in the order given, and out of the list of stored files.
+        failures.sort_unstable_by_key(|(i, _)| *i);
+        if !failures.is_empty() {
+            let mut at = 0;
+            let mut next = failures.iter().map(|(i, _)| *i).peekable();
+            files.retain(|_| {
+                let failed = next.next_if_eq(&at).is_some();
+                at += 1;
+                !failed
+            });
         }
-        report.stats = self.stats();
-        report
+        let failures = failures.into_iter().map(|(_, f)| f).collect();
+        UploadReport { files, failures, stats: self.stats() }
     }
 
     /// Finds out what [`TransferEngine::upload_files`] would send, without sending anything:

@@ -6,6 +6,10 @@
 //! (`cp -al`; nothing rewrites an SSTable in place) and put back before the next tool runs, and
 //! the change (new SSTables, compaction) is made by the same emulator commands from the same
 //! emulator state, so every tool sees the same bytes.
+//!
+//! Profiling: `CASSETTE_BENCH_AGENT_WRAP`, when set, is a command (split at spaces) each
+//! `cassette-agent` step runs under, e.g. `heaptrack -o /tmp/agent` or `perf record -g -o
+//! /tmp/agent.perf --`; its figures then include the wrapper's cost.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -427,8 +431,26 @@ fn write_agent_config(
     Ok(())
 }
 
+/// The agent's JSON report: its whole output, or under a profiling wrapper that prints lines of
+/// its own before and after it, the object that starts the first line opening one.
+fn agent_report(stdout: &[u8]) -> anyhow::Result<serde_json::Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let start = if text.starts_with('{') { 0 } else { text.find("\n{").map_or(0, |i| i + 1) };
+    let mut values = serde_json::Deserializer::from_str(&text[start..]).into_iter::<serde_json::Value>();
+    values.next().context("no JSON in the output")?.map_err(Into::into)
+}
+
 fn agent_cmd(agent: &Path, config: &Path, server: &StorageServer, args: &[&str]) -> Command {
-    let mut c = Command::new(agent);
+    let wrap = std::env::var("CASSETTE_BENCH_AGENT_WRAP").unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let mut c = match wrap.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(wrap).arg(agent);
+            c
+        }
+        None => Command::new(agent),
+    };
     c.arg("--config").arg(config).args(["--output", "json"]).args(args);
     for (k, v) in server.env_vars() {
         c.env(k, v);
@@ -449,7 +471,7 @@ fn backup(
     match tool {
         NodeTool::Cassette => {
             let m = measure(agent_cmd(agent, config, server, &["backup"]))?;
-            let doc: serde_json::Value = serde_json::from_slice(&m.stdout).context("the backup's JSON report")?;
+            let doc: serde_json::Value = agent_report(&m.stdout).context("the backup's JSON report")?;
             let note = format!(
                 "{} files uploaded, {} skipped, {} hashed, {} existence checks",
                 doc["files_uploaded"],
@@ -487,7 +509,7 @@ fn restore(
                 server,
                 &["restore", "latest", "--strategy", "import", "--phase", "download", "--staging-dir", &dl_s],
             ))?;
-            let doc: serde_json::Value = serde_json::from_slice(&m.stdout).context("the restore's JSON report")?;
+            let doc: serde_json::Value = agent_report(&m.stdout).context("the restore's JSON report")?;
             let bytes = doc["download"]["bytes_transferred"].as_u64();
             Ok((m, bytes, format!("{} files downloaded and verified (SHA-256)", doc["files_total"])))
         }

@@ -129,7 +129,10 @@ pub struct TransferConfig {
     /// Parts of one file in flight at once.
     pub parts_per_file: usize,
     /// Upper bound on bytes held in memory by all transfers together (buffers of small files,
-    /// parts and ranges in flight).
+    /// parts and ranges in flight). The default, 24 MiB, keeps the agent under 100 MiB on a node
+    /// of 80,000 files; against a store on localhost 32 MiB was no faster (1 GiB node on tmpfs:
+    /// full backup 18.6-21.8 s either way). Raise it for a distant store, where more bytes in
+    /// flight fill the link.
     pub memory_budget: ByteSize,
     /// Process-wide bandwidth limit shared by every stream, e.g. `100MiB/s`. Unlimited when unset.
     pub bandwidth: Option<Rate>,
@@ -173,7 +176,7 @@ impl Default for TransferConfig {
             multipart_threshold: ByteSize(8 << 20),
             part_size: ByteSize(8 << 20),
             parts_per_file: 4,
-            memory_budget: ByteSize(32 << 20),
+            memory_budget: ByteSize(24 << 20),
             bandwidth: None,
             max_attempts: 5,
             initial_backoff: Duration::from_millis(200),

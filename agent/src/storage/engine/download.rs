@@ -59,6 +59,14 @@ impl<'a> DownloadItem<'a> {
         Self { hash, size, dest: Dest::Under(root, rel) }
     }
 
+    /// The destination as (root, path under it); a full path is under the root "".
+    fn parts(&self) -> (&Path, &Path) {
+        match &self.dest {
+            Dest::Path(p) => (Path::new(""), p),
+            Dest::Under(root, rel) => (root, rel),
+        }
+    }
+
     /// The full destination path.
     pub fn dest(&self) -> std::borrow::Cow<'_, Path> {
         match &self.dest {
@@ -98,41 +106,23 @@ impl Iterator for Targets<'_> {
 }
 
 /// Sorts `items` so that items with the same destination are side by side (and, among those, by
-/// content); the order is by full path when the items say so cheaply, and any order that groups
-/// equal destinations otherwise.
+/// content). When no root lies inside another, two items go to the same path exactly when their
+/// [`parts`](DownloadItem::parts) are equal, and the list sorts by them without putting any path
+/// together (a list of full paths is one with the single root ""); otherwise it sorts by full paths.
 fn sort_by_destination(items: &mut [DownloadItem<'_>]) {
-    // Fast path: every item is `root/rel` with a relative `rel`, and no root is inside another.
-    // Then two items have the same destination exactly when root and rel are the same, and the
-    // pairs sort without putting any path together.
     let mut roots: Vec<&Path> = Vec::new();
-    let mut pairs = true;
-    for item in items.iter() {
-        match item.dest {
-            Dest::Under(root, rel) if rel.is_relative() => {
-                if !roots.iter().any(|r| std::ptr::eq(*r, root) || *r == root) {
-                    roots.push(root);
-                }
-            }
-            _ => {
-                pairs = false;
-                break;
-            }
+    let by_parts = items.iter().all(|item| {
+        let (root, rel) = item.parts();
+        if !roots.contains(&root) {
+            roots.push(root);
         }
-        if roots.len() > 64 {
-            pairs = false;
-            break;
-        }
-    }
-    let nested =
-        roots.iter().enumerate().any(|(i, a)| roots.iter().skip(i + 1).any(|b| a.starts_with(b) || b.starts_with(a)));
-    let all_paths = items.iter().all(|i| matches!(i.dest, Dest::Path(_)));
-    if pairs && !nested {
-        items.sort_unstable_by(|a, b| match (&a.dest, &b.dest) {
-            (Dest::Under(ra, xa), Dest::Under(rb, xb)) => (ra, xa, a.hash).cmp(&(rb, xb, b.hash)),
-            _ => std::cmp::Ordering::Equal,
-        });
-    } else if all_paths {
-        items.sort_unstable_by(|a, b| (a.dest(), a.hash).cmp(&(b.dest(), b.hash)));
+        (root.as_os_str().is_empty() || rel.is_relative()) && roots.len() <= 64
+    }) && !roots
+        .iter()
+        .enumerate()
+        .any(|(i, a)| roots[i + 1..].iter().any(|b| a.starts_with(b) || b.starts_with(a)));
+    if by_parts {
+        items.sort_unstable_by(|a, b| (a.parts(), a.hash).cmp(&(b.parts(), b.hash)));
     } else {
         items.sort_by_cached_key(|i| (i.dest().into_owned(), i.hash));
     }
@@ -180,13 +170,10 @@ fn deduplicate(items: &mut Vec<DownloadItem<'_>>) -> Vec<FileFailure> {
     failures
 }
 
-/// Whether two items of a list sorted by [`sort_by_destination`] go to the same path.
+/// Whether two items go to the same path.
 fn same_destination(a: &DownloadItem<'_>, b: &DownloadItem<'_>) -> bool {
-    match (&a.dest, &b.dest) {
-        (Dest::Path(p), Dest::Path(q)) => p == q,
-        (Dest::Under(ra, xa), Dest::Under(rb, xb)) if xa.is_relative() && xb.is_relative() && ra == rb => xa == xb,
-        _ => a.dest() == b.dest(),
-    }
+    let ((ra, xa), (rb, xb)) = (a.parts(), b.parts());
+    if ra == rb && xa.is_relative() == xb.is_relative() { xa == xb } else { a.dest() == b.dest() }
 }
 
 /// One file handled by a download.
@@ -707,23 +694,26 @@ mod tests {
 
     #[test]
     fn nested_roots_and_mixed_forms_still_find_the_same_destination() {
-        let (outer, inner) = (Path::new("/s"), Path::new("/s/ks"));
+        let (outer, inner, other) = (Path::new("/s"), Path::new("/s/ks"), Path::new("/a"));
         let full = PathBuf::from("/s/ks/t/f");
         for forms in [
             // Nested roots: the same file through two roots.
             vec![
                 DownloadItem::under(hash(1), 1, outer, Path::new("ks/t/f")),
                 DownloadItem::under(hash(2), 1, inner, Path::new("t/f")),
+                DownloadItem::under(hash(9), 1, other, Path::new("x")),
             ],
             // A full path and a root-relative one.
             vec![
                 DownloadItem::new(hash(1), 1, full.clone()),
                 DownloadItem::under(hash(2), 1, outer, Path::new("ks/t/f")),
+                // Under a root that sorts between "" and "/s": the two must still meet.
+                DownloadItem::under(hash(9), 1, other, Path::new("x")),
             ],
         ] {
             let mut items = forms;
             let failures = deduplicate(&mut items);
-            assert!(items.is_empty(), "{items:?}");
+            assert_eq!(dests(&items), vec![(other.join("x"), hash(9))]);
             assert_eq!(failures.iter().map(|f| f.path.clone()).collect::<Vec<_>>(), vec![full.clone(), full.clone()]);
         }
         let mut same = vec![

@@ -8,8 +8,10 @@
 //! emulator state, so every tool sees the same bytes.
 //!
 //! Profiling: `CASSETTE_BENCH_AGENT_WRAP`, when set, is a command (split at spaces) each
-//! `cassette-agent` step runs under, e.g. `heaptrack -o /tmp/agent` or `perf record -g -o
-//! /tmp/agent.perf --`; its figures then include the wrapper's cost.
+//! `cassette-agent` step runs under, with `{n}` replaced by the step's number (1 full, 2
+//! incremental, 3 restore), e.g. `heaptrack -o /tmp/agent-{n}` or `perf record -g -o
+//! /tmp/agent-{n}.perf --`. Wall times then include the wrapper's cost, and the peak RSS shown is
+//! the wrapper's own unless it execs the agent.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -441,7 +443,13 @@ fn agent_report(stdout: &[u8]) -> anyhow::Result<serde_json::Value> {
 }
 
 fn agent_cmd(agent: &Path, config: &Path, server: &StorageServer, args: &[&str]) -> Command {
+    static STEP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
     let wrap = std::env::var("CASSETTE_BENCH_AGENT_WRAP").unwrap_or_default();
+    let wrap = if wrap.contains("{n}") {
+        wrap.replace("{n}", &STEP.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string())
+    } else {
+        wrap
+    };
     let mut wrap = wrap.split_whitespace();
     let mut c = match wrap.next() {
         Some(program) => {

@@ -20,13 +20,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cassette_agent::hashcache::HashCache;
-use cassette_agent::storage::engine::{DownloadItem, temp_path_for};
+use cassette_agent::storage::engine::{DownloadItem, UploadSource, temp_path_for};
 use cassette_agent::storage::{Environment, NoProgress, Repository, StoreError, TransferConfig, TransferEngine};
 use cassette_common::hash::sha256_file;
 use cassette_common::layout;
@@ -528,5 +529,26 @@ fn t29_files_that_cannot_be_read_fail_alone_and_the_rest_keep_their_order() {
             assert!(report.failures.iter().all(|f| f.error.to_string().contains("gone-")));
             assert_eq!(report.stats.files_total, 6);
         }
+
+        step("items named by a shared directory and a file name come back as given, with their hashes");
+        struct InDir {
+            dir: Arc<PathBuf>,
+            name: &'static str,
+        }
+        impl UploadSource for InDir {
+            fn path(&self) -> Cow<'_, Path> {
+                Cow::Owned(self.dir.join(self.name))
+            }
+        }
+        let dir = Arc::new(work.path().to_owned());
+        let items: Vec<InDir> = names.iter().map(|&name| InDir { dir: Arc::clone(&dir), name }).collect();
+        let report = engine_with(&Arc::new(HashCache::in_memory())).upload_files(items).await;
+        let stored: Vec<&str> = report.files.iter().map(|f| f.path.name).collect();
+        assert_eq!(stored, vec!["a", "b", "c", "d"]);
+        for f in &report.files {
+            assert_eq!(f.sha256, sha256_file(&work.path().join(f.path.name)).unwrap().0, "{}", f.path.name);
+        }
+        let failed: Vec<&Path> = report.failures.iter().map(|f| f.path.as_path()).collect();
+        assert_eq!(failed, vec![&*paths[1], &*paths[4]], "failures name the full path");
     });
 }

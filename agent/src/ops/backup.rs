@@ -12,8 +12,9 @@
 //! Upload and manifest run under a backup lock ([`super::locks`]), so a removal running at the
 //! same time cannot delete a blob this backup found stored and is about to reference.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ use super::{EntitySelection, NodeIdentity, OpContext, human_bytes, remember_node
 use crate::cassandra::{
     CassandraError, ClearSnapshotRequest, ClearTarget, SnapshotFile, SnapshotRequest, SnapshotScope,
 };
-use crate::storage::engine::FailureSummary;
+use crate::storage::engine::{FailureSummary, UploadSource};
 use crate::storage::limits::{BandwidthLimiter, ThrottledStore};
 use crate::storage::{Repository, Retry, StoreError, TransferStats};
 
@@ -367,49 +368,83 @@ pub async fn lock(ctx: &OpContext, snap: &Snapshotted) -> Result<RepoLock, Backu
     Ok(lock)
 }
 
-/// A file of the snapshot to store: only what the upload and the manifest need (a node has
-/// tens of thousands of files, so the per-file state is kept small; the live path is derived
-/// from the snapshot path when the manifest entry is made, see [`live_path_of`]).
+/// A snapshot directory holding files to store, shared by its files.
 #[derive(Debug)]
-struct Candidate {
-    /// Absolute path in the snapshot.
+struct SnapshotDir {
+    /// `<data root>/<keyspace>/<table dir>/snapshots/<tag>/[.<index>/]`.
     path: PathBuf,
+    /// The live directory it mirrors, relative to the data root and ending in `/`:
+    /// `<keyspace>/<table dir>/[.<index>/]`.
+    live: String,
     /// Index of the data root.
     data_root: u16,
+}
+
+/// A file of the snapshot to store: only what the upload and the manifest need. A node has
+/// tens of thousands of files in a few hundred directories, so a file holds its name and shares
+/// its directory; the full path exists only while the file is uploaded (see [`UploadSource`]).
+#[derive(Debug)]
+struct Candidate {
+    /// Where it is.
+    dir: Arc<SnapshotDir>,
+    /// Its file name.
+    name: Box<str>,
     /// Size in bytes.
     size: u64,
 }
 
-impl From<SnapshotFile> for Candidate {
-    fn from(f: SnapshotFile) -> Self {
-        Self { path: f.path, data_root: u16::try_from(f.data_root).unwrap_or(u16::MAX), size: f.size }
+impl Candidate {
+    /// Its path relative to the data root in the live data directory (the manifest's path).
+    fn live_path(&self) -> String {
+        format!("{}{}", self.dir.live, self.name)
     }
 }
 
-/// The live path (relative to the data root) of a snapshot file:
-/// `<root>/<keyspace>/<table dir>/snapshots/<tag>/[.<index>/]<name>` gives
-/// `<keyspace>/<table dir>/[.<index>/]<name>`. The inverse of [`snapshot_path`].
-fn live_path_of(root: &std::path::Path, tag: &str, path: &std::path::Path) -> Option<String> {
-    let rel = path.strip_prefix(root).ok()?;
+impl UploadSource for Candidate {
+    fn path(&self) -> Cow<'_, Path> {
+        Cow::Owned(self.dir.path.join(&*self.name))
+    }
+}
+
+/// The live directory (relative to the data root, ending in `/`) of a snapshot directory:
+/// `<root>/<keyspace>/<table dir>/snapshots/<tag>/[.<index>/]` gives
+/// `<keyspace>/<table dir>/[.<index>/]`. With a file name after it, the inverse of
+/// [`snapshot_path`].
+fn live_dir_of(root: &Path, tag: &str, dir: &Path) -> Option<String> {
+    let rel = dir.strip_prefix(root).ok()?;
     let mut parts = rel.components().map(|c| c.as_os_str().to_str());
     let (ks, table) = (parts.next()??, parts.next()??);
     if parts.next()?? != cassette_common::datadir::SNAPSHOTS_DIR || parts.next()?? != tag {
         return None;
     }
-    let rest: Vec<&str> = parts.collect::<Option<_>>()?;
-    (!rest.is_empty()).then(|| format!("{ks}/{table}/{}", rest.join("/")))
+    let mut live = format!("{ks}/{table}/");
+    for part in parts {
+        live.push_str(part?);
+        live.push('/');
+    }
+    Some(live)
+}
+
+/// What [`select_files`] chose.
+struct Selection {
+    files: Vec<Candidate>,
+    tables: Vec<TableEntry>,
+    warnings: Vec<String>,
 }
 
 /// The files of the snapshot to store: per SSTable, the components its `TOC.txt` lists.
 /// Consumes the listing, so that no file is held twice.
 fn select_files(
     req: &BackupRequest,
+    snap: &Snapshotted,
     snapshot: Vec<crate::cassandra::Snapshot>,
-) -> (Vec<Candidate>, Vec<TableEntry>, Vec<String>) {
+) -> Result<Selection, BackupError> {
     let mut warnings = Vec::new();
     // Sized for every file of the snapshot: no doubling slack on a large node.
     let mut files = Vec::with_capacity(snapshot.iter().flat_map(|s| &s.tables).map(|t| t.files.len()).sum());
     let mut tables = Vec::new();
+    // The directory of the files last taken: groups of one directory come one after the other.
+    let mut current: Option<Arc<SnapshotDir>> = None;
     for t in snapshot.into_iter().flat_map(|s| s.tables) {
         if !req.entities.matches(&t.keyspace, &t.table) {
             continue;
@@ -436,9 +471,9 @@ fn select_files(
                 _ => {}
             }
         }
-        for ((_, dir, prefix), components) in sstables {
+        for ((data_root, dir, prefix), components) in sstables {
             let toc_path = dir.join(format!("{prefix}-TOC.txt"));
-            match Toc::read(&toc_path) {
+            let chosen: Vec<SnapshotFile> = match Toc::read(&toc_path) {
                 Ok(toc) => {
                     let present: BTreeSet<&str> = components.iter().map(|(c, _)| c.as_str()).collect();
                     let missing: Vec<&str> =
@@ -450,27 +485,58 @@ fn select_files(
                             missing.join(", ")
                         ));
                     }
-                    for (comp, f) in components {
-                        if toc.contains(&comp) {
-                            files.push(Candidate::from(f));
-                        } else {
-                            warnings.push(format!(
-                                "{} is not listed in {}: Cassandra does not use it, not backed up",
-                                f.path.display(),
-                                toc_path.display()
-                            ));
-                        }
+                    let (listed, unlisted): (Vec<_>, Vec<_>) =
+                        components.into_iter().partition(|(comp, _)| toc.contains(comp));
+                    for (_, f) in unlisted {
+                        warnings.push(format!(
+                            "{} is not listed in {}: Cassandra does not use it, not backed up",
+                            f.path.display(),
+                            toc_path.display()
+                        ));
                     }
+                    listed.into_iter().map(|(_, f)| f).collect()
                 }
                 Err(e) => {
                     warnings.push(format!("{e}: backing up every component of {prefix} in {}", dir.display()));
-                    files.extend(components.into_iter().map(|(_, f)| Candidate::from(f)));
+                    components.into_iter().map(|(_, f)| f).collect()
                 }
+            };
+            if chosen.is_empty() {
+                continue;
             }
+            let dir = match current.take() {
+                Some(d) if d.path == dir && usize::from(d.data_root) == data_root => d,
+                _ => {
+                    let live = snap
+                        .roots
+                        .get(data_root)
+                        .and_then(|root| live_dir_of(root, &snap.snapshot_tag, &dir))
+                        .ok_or_else(|| not_in_snapshot(snap, &dir))?;
+                    let data_root = u16::try_from(data_root).unwrap_or(u16::MAX);
+                    Arc::new(SnapshotDir { path: dir, live, data_root })
+                }
+            };
+            for f in chosen {
+                let name = f.path.file_name().and_then(|n| n.to_str()).ok_or_else(|| not_in_snapshot(snap, &f.path))?;
+                files.push(Candidate { dir: Arc::clone(&dir), name: name.into(), size: f.size });
+            }
+            current = Some(dir);
         }
     }
     files.shrink_to_fit();
-    (files, tables, warnings)
+    Ok(Selection { files, tables, warnings })
+}
+
+/// The error for a snapshot file or directory that is not where a snapshot's files are.
+fn not_in_snapshot(snap: &Snapshotted, path: &Path) -> BackupError {
+    BackupError::ReadSnapshot {
+        tag: snap.snapshot_tag.clone(),
+        source: CassandraError::files(
+            "find the live path of",
+            path.to_owned(),
+            std::io::Error::other(format!("not under <data root>/<keyspace>/<table>/snapshots/{}/", snap.snapshot_tag)),
+        ),
+    }
 }
 
 /// Phase 2: store the snapshot's files. In a dry run, only find out what would be sent.
@@ -487,7 +553,7 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
         .map_err(|source| BackupError::ReadSnapshot { tag: snap.snapshot_tag.clone(), source })?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "listed the snapshot");
     let t0 = Instant::now();
-    let (mut candidates, tables, mut warnings) = select_files(req, snapshot);
+    let Selection { files: candidates, tables, mut warnings } = select_files(req, snap, snapshot)?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "selected the files by TOC");
     if tables.is_empty() {
         let what = if req.entities.is_explicit() {
@@ -500,13 +566,12 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
         };
         return Err(BackupError::Empty(what));
     }
-    // The paths go to the engine; the candidates keep the rest, in the same order.
-    let paths: Vec<PathBuf> = candidates.iter_mut().map(|c| std::mem::take(&mut c.path)).collect();
+    let total = candidates.len();
     let bytes: u64 = candidates.iter().map(|c| c.size).sum();
     ctx.say(format!(
         "snapshot {} holds {} files ({}) in {} tables",
         snap.snapshot_tag,
-        paths.len(),
+        total,
         human_bytes(bytes),
         tables.len()
     ));
@@ -514,32 +579,34 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
     let mut engine = ctx.engine()?;
     let mut would_send = None;
     if req.dry_run || req.duration.is_some() {
+        // Probing is not the large node's steady state: full paths are fine here.
+        let paths: Vec<PathBuf> = candidates.iter().map(|c| c.path().into_owned()).collect();
         let probe = ctx
             .cancellable(engine.probe_files(paths.clone()))
             .await
             .ok_or(BackupError::Cancelled { cleared: false })?;
         if !probe.failures.is_empty() {
             return Err(BackupError::Upload {
-                total: paths.len(),
+                total,
                 failures: probe.failures.iter().map(FailureSummary::from).collect(),
             });
         }
         let missing: Vec<_> = probe.files.iter().filter(|f| !f.stored).collect();
         let mut seen = BTreeSet::new();
-        let (files, bytes) =
+        let (send_files, send_bytes) =
             missing.iter().filter(|f| seen.insert(f.sha256)).fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.size));
-        would_send = Some((files, bytes));
+        would_send = Some((send_files, send_bytes));
         if req.dry_run {
-            let by_path: std::collections::HashMap<&std::path::Path, usize> =
+            let by_path: std::collections::HashMap<&Path, usize> =
                 paths.iter().enumerate().map(|(i, p)| (p.as_path(), i)).collect();
             let mut entries = Vec::new();
             for f in &probe.files {
                 if let Some(c) = by_path.get(f.path.as_path()).map(|i| &candidates[*i]) {
-                    entries.push(FileEntry::new(live_path(snap, c.data_root, &f.path)?, c.data_root, f.size, f.sha256));
+                    entries.push(FileEntry::new(c.live_path(), c.dir.data_root, f.size, f.sha256));
                 }
             }
             let stats = TransferStats {
-                files_total: paths.len() as u64,
+                files_total: total as u64,
                 bytes_total: bytes,
                 files_skipped: probe.files.iter().filter(|f| f.stored).count() as u64,
                 bytes_skipped: probe.files.iter().filter(|f| f.stored).map(|f| f.size).sum(),
@@ -551,19 +618,19 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
         if let Some(d) = req.duration {
             // Pace: what must be sent over the duration. The bandwidth limit stays a hard cap:
             // below what the duration needs, it wins (and the backup takes longer).
-            let needed = Rate((bytes / d.as_secs().max(1)).max(64 << 10));
+            let needed = Rate((send_bytes / d.as_secs().max(1)).max(64 << 10));
             let rate = match ctx.transfer.bandwidth {
                 Some(limit) if limit.0 <= needed.0 => {
                     warnings.push(format!(
                         "the bandwidth limit {limit} is below the {needed} needed to send {} within {d:?}: the limit wins",
-                        human_bytes(bytes)
+                        human_bytes(send_bytes)
                     ));
                     None
                 }
                 _ => Some(needed),
             };
             if let Some(rate) = rate {
-                ctx.say(format!("pacing the upload of {} at {rate} to finish within {d:?}", human_bytes(bytes)));
+                ctx.say(format!("pacing the upload of {} at {rate} to finish within {d:?}", human_bytes(send_bytes)));
                 let throttled = Repository::new(
                     ctx.repo.location().clone(),
                     Arc::new(ThrottledStore::new(Arc::clone(ctx.repo.store()), Arc::new(BandwidthLimiter::new(rate)))),
@@ -581,10 +648,16 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
         ctx.say(format!("{} blobs of backup {previous} are known to be stored", blobs.len()));
         engine.assume_present(blobs);
     }
-    let total = paths.len();
     let t0 = Instant::now();
-    let report = ctx.cancellable(engine.upload_files(paths)).await.ok_or(BackupError::Cancelled { cleared: false })?;
+    let report =
+        ctx.cancellable(engine.upload_files(candidates)).await.ok_or(BackupError::Cancelled { cleared: false })?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "stored the files");
+    // Its buffers (the transfer memory budget), its set of known blobs and the hash cache's
+    // entries (saved) are not needed for the manifest: let them go before it is made.
+    drop(engine);
+    if let Err(e) = ctx.hash_cache.release() {
+        tracing::warn!(error = %e, "could not save the hash cache; hashes will be recomputed next time");
+    }
     if !report.failures.is_empty() {
         return Err(BackupError::Upload {
             total,
@@ -592,10 +665,10 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
         });
     }
     // Without failures the engine reports every file, in the order given.
-    debug_assert_eq!(report.files.len(), candidates.len());
+    debug_assert_eq!(report.files.len(), total);
     let mut files = Vec::with_capacity(report.files.len());
-    for (f, c) in report.files.into_iter().zip(candidates) {
-        files.push(FileEntry::new(live_path(snap, c.data_root, &f.path)?, c.data_root, f.size, f.sha256));
+    for f in report.files {
+        files.push(FileEntry::new(f.path.live_path(), f.path.dir.data_root, f.size, f.sha256));
     }
     files.sort_by(|a, b| (a.data_dir, &a.path).cmp(&(b.data_dir, &b.path)));
     warnings.sort();
@@ -625,22 +698,6 @@ async fn blobs_of_previous_backup(ctx: &OpContext, snap: &Snapshotted) -> Option
             None
         }
     }
-}
-
-fn live_path(snap: &Snapshotted, data_root: u16, path: &std::path::Path) -> Result<String, BackupError> {
-    snap.roots.get(usize::from(data_root)).and_then(|root| live_path_of(root, &snap.snapshot_tag, path)).ok_or_else(
-        || BackupError::ReadSnapshot {
-            tag: snap.snapshot_tag.clone(),
-            source: CassandraError::files(
-                "find the live path of",
-                path.to_owned(),
-                std::io::Error::other(format!(
-                    "not under <data root>/<keyspace>/<table>/snapshots/{}/",
-                    snap.snapshot_tag
-                )),
-            ),
-        },
-    )
 }
 
 /// Where the snapshot holds the file `f` of the manifest: `<data root>/<keyspace>/<table
@@ -833,7 +890,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn snapshot_path_inverts_the_live_path() {
+    fn snapshot_path_inverts_the_live_directory() {
         let roots = vec![PathBuf::from("/d1"), PathBuf::from("/d2")];
         let hash = BlobHash::from_bytes([7; 32]);
         let f = FileEntry::new("ks/t-0123/nb-1-big-Data.db".into(), 1, 10, hash);
@@ -849,15 +906,16 @@ mod tests {
         for e in [&f, &idx] {
             let p = snapshot_path(&roots, "cassette-x", e);
             let root = &roots[usize::from(e.data_dir)];
-            assert_eq!(live_path_of(root, "cassette-x", &p).as_deref(), Some(e.path.as_str()));
+            let live = live_dir_of(root, "cassette-x", p.parent().unwrap()).unwrap();
+            assert!(live.ends_with('/'), "{live}");
+            assert_eq!(format!("{live}{}", p.file_name().unwrap().to_str().unwrap()), e.path);
         }
-        // Another tag, another root, or no file name: no live path.
+        // Another tag, another root, or not inside a snapshot: no live directory.
         let p = snapshot_path(&roots, "cassette-x", &f);
-        assert_eq!(live_path_of(&roots[1], "cassette-y", &p), None);
-        assert_eq!(live_path_of(&roots[0], "cassette-x", &p), None);
-        assert_eq!(
-            live_path_of(&roots[1], "cassette-x", std::path::Path::new("/d2/ks/t-0123/snapshots/cassette-x")),
-            None
-        );
+        let dir = p.parent().unwrap();
+        assert_eq!(live_dir_of(&roots[1], "cassette-y", dir), None);
+        assert_eq!(live_dir_of(&roots[0], "cassette-x", dir), None);
+        assert_eq!(live_dir_of(&roots[1], "cassette-x", Path::new("/d2/ks/t-0123/snapshots")), None);
+        assert_eq!(live_dir_of(&roots[1], "cassette-x", Path::new("/d2/ks/t-0123/backups/cassette-x")), None);
     }
 }

@@ -20,7 +20,7 @@ use cassette_common::ids::BlobHash;
 use serde::Serialize;
 
 pub use download::{Dest, DownloadItem, DownloadReport, DownloadedFile, temp_path_for};
-pub use upload::{ProbeReport, ProbedFile, UploadReport, UploadedFile};
+pub use upload::{ProbeReport, ProbedFile, UploadReport, UploadSource, UploadedFile};
 
 use super::config::{self, TransferConfig};
 use super::error::StoreError;

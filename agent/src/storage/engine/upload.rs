@@ -7,6 +7,7 @@
 //! came from the cache the streamed bytes are hashed again and compared. A mismatch aborts the
 //! upload, so a wrong blob is never made visible.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,11 +27,27 @@ use crate::storage::error::StoreError;
 use crate::storage::progress::TransferStats;
 use crate::storage::retry::PartRetryPolicy;
 
+/// A file [`TransferEngine::upload_files`] can store, named by its path.
+///
+/// A path is one. A caller with many files in few directories can give an item of its own that
+/// puts the path together when asked: the engine asks only while the file is in flight (and once
+/// for the `stat` before), so tens of thousands of full paths are never held at once.
+pub trait UploadSource: Send + Sync {
+    /// The file's path.
+    fn path(&self) -> Cow<'_, Path>;
+}
+
+impl UploadSource for PathBuf {
+    fn path(&self) -> Cow<'_, Path> {
+        Cow::Borrowed(self)
+    }
+}
+
 /// One file handled by an upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UploadedFile {
-    /// The local path.
-    pub path: PathBuf,
+pub struct UploadedFile<S = PathBuf> {
+    /// The file as given (its local path, see [`UploadSource`]).
+    pub path: S,
     /// SHA-256 of its content.
     pub sha256: BlobHash,
     /// Size in bytes.
@@ -41,18 +58,18 @@ pub struct UploadedFile {
 
 /// What an upload did.
 #[derive(Debug)]
-pub struct UploadReport {
+pub struct UploadReport<S = PathBuf> {
     /// Files stored (sent or already present), in the order given.
-    pub files: Vec<UploadedFile>,
+    pub files: Vec<UploadedFile<S>>,
     /// Files that could not be stored.
     pub failures: Vec<FileFailure>,
     /// Counters.
     pub stats: TransferStats,
 }
 
-impl UploadReport {
+impl<S> UploadReport<S> {
     /// The first failure, for callers that stop at any failure.
-    pub fn into_result(self) -> Result<(Vec<UploadedFile>, TransferStats), StoreError> {
+    pub fn into_result(self) -> Result<(Vec<UploadedFile<S>>, TransferStats), StoreError> {
         match self.failures.into_iter().next() {
             Some(f) => Err(f.error),
             None => Ok((self.files, self.stats)),
@@ -100,55 +117,54 @@ enum Hashed {
 }
 
 impl TransferEngine {
-    /// Stores every file of `paths` as a blob, sending only those not yet stored.
+    /// Stores every file of `items` as a blob, sending only those not yet stored.
     ///
     /// Files are processed `concurrency` at a time. A failure of one file does not stop the
     /// others (so a rerun has less to do), except a permanent storage error (denied, missing
     /// bucket), which stops scheduling new files.
-    pub async fn upload_files(&self, paths: Vec<PathBuf>) -> UploadReport {
+    pub async fn upload_files<S: UploadSource>(&self, items: Vec<S>) -> UploadReport<S> {
         // One pass of `stat`s: a file whose hash the cache knows and whose blob is known to be
         // stored (an incremental backup's unchanged files) is done here, without a task, a second
         // `stat` or a question to the store; the rest are uploaded below.
         //
-        // One list, exactly sized, holds every file's entry in the order given and is filled in
-        // as files finish; the files left to send are indices into it (a file's path moves to its
-        // task and comes back with the result). No second list of the sent files, and none is
+        // The items become the report's list, in the order given, filled in as files finish; the
+        // files left to send are indices into it. A file's path is put together when its task
+        // starts and dropped when it finishes. No second list of the sent files, and none is
         // built at the end.
-        let total = paths.len();
-        let mut files: Vec<UploadedFile> = Vec::with_capacity(total);
+        let total = items.len();
+        let mut files: Vec<UploadedFile<S>> = Vec::with_capacity(total);
         let mut todo: Vec<usize> = Vec::new();
         let mut bytes = 0;
-        for path in paths {
-            let (size, stored) = self.known_stored(&path);
+        for item in items {
+            let (size, stored) = self.known_stored(&item.path());
             bytes += size;
-            match stored {
-                Some(sha256) => files.push(UploadedFile { path, sha256, size, uploaded: false }),
-                None => {
-                    // A placeholder until the file is stored (the size decides its slot).
-                    todo.push(files.len());
-                    files.push(UploadedFile { path, sha256: BlobHash::from_bytes([0; 32]), size, uploaded: false });
-                }
+            if stored.is_none() {
+                todo.push(files.len());
             }
+            // Unknown files get a placeholder hash until they are stored (the size decides
+            // their slot).
+            let sha256 = stored.unwrap_or_else(|| BlobHash::from_bytes([0; 32]));
+            files.push(UploadedFile { path: item, sha256, size, uploaded: false });
         }
         todo.shrink_to_fit();
         self.progress.add_total(total as u64, bytes);
         let mut pending = todo.iter().copied().peekable();
         for (i, f) in files.iter().enumerate() {
             if pending.next_if_eq(&i).is_none() {
-                self.progress.file_finished(&f.path, f.size, true);
+                self.progress.file_finished(&f.path.path(), f.size, true);
             }
         }
         self.expect_files(todo.len());
         // Sized once for what is to come (see `HashCache::reserve`).
         self.cache.reserve(todo.len());
         self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner).reserve(todo.len());
-        // The stream takes each path as it starts the file and the loop below puts results back:
+        // The stream reads each item as it starts the file and the loop below puts results back:
         // both touch the list, one at a time (never across an await).
         let files = std::sync::Mutex::new(files);
         let take = |i: usize| {
-            let mut files = files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let f = &mut files[i];
-            (i, std::mem::take(&mut f.path), f.size)
+            let files = files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let f = &files[i];
+            (i, f.path.path().into_owned(), f.size)
         };
         let stop = std::sync::atomic::AtomicBool::new(false);
         let mut sent = futures::stream::iter(todo.into_iter().map(take))
@@ -175,7 +191,8 @@ impl TransferEngine {
             match r {
                 Ok(s) => {
                     let mut files = files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    files[i] = UploadedFile { path, sha256: s.sha256, size: s.size, uploaded: s.uploaded };
+                    let f = &mut files[i];
+                    (f.sha256, f.size, f.uploaded) = (s.sha256, s.size, s.uploaded);
                 }
                 Err(error) => failures.push((i, FileFailure { path, error })),
             }

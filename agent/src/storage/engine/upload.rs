@@ -30,8 +30,9 @@ use crate::storage::retry::PartRetryPolicy;
 /// A file [`TransferEngine::upload_files`] can store, named by its path.
 ///
 /// A path is one. A caller with many files in few directories can give an item of its own that
-/// puts the path together when asked: the engine asks only while the file is in flight (and once
-/// for the `stat` before), so tens of thousands of full paths are never held at once.
+/// puts the path together when asked: the engine asks for one path at a time before the upload
+/// (its `stat`, and the progress of a file found stored) and keeps one only while its file is in
+/// flight, so tens of thousands of full paths are never held at once.
 pub trait UploadSource: Send + Sync {
     /// The file's path.
     fn path(&self) -> Cow<'_, Path>;

@@ -20,7 +20,8 @@
 //! The file is read on the first lookup, not when the cache is opened. An operation that only
 //! inserts (a restore's downloads) keeps its new entries in a list and appends them to the file
 //! as records, so it never holds the node's whole cache in memory; when the file is read later,
-//! the newer record of a file wins.
+//! the newer record of a file wins. An upload that is done lets go of the entries it read
+//! ([`HashCache::release`]): the next lookup reads the file again.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};

@@ -473,37 +473,6 @@ fn select_files(
         }
         for ((data_root, dir, prefix), components) in sstables {
             let toc_path = dir.join(format!("{prefix}-TOC.txt"));
-            let chosen: Vec<SnapshotFile> = match Toc::read(&toc_path) {
-                Ok(toc) => {
-                    let present: BTreeSet<&str> = components.iter().map(|(c, _)| c.as_str()).collect();
-                    let missing: Vec<&str> =
-                        toc.components().iter().map(String::as_str).filter(|c| !present.contains(c)).collect();
-                    if !missing.is_empty() {
-                        warnings.push(format!(
-                            "{} lists components that are not in the snapshot: {}",
-                            toc_path.display(),
-                            missing.join(", ")
-                        ));
-                    }
-                    let (listed, unlisted): (Vec<_>, Vec<_>) =
-                        components.into_iter().partition(|(comp, _)| toc.contains(comp));
-                    for (_, f) in unlisted {
-                        warnings.push(format!(
-                            "{} is not listed in {}: Cassandra does not use it, not backed up",
-                            f.path.display(),
-                            toc_path.display()
-                        ));
-                    }
-                    listed.into_iter().map(|(_, f)| f).collect()
-                }
-                Err(e) => {
-                    warnings.push(format!("{e}: backing up every component of {prefix} in {}", dir.display()));
-                    components.into_iter().map(|(_, f)| f).collect()
-                }
-            };
-            if chosen.is_empty() {
-                continue;
-            }
             let dir = match current.take() {
                 Some(d) if d.path == dir && usize::from(d.data_root) == data_root => d,
                 _ => {
@@ -516,9 +485,40 @@ fn select_files(
                     Arc::new(SnapshotDir { path: dir, live, data_root })
                 }
             };
-            for f in chosen {
-                let name = f.path.file_name().and_then(|n| n.to_str()).ok_or_else(|| not_in_snapshot(snap, &f.path))?;
-                files.push(Candidate { dir: Arc::clone(&dir), name: name.into(), size: f.size });
+            // The name parsed as an SSTable's (`kind`), so it is UTF-8.
+            let candidate = |f: SnapshotFile| Candidate {
+                dir: Arc::clone(&dir),
+                name: f.path.file_name().unwrap_or_default().to_string_lossy().into(),
+                size: f.size,
+            };
+            match Toc::read(&toc_path) {
+                Ok(toc) => {
+                    let present: BTreeSet<&str> = components.iter().map(|(c, _)| c.as_str()).collect();
+                    let missing: Vec<&str> =
+                        toc.components().iter().map(String::as_str).filter(|c| !present.contains(c)).collect();
+                    if !missing.is_empty() {
+                        warnings.push(format!(
+                            "{} lists components that are not in the snapshot: {}",
+                            toc_path.display(),
+                            missing.join(", ")
+                        ));
+                    }
+                    for (comp, f) in components {
+                        if toc.contains(&comp) {
+                            files.push(candidate(f));
+                        } else {
+                            warnings.push(format!(
+                                "{} is not listed in {}: Cassandra does not use it, not backed up",
+                                f.path.display(),
+                                toc_path.display()
+                            ));
+                        }
+                    }
+                }
+                Err(e) => {
+                    warnings.push(format!("{e}: backing up every component of {prefix} in {}", dir.path.display()));
+                    files.extend(components.into_iter().map(|(_, f)| candidate(f)));
+                }
             }
             current = Some(dir);
         }

@@ -2,7 +2,7 @@
 //!
 //! Search order for each program: an explicit variable (`CASSETTE_S3S_FS`, `CASSETTE_MOTO_SERVER`,
 //! `CASSETTE_AZURITE`, `CASSETTE_RCLONE`, `CASSETTE_AWS_CLI`), the repository's `.tools/` directory
-//! (where `scripts/test.sh` installs them), then `PATH`.
+//! (where `scripts/install.sh` installs them), then `PATH`.
 
 use std::path::{Path, PathBuf};
 
@@ -56,11 +56,11 @@ impl Tool {
     /// How to install it, for messages.
     pub fn install_hint(self) -> &'static str {
         match self {
-            Tool::S3sFs => "scripts/test.sh installs it (cargo install s3s-fs@0.14.1 --features binary --locked)",
-            Tool::Moto => "scripts/test.sh installs it (pip install 'moto[server]')",
-            Tool::Azurite => "scripts/test.sh installs it (npm install --prefix .tools/azurite azurite@3.35.0)",
-            Tool::Rclone => "install rclone (apt-get install rclone)",
-            Tool::AwsCli => "install the AWS CLI (pip install awscli)",
+            Tool::S3sFs => "scripts/install.sh storage installs it (cargo install s3s-fs@0.14.1 --features binary --locked)",
+            Tool::Moto => "scripts/install.sh storage installs it (pip install 'moto[server]' into .tools/venv)",
+            Tool::Azurite => "scripts/install.sh storage installs it (npm install --prefix .tools/azurite azurite@3.35.0)",
+            Tool::Rclone => "scripts/install.sh bench installs it (apt-get install rclone)",
+            Tool::AwsCli => "scripts/install.sh bench installs it (pip install awscli into .tools/venv)",
         }
     }
 

@@ -380,6 +380,10 @@ pub trait CassandraControl: Send + Sync {
     /// Every table of the live schema with its id and columns (system tables included). Restores
     /// use it to find the table a backup goes into and to compare schemas before touching data.
     async fn schema(&self) -> Result<Vec<LiveTable>, CassandraError>;
+    /// Runs the checked statements of a backup's `schema.cql` (types, a table, its indexes; all
+    /// `IF NOT EXISTS`, see [`cassette_common::cql::parse_schema`]) and waits for the cluster to
+    /// agree on the schema.
+    async fn create_schema(&self, statements: &[cassette_common::cql::SchemaStatement]) -> Result<(), CassandraError>;
 }
 
 #[cfg(test)]

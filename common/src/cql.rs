@@ -277,6 +277,128 @@ pub fn diff(backup: &TableColumns, live: &TableColumns) -> SchemaDiff {
     d
 }
 
+/// What a statement of a backup's `schema.cql` creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaObject {
+    /// `CREATE TYPE IF NOT EXISTS ks.name (...)`.
+    Type,
+    /// `CREATE TABLE IF NOT EXISTS ks.name (...) WITH ID = ...`.
+    Table,
+    /// `CREATE [CUSTOM] INDEX IF NOT EXISTS name ON ks.table (...)`.
+    Index,
+}
+
+/// One statement of a `schema.cql`, checked: it creates a type, the table or an index in one
+/// keyspace, and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaStatement {
+    /// What it creates.
+    pub object: SchemaObject,
+    /// The keyspace it names.
+    pub keyspace: String,
+    /// The type or table it names (for an index: the indexed table).
+    pub name: String,
+    /// `WITH ID = <uuid>` of a table, if given.
+    pub table_id: Option<String>,
+    /// The statement, without its `;`.
+    pub text: String,
+}
+
+/// Splits CQL text at `;` outside quotes, strings and comments; empty statements dropped.
+pub fn split_statements(cql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = cql.chars().peekable();
+    let (mut single, mut double) = (false, false);
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            '-' if !single && !double && chars.peek() == Some(&'-') => {
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        break;
+                    }
+                }
+                cur.push('\n');
+                continue;
+            }
+            ';' if !single && !double => {
+                if !cur.trim().is_empty() {
+                    out.push(cur.trim().to_owned());
+                }
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_owned());
+    }
+    out
+}
+
+/// Reads `schema.cql` text from a backup (untrusted) into statements that each create a type,
+/// a table or an index, all in `keyspace` and all about `table` (its types aside). Anything else
+/// (`DROP`, `ALTER`, `GRANT`, another keyspace, a second table) is refused with the reason.
+pub fn parse_schema(cql: &str, keyspace: &str, table: &str) -> Result<Vec<SchemaStatement>, String> {
+    let mut out = Vec::new();
+    for text in split_statements(cql) {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let upper: Vec<String> = words.iter().take(8).map(|w| w.to_ascii_uppercase()).collect();
+        let up = |i: usize| upper.get(i).map(String::as_str).unwrap_or("");
+        let short: String = text.chars().take(80).collect();
+        let (object, name_at) = match (up(0), up(1), up(2)) {
+            ("CREATE", "TYPE", _) => (SchemaObject::Type, 2),
+            ("CREATE", "TABLE", _) => (SchemaObject::Table, 2),
+            ("CREATE", "INDEX", _) => (SchemaObject::Index, 2),
+            ("CREATE", "CUSTOM", "INDEX") => (SchemaObject::Index, 3),
+            _ => return Err(format!("{short:?} is not CREATE TYPE, CREATE TABLE or CREATE INDEX")),
+        };
+        if (up(name_at), up(name_at + 1), up(name_at + 2)) != ("IF", "NOT", "EXISTS") {
+            return Err(format!("{short:?} lacks IF NOT EXISTS"));
+        }
+        let at = name_at + 3;
+        let qualified = match object {
+            SchemaObject::Index => {
+                // name ON ks.table (col)
+                if up(at + 1) != "ON" {
+                    return Err(format!("{short:?}: expected `<name> ON <keyspace>.<table>`"));
+                }
+                words.get(at + 2).copied().unwrap_or("")
+            }
+            _ => words.get(at).copied().unwrap_or(""),
+        };
+        let qualified = qualified.split('(').next().unwrap_or("");
+        let Some((ks, name)) = qualified.split_once('.') else {
+            return Err(format!("{short:?} does not name its keyspace"));
+        };
+        let (ks, name) = (identifier(ks), identifier(name));
+        if ks != keyspace {
+            return Err(format!("{short:?} is about keyspace {ks}, not {keyspace}"));
+        }
+        if object != SchemaObject::Type && name != table {
+            return Err(format!("{short:?} is about table {ks}.{name}, not {keyspace}.{table}"));
+        }
+        let table_id = (object == SchemaObject::Table).then(|| with_id(&text)).flatten();
+        out.push(SchemaStatement { object, keyspace: ks, name, table_id, text });
+    }
+    if !out.iter().any(|s| s.object == SchemaObject::Table) {
+        return Err(format!("no CREATE TABLE for {keyspace}.{table}"));
+    }
+    Ok(out)
+}
+
+/// The `WITH ID = <uuid>` of a `CREATE TABLE`, lowercased.
+fn with_id(text: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let at = lower.find(" with id = ").map(|i| i + 11).or_else(|| lower.find(" with id=").map(|i| i + 9))?;
+    let id: String = lower[at..].chars().take_while(|c| c.is_ascii_hexdigit() || *c == '-').collect();
+    (id.len() == 36).then_some(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +448,36 @@ mod tests {
                 .unwrap();
         let d = diff(&b, &rekeyed);
         assert!(d.incompatible.iter().any(|x| x.contains("partition key")), "{d:?}");
+    }
+
+    #[test]
+    fn schema_statements_are_split_and_checked() {
+        let cql = "CREATE TYPE IF NOT EXISTS shop.address (\n    street text\n);\n\
+                   CREATE TABLE IF NOT EXISTS shop.users (\n    id int PRIMARY KEY,\n    home frozen<address>\n) WITH ID = 046B0CE0-f015-11f1-8da4-21d1fa6545e1\n    AND comment = 'a; b';\n\
+                   CREATE CUSTOM INDEX IF NOT EXISTS users_by_email ON shop.users (email) USING 'sai';";
+        let s = parse_schema(cql, "shop", "users").unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!((s[0].object, s[0].name.as_str()), (SchemaObject::Type, "address"));
+        assert_eq!(s[1].object, SchemaObject::Table);
+        assert_eq!(s[1].table_id.as_deref(), Some("046b0ce0-f015-11f1-8da4-21d1fa6545e1"));
+        assert!(s[1].text.ends_with("comment = 'a; b'"), "a ; inside a string does not split: {}", s[1].text);
+        assert_eq!((s[2].object, s[2].name.as_str()), (SchemaObject::Index, "users"));
+    }
+
+    #[test]
+    fn schema_statements_that_do_anything_else_are_refused() {
+        let ok = "CREATE TABLE IF NOT EXISTS shop.users (id int PRIMARY KEY);";
+        for bad in [
+            "DROP KEYSPACE shop;",
+            "CREATE TABLE IF NOT EXISTS shop.users (id int PRIMARY KEY); ALTER ROLE cassandra WITH PASSWORD = 'x';",
+            "CREATE TABLE IF NOT EXISTS other.users (id int PRIMARY KEY);",
+            "CREATE TABLE IF NOT EXISTS shop.orders (id int PRIMARY KEY);",
+            "CREATE TABLE shop.users (id int PRIMARY KEY);",
+            "CREATE INDEX IF NOT EXISTS i ON shop.orders (x);",
+            "CREATE TYPE IF NOT EXISTS shop.t (a int);",
+        ] {
+            assert!(parse_schema(bad, "shop", "users").is_err(), "{bad}");
+        }
+        assert!(parse_schema(ok, "shop", "users").is_ok());
     }
 }

@@ -207,6 +207,8 @@ pub struct RestoreParams {
     pub ignore_token_mismatch: bool,
     /// Restore even if a table's primary key or column types differ.
     pub ignore_schema_mismatch: bool,
+    /// Live: create missing tables from the backup's schema (in the truncate phase, once).
+    pub create_tables: bool,
 }
 
 /// [`RESTORE_CHECK`] result: what the node would restore.

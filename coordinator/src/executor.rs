@@ -768,6 +768,7 @@ impl Executor {
                     new_cluster: false,
                     ignore_token_mismatch: r.ignore_token_mismatch,
                     ignore_schema_mismatch: r.ignore_schema_mismatch,
+                    create_tables: r.create_tables,
                 })
             }
         };

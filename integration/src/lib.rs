@@ -16,6 +16,8 @@
 //! - [`lab`]: a whole installation as processes (storage, emulated clusters, agents, coordinators).
 //! - [`conformance`]: the storage scenario every backend must pass.
 //! - [`node`]: an emulated node, a storage server and the real agent binary, for the single-node tests.
+//! - [`real`]: real Cassandra 4.0/4.1/5.0 nodes from `.tools/cassandra` (scripts/install.sh), and
+//!   a data set written and read back through a CQL driver.
 
 #![deny(unsafe_code)]
 
@@ -30,6 +32,7 @@ pub mod lab;
 pub mod node;
 pub mod process;
 pub mod proxy;
+pub mod real;
 pub mod servers;
 pub mod tools;
 

@@ -51,6 +51,68 @@ impl AgentRun {
     }
 }
 
+/// The `cassette-agent` command line: a binary, a config file and the storage credentials.
+#[derive(Debug, Clone)]
+pub struct AgentCli {
+    /// The binary.
+    pub bin: PathBuf,
+    /// The config file (`--config`).
+    pub config: PathBuf,
+    /// Environment for the child (storage credentials and endpoint).
+    pub env: Vec<(String, String)>,
+}
+
+impl AgentCli {
+    /// An agent command line.
+    pub fn new(bin: &Path, config: &Path, env: Vec<(String, String)>) -> Self {
+        Self { bin: bin.to_owned(), config: config.to_owned(), env }
+    }
+
+    /// The command, with `--output json` unless the arguments choose.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config").arg(&self.config);
+        if !args.contains(&"--output") {
+            cmd.arg("--output").arg("json");
+        }
+        cmd.args(args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env_remove("CASSETTE_LOCATION").env_remove("CASSETTE_STATE_DIR").env_remove("CASSETTE_OUTPUT");
+        cmd
+    }
+
+    /// Runs the agent to completion.
+    pub fn run(&self, args: &[&str]) -> AgentRun {
+        let out = match self.command(args).output() {
+            Ok(o) => o,
+            Err(e) => panic!("cannot run {}: {e}", self.bin.display()),
+        };
+        let run = AgentRun {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        eprintln!("    $ cassette-agent {} -> exit {}", args.join(" "), run.code);
+        run
+    }
+
+    /// Runs the agent; panics unless it exits 0; returns its JSON report.
+    pub fn ok(&self, args: &[&str]) -> serde_json::Value {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "cassette-agent {} failed:\nstdout: {}\nstderr: {}", args.join(" "), r.stdout, r.stderr);
+        r.json()
+    }
+
+    /// Runs the agent; panics if it exits 0; returns the run.
+    pub fn err(&self, args: &[&str]) -> AgentRun {
+        let r = self.run(args);
+        assert_ne!(r.code, 0, "cassette-agent {} should have failed:\nstdout: {}", args.join(" "), r.stdout);
+        r
+    }
+}
+
 /// An emulated cluster (node `127.0.0.1` is the agent's), a storage server and an agent config.
 #[derive(Debug)]
 pub struct NodeEnv {
@@ -138,53 +200,34 @@ impl NodeEnv {
         Ok(())
     }
 
+    /// The agent's command line with this env's config and server credentials.
+    pub fn cli(&self) -> AgentCli {
+        AgentCli::new(&self.agent_bin, &self.config_path, self.server.env_vars())
+    }
+
     /// A command line for the agent with this env's config and server credentials.
     pub fn command(&self, args: &[&str]) -> Command {
-        self.command_with(&self.config_path, args)
+        self.cli().command(args)
     }
 
     /// A command line for the agent with another config file (an agent of another node).
     pub fn command_with(&self, config: &Path, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.agent_bin);
-        cmd.arg("--config").arg(config);
-        if !args.contains(&"--output") {
-            cmd.arg("--output").arg("json");
-        }
-        cmd.args(args);
-        for (k, v) in self.server.env_vars() {
-            cmd.env(k, v);
-        }
-        cmd.env_remove("CASSETTE_LOCATION").env_remove("CASSETTE_STATE_DIR").env_remove("CASSETTE_OUTPUT");
-        cmd
+        AgentCli::new(&self.agent_bin, config, self.server.env_vars()).command(args)
     }
 
     /// Runs the agent to completion.
     pub fn agent(&self, args: &[&str]) -> AgentRun {
-        let out = match self.command(args).output() {
-            Ok(o) => o,
-            Err(e) => panic!("cannot run {}: {e}", self.agent_bin.display()),
-        };
-        let run = AgentRun {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        eprintln!("    $ cassette-agent {} -> exit {}", args.join(" "), run.code);
-        run
+        self.cli().run(args)
     }
 
     /// Runs the agent; panics unless it exits 0; returns its JSON report.
     pub fn agent_ok(&self, args: &[&str]) -> serde_json::Value {
-        let r = self.agent(args);
-        assert_eq!(r.code, 0, "cassette-agent {} failed:\nstdout: {}\nstderr: {}", args.join(" "), r.stdout, r.stderr);
-        r.json()
+        self.cli().ok(args)
     }
 
     /// Runs the agent; panics if it exits 0; returns the run.
     pub fn agent_err(&self, args: &[&str]) -> AgentRun {
-        let r = self.agent(args);
-        assert_ne!(r.code, 0, "cassette-agent {} should have failed:\nstdout: {}", args.join(" "), r.stdout);
-        r
+        self.cli().err(args)
     }
 
     /// The repository, through the library.

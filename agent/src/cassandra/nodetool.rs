@@ -278,11 +278,13 @@ impl NodetoolControl {
         }
         // cqlsh's own request timeout (default 10 s) would cut long truncates short.
         args.push(format!("--request-timeout={}", timeout.as_secs().max(1)));
+        // cqlsh pages `-e` output by 100 rows and gives every page its own column widths (seen
+        // on cqlsh 6.2 against 5.0.9): one page keeps one set of column boundaries to parse.
         args.extend([
             self.config.cql_host.clone(),
             self.config.cql_port.to_string(),
             "-e".to_owned(),
-            statement.to_owned(),
+            format!("PAGING OFF; {statement}"),
         ]);
         let display = format!("cqlsh {} {} -e {statement:?}", self.config.cql_host, self.config.cql_port);
         let out = process::run(Invocation {
@@ -711,6 +713,18 @@ impl super::CassandraControl for NodetoolControl {
         Self::check_name("truncate", keyspace)?;
         Self::check_name("truncate", table)?;
         self.cql(&format!("TRUNCATE \"{keyspace}\".\"{table}\";"), CommandKind::Operation).await.map(|_| ())
+    }
+
+    async fn create_schema(&self, statements: &[cassette_common::cql::SchemaStatement]) -> Result<(), CassandraError> {
+        for st in statements {
+            Self::check_name("create schema", &st.keyspace)?;
+            Self::check_name("create schema", &st.name)?;
+        }
+        // One cqlsh: its driver waits for schema agreement after each DDL statement. Nothing may
+        // follow the last `;`: cqlsh 6.2 reads trailing whitespace as one more, empty statement
+        // and fails it with "no viable alternative at input ';'" (seen on 5.0.9).
+        let text = format!("{};", statements.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join(";\n"));
+        self.cql(&text, CommandKind::Operation).await.map(|_| ())
     }
 
     async fn schema(&self) -> Result<Vec<LiveTable>, CassandraError> {

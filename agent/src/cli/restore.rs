@@ -86,6 +86,9 @@ pub struct RestoreArgs {
     /// Do not check free disk space before downloading.
     #[arg(long)]
     skip_space_check: bool,
+    /// Live: create tables missing on the node (dropped, or a new cluster) from the backup's schema.cql (types, table with its old id, indexes), then restore them.
+    #[arg(long)]
+    create_tables: bool,
     /// Check and show the plan (tables, files, space); change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -168,6 +171,7 @@ pub async fn run(a: RestoreArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         ignore_schema_mismatch: a.ignore_schema_mismatch,
         skip_space_check: a.skip_space_check,
         dry_run: a.dry_run,
+        create_tables: a.create_tables,
     };
     let staging = a.staging_dir.clone().or_else(|| s.config.restore.staging_dir.clone());
     let result = restore::run(&s.ctx, &req, staging.as_deref()).await;

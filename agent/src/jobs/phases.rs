@@ -433,6 +433,7 @@ impl OpPhase {
             no_truncate: p.no_truncate,
             ignore_token_mismatch: p.ignore_token_mismatch,
             ignore_schema_mismatch: p.ignore_schema_mismatch,
+            create_tables: p.create_tables,
             dry_run,
             ..RestoreRequest::default()
         };

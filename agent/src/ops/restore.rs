@@ -158,6 +158,10 @@ pub struct RestoreRequest {
     pub skip_space_check: bool,
     /// Only plan and check; change nothing.
     pub dry_run: bool,
+    /// Live: create target tables that do not exist (after a `DROP TABLE`, or on an empty
+    /// cluster) from the backup's `schema.cql`: its types, the table with its old id, its
+    /// indexes. Statements are checked first (only `CREATE … IF NOT EXISTS` of that table).
+    pub create_tables: bool,
 }
 
 impl Default for RestoreRequest {
@@ -180,6 +184,7 @@ impl Default for RestoreRequest {
             ignore_schema_mismatch: false,
             skip_space_check: false,
             dry_run: false,
+            create_tables: false,
         }
     }
 }
@@ -206,6 +211,8 @@ pub struct PlannedTable {
     pub bytes: u64,
     /// How the live table's schema differs, if it does.
     pub schema_diff: Option<SchemaDiff>,
+    /// The backup's `schema.cql`, checked, when the table is to be created (`--create-tables`).
+    pub create_schema: Option<String>,
 }
 
 impl PlannedTable {
@@ -322,6 +329,9 @@ pub struct RestoreState {
     pub truncated: Vec<String>,
     /// Target tables imported (or placed, in place).
     pub imported: Vec<String>,
+    /// Target tables created from the backup's schema (`--create-tables`).
+    #[serde(default)]
+    pub created: Vec<String>,
 }
 
 const STATE_FILE: &str = "cassette-restore-state.json";
@@ -693,6 +703,7 @@ pub async fn plan(
             .find(|r| r.from == (ks.clone(), t.clone()))
             .map(|r| r.to.clone())
             .unwrap_or_else(|| (ks.clone(), t.clone()));
+        let mut create = None;
         let (target_dir, schema_diff) = if req.strategy.live() {
             match live_tables.iter().find(|l| l.keyspace == tk && l.table == tt) {
                 Some(l) => {
@@ -706,15 +717,37 @@ pub async fn plan(
                 }
                 None => {
                     let renamed = (tk.clone(), tt.clone()) != (ks.clone(), t.clone());
-                    missing_targets.push(if renamed {
-                        format!("{tk}.{tt} (the --rename target for {ks}.{t})")
-                    } else {
-                        format!("{tk}.{tt}")
-                    });
-                    if let Some(cql) = schema {
-                        schemas.push(cql.trim().to_owned());
+                    match (req.create_tables && !renamed, schema) {
+                        (true, Some(text)) => {
+                            let statements = cql::parse_schema(text, ks, t).map_err(|why| {
+                                RestoreError::Refused(format!(
+                                    "--create-tables: the backup's schema of {ks}.{t} cannot be used: {why}"
+                                ))
+                            })?;
+                            let Some(id) = statements.iter().find_map(|s| s.table_id.clone()) else {
+                                return Err(RestoreError::Refused(format!(
+                                    "--create-tables: the backup's schema of {ks}.{t} has no WITH ID: create the table yourself, then restore"
+                                )));
+                            };
+                            create = Some(text.trim().to_owned());
+                            (format!("{t}-{}", id.replace('-', "")), None)
+                        }
+                        (true, None) => {
+                            missing_targets.push(format!("{tk}.{tt} (the backup holds no schema.cql for it)"));
+                            continue;
+                        }
+                        (false, _) => {
+                            missing_targets.push(if renamed {
+                                format!("{tk}.{tt} (the --rename target for {ks}.{t})")
+                            } else {
+                                format!("{tk}.{tt}")
+                            });
+                            if let Some(cql) = schema {
+                                schemas.push(cql.trim().to_owned());
+                            }
+                            continue;
+                        }
                     }
-                    continue;
                 }
             }
         } else {
@@ -735,6 +768,7 @@ pub async fn plan(
             files: 0,
             bytes: 0,
             schema_diff,
+            create_schema: create,
         });
     }
     if !missing_targets.is_empty() {
@@ -744,7 +778,7 @@ pub async fn plan(
             format!(" (the backup's schema, to adapt for renamed targets:\n{}\n)", schemas.join("\n"))
         };
         return Err(RestoreError::Refused(format!(
-            "these tables do not exist on the node: {}; create them first{hint}",
+            "these tables do not exist on the node: {}; create them first, or pass --create-tables to create them from the backup's schema (not for --rename targets){hint}",
             missing_targets.join(", ")
         )));
     }

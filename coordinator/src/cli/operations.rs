@@ -152,6 +152,9 @@ pub enum RestoreCommand {
         /// Restore even if a node's tokens differ from its backup's.
         #[arg(long)]
         ignore_token_mismatch: bool,
+        /// Create tables missing on the cluster (dropped, or an empty cluster) from the backup's schema, once, before the import.
+        #[arg(long)]
+        create_tables: bool,
         /// Nodes downloading at once in each datacenter (default: all).
         #[arg(long, default_value_t = 0)]
         parallel: usize,
@@ -485,6 +488,7 @@ pub async fn run_restore(c: RestoreCommand, client: &OperatorClient, out: Output
         no_truncate,
         ignore_schema_mismatch,
         ignore_token_mismatch,
+        create_tables,
         parallel,
         detach,
     } = c;
@@ -499,6 +503,7 @@ pub async fn run_restore(c: RestoreCommand, client: &OperatorClient, out: Output
         no_truncate,
         ignore_schema_mismatch,
         ignore_token_mismatch,
+        create_tables,
         parallel,
     };
     let v = start(client, plan::KIND_RESTORE, serde_json::to_value(spec)?).await?;

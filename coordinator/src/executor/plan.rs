@@ -67,6 +67,8 @@ pub struct RestoreSpec {
     pub ignore_schema_mismatch: bool,
     /// Restore even if a node's tokens differ from its backup's.
     pub ignore_token_mismatch: bool,
+    /// Live: create missing tables from the backup's schema (once, in the truncate phase).
+    pub create_tables: bool,
     /// Nodes downloading at once per datacenter (0: all).
     pub parallel: usize,
 }

@@ -6,26 +6,46 @@ use super::Outcome;
 use super::ops;
 use super::state::{Cluster, StateDir, Version};
 
+/// Rows per page when cqlsh pages its output (its default with `PAGING ON`, also with `-e`).
+pub const PAGE_ROWS: usize = 100;
+
 /// Renders rows the way cqlsh prints them: a leading blank line, headers left-aligned, values
 /// right-aligned, ` | ` between cells, a `---+---` rule, a blank line and `(N rows)`.
 pub fn render(columns: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = columns.iter().map(|c| c.len()).collect();
-    for r in rows {
-        for (i, v) in r.iter().enumerate() {
-            widths[i] = widths[i].max(v.chars().count());
-        }
-    }
+    render_paged(columns, rows, None)
+}
+
+/// [`render`] as cqlsh does with paging on (`Some(rows per page)`): every page of rows gets its
+/// own column widths (the header's and that page's values), the header is printed once, above
+/// the first page. Real cqlsh 6.2 with `-e` pages by 100 rows (seen on Cassandra 5.0.9), so a
+/// long result is not one table with one set of column boundaries; `PAGING OFF;` turns it off.
+pub fn render_paged(columns: &[&str], rows: &[Vec<String>], page: Option<usize>) -> String {
+    let page = page.unwrap_or(usize::MAX).max(1);
     let mut s = String::from("\n");
-    let head: Vec<String> = columns.iter().zip(&widths).map(|(c, w)| format!(" {c:<w$} ")).collect();
-    s.push_str(head.join("|").trim_end());
-    s.push('\n');
-    let sep: Vec<String> = widths.iter().map(|w| "-".repeat(w + 2)).collect();
-    s.push_str(&sep.join("+"));
-    s.push('\n');
-    for r in rows {
-        let cells: Vec<String> = r.iter().zip(&widths).map(|(v, w)| format!(" {v:>w$} ")).collect();
-        s.push_str(cells.join("|").trim_end());
-        s.push('\n');
+    let mut chunks: Vec<&[Vec<String>]> = rows.chunks(page).collect();
+    if chunks.is_empty() {
+        chunks.push(&[]);
+    }
+    for (n, chunk) in chunks.into_iter().enumerate() {
+        let mut widths: Vec<usize> = columns.iter().map(|c| c.len()).collect();
+        for r in chunk {
+            for (i, v) in r.iter().enumerate() {
+                widths[i] = widths[i].max(v.chars().count());
+            }
+        }
+        if n == 0 {
+            let head: Vec<String> = columns.iter().zip(&widths).map(|(c, w)| format!(" {c:<w$} ")).collect();
+            s.push_str(head.join("|").trim_end());
+            s.push('\n');
+            let sep: Vec<String> = widths.iter().map(|w| "-".repeat(w + 2)).collect();
+            s.push_str(&sep.join("+"));
+            s.push('\n');
+        }
+        for r in chunk {
+            let cells: Vec<String> = r.iter().zip(&widths).map(|(v, w)| format!(" {v:>w$} ")).collect();
+            s.push_str(cells.join("|").trim_end());
+            s.push('\n');
+        }
     }
     s.push_str(&format!("\n({} rows)\n", rows.len()));
     s
@@ -138,11 +158,118 @@ pub fn run(state: &StateDir, args: &[String]) -> Outcome {
     out
 }
 
+/// `ks.name` after the words of `lower` that precede it (`create table if not exists`).
+fn object_name(s: &str, lower: &str, after: &str) -> Option<(String, String)> {
+    let at = lower.find(after)? + after.len();
+    let rest = s[at..].trim_start();
+    let rest = if rest.len() >= 14 && rest[..14].eq_ignore_ascii_case("if not exists ") { &rest[14..] } else { rest };
+    let word = rest.split(|c: char| c.is_whitespace() || c == '(').next()?;
+    let (k, t) = word.split_once('.')?;
+    Some((unquote(k).to_ascii_lowercase(), unquote(t).to_ascii_lowercase()))
+}
+
+/// CREATE TYPE (accepted, not modelled), CREATE TABLE (columns, keys and `WITH ID` from the
+/// statement), CREATE [CUSTOM] INDEX (native, or SAI with `USING 'sai'`), DROP TABLE (its live
+/// files removed, a `dropped-<ms>-<table>` snapshot first when auto_snapshot is on, as Cassandra does).
+fn schema_change(c: &mut Cluster, s: &str, lower: &str) -> Result<(), (&'static str, String)> {
+    let invalid = |m: String| ("InvalidRequest", m);
+    let if_not_exists = lower.contains(" if not exists ");
+    if lower.starts_with("create type") {
+        return Ok(());
+    }
+    if lower.starts_with("create table") {
+        let (ks, t) = object_name(s, lower, "create table").ok_or_else(|| invalid(format!("cannot read {s}")))?;
+        if c.table(&ks, &t).is_some() {
+            return if if_not_exists {
+                Ok(())
+            } else {
+                Err(("AlreadyExists", format!("Table {ks}.{t} already exists")))
+            };
+        }
+        let cols = cassette_common::cql::parse_create_table(s).ok_or_else(|| invalid(format!("cannot read {s}")))?;
+        let keyed = |k: cassette_common::cql::ColumnKind| {
+            let mut v: Vec<_> = cols.columns.iter().filter(|col| col.kind == k).collect();
+            v.sort_by_key(|col| col.position);
+            v.into_iter().map(|col| col.name.clone()).collect::<Vec<_>>()
+        };
+        let pk = keyed(cassette_common::cql::ColumnKind::PartitionKey);
+        let ck = keyed(cassette_common::cql::ColumnKind::Clustering);
+        let columns = cols.columns.iter().map(|col| (col.name.clone(), col.cql_type.clone())).collect();
+        let id = lower
+            .find(" with id = ")
+            .map(|i| s[i + 11..].chars().take_while(|ch| ch.is_ascii_hexdigit() || *ch == '-').collect::<String>())
+            .map(|u| u.parse().map_err(|e| invalid(format!("bad table id {u}: {e}"))))
+            .transpose()?;
+        return super::create_table(c, &ks, &t, columns, pk, ck, id).map(|_| ()).map_err(|e| invalid(format!("{e:#}")));
+    }
+    if lower.starts_with("create index") || lower.starts_with("create custom index") {
+        let (ks, t) = object_name(s, lower, " on ").ok_or_else(|| invalid(format!("cannot read {s}")))?;
+        let head = &lower[..lower.find(" on ").unwrap_or(0)];
+        let name = head.split_whitespace().last().unwrap_or_default().to_owned();
+        let column =
+            s[s.find('(').unwrap_or(0)..].trim_start_matches('(').split(')').next().map(unquote).unwrap_or_default();
+        let kind = if lower.contains("using 'sai'") || lower.contains("storageattachedindex") {
+            super::state::IndexKind::Sai
+        } else {
+            super::state::IndexKind::Native
+        };
+        if c.table(&ks, &t).is_some_and(|x| x.indexes.iter().any(|i| i.name == name)) && if_not_exists {
+            return Ok(());
+        }
+        return super::create_index(c, &ks, &t, super::state::Index { name, column, kind })
+            .map_err(|e| invalid(format!("{e:#}")));
+    }
+    if lower.starts_with("drop table") {
+        let (ks, t) = object_name(s, lower, "drop table").ok_or_else(|| invalid(format!("cannot read {s}")))?;
+        if c.table(&ks, &t).is_none() {
+            return if lower.contains(" if exists ") {
+                Ok(())
+            } else {
+                Err(invalid(format!("Table '{ks}.{t}' doesn't exist")))
+            };
+        }
+        return ops::drop_table(c, &ks, &t).map_err(|e| ("ServerError", format!("{e:#}")));
+    }
+    Err(("SyntaxException", format!("the emulator does not support this statement: {s}")))
+}
+
 fn unquote(s: &str) -> String {
     s.trim().trim_matches('"').to_owned()
 }
 
 fn execute(c: &mut Cluster, node: usize, stmt: &str) -> Outcome {
+    let s = stmt.trim_start();
+    // `PAGING OFF;` before the statement: one page, and cqlsh says so first.
+    let (s, page) = match s.get(..11) {
+        Some(p) if p.eq_ignore_ascii_case("paging off;") => (s[11..].trim_start(), None),
+        _ => (s, Some(PAGE_ROWS)),
+    };
+    let statements = cassette_common::cql::split_statements(s);
+    let mut out = Outcome::default();
+    for st in &statements {
+        let one = execute_one(c, node, st, page);
+        out.stdout.push_str(&one.stdout);
+        out.stderr.push_str(&one.stderr);
+        out.code = one.code;
+        if one.code != 0 {
+            break;
+        }
+    }
+    if statements.is_empty() {
+        out = execute_one(c, node, s, page);
+    }
+    // Real cqlsh 6.2 runs whitespace after the last `;` as one more statement, which fails.
+    if out.code == 0 && s.rsplit_once(';').is_some_and(|(_, tail)| !tail.is_empty() && tail.trim().is_empty()) {
+        out.stderr.push_str("<stdin>:1:SyntaxException: line 1:0 no viable alternative at input ';' ([;])\n");
+        out.code = 2;
+    }
+    if page.is_none() {
+        out.stdout = format!("PAGING set to OFF\n{}", out.stdout);
+    }
+    out
+}
+
+fn execute_one(c: &mut Cluster, node: usize, stmt: &str, page: Option<usize>) -> Outcome {
     let s = stmt.trim().trim_end_matches(';').trim();
     let lower = s.to_ascii_lowercase();
     if let Some(rest) = lower.strip_prefix("truncate") {
@@ -176,6 +303,12 @@ fn execute(c: &mut Cluster, node: usize, stmt: &str) -> Outcome {
         }
         return Outcome::default();
     }
+    if lower.starts_with("create ") || lower.starts_with("drop table") {
+        return match schema_change(c, s, &lower) {
+            Ok(()) => Outcome::default(),
+            Err((kind, msg)) => error(kind, 2200, "Invalid query", &msg),
+        };
+    }
     if lower.starts_with("select") && lower.contains("from system_views.settings") {
         if c.version == Version::V311 {
             return error("InvalidRequest", 2200, "Invalid query", "keyspace system_views does not exist");
@@ -208,7 +341,7 @@ fn execute(c: &mut Cluster, node: usize, stmt: &str) -> Outcome {
             .filter(|(k, _)| wanted.as_deref().is_none_or(|w| w == *k))
             .map(|(k, v)| vec![k.to_owned(), v])
             .collect();
-        return Outcome { stdout: render(&["name", "value"], &rows), stderr: String::new(), code: 0 };
+        return Outcome { stdout: render_paged(&["name", "value"], &rows, page), stderr: String::new(), code: 0 };
     }
     if lower.starts_with("select") && lower.contains("from system_schema.tables") {
         let mut rows = Vec::new();
@@ -218,7 +351,7 @@ fn execute(c: &mut Cluster, node: usize, stmt: &str) -> Outcome {
             }
         }
         return Outcome {
-            stdout: render(&["keyspace_name", "table_name", "id"], &rows),
+            stdout: render_paged(&["keyspace_name", "table_name", "id"], &rows, page),
             stderr: String::new(),
             code: 0,
         };
@@ -247,7 +380,11 @@ fn execute(c: &mut Cluster, node: usize, stmt: &str) -> Outcome {
             }
         }
         return Outcome {
-            stdout: render(&["keyspace_name", "table_name", "column_name", "kind", "position", "type"], &rows),
+            stdout: render_paged(
+                &["keyspace_name", "table_name", "column_name", "kind", "position", "type"],
+                &rows,
+                page,
+            ),
             stderr: String::new(),
             code: 0,
         };
@@ -263,9 +400,10 @@ fn execute(c: &mut Cluster, node: usize, stmt: &str) -> Outcome {
             c.schema_version.clone(),
         ];
         return Outcome {
-            stdout: render(
+            stdout: render_paged(
                 &["host_id", "cluster_name", "data_center", "rack", "release_version", "schema_version"],
                 &[row],
+                page,
             ),
             stderr: String::new(),
             code: 0,
@@ -281,6 +419,13 @@ fn execute(c: &mut Cluster, node: usize, stmt: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_get_their_own_widths() {
+        let rows: Vec<Vec<String>> = ["a", "bbbbbbbb", "c"].iter().map(|v| vec![(*v).to_owned()]).collect();
+        let s = render_paged(&["name"], &rows, Some(2));
+        assert_eq!(s, "\n name\n----------\n        a\n bbbbbbbb\n    c\n\n(3 rows)\n");
+    }
 
     #[test]
     fn renders_like_cqlsh() {

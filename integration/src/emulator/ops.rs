@@ -752,11 +752,26 @@ pub fn refresh(c: &mut Cluster, node: usize, ks: &str, t: &str) -> OpResult<()> 
 /// `TRUNCATE`: on every node, auto-snapshot `truncated-<ms>-<table>` (if enabled), then drop the
 /// live SSTables.
 pub fn truncate(c: &mut Cluster, ks: &str, t: &str) -> anyhow::Result<()> {
+    clear_table(c, ks, t, "truncated")
+}
+
+/// `DROP TABLE`: like a truncate (a `dropped-<ms>-<table>` snapshot when auto_snapshot is on, the
+/// live files removed), then the table leaves the schema; its directory stays with the snapshot.
+pub fn drop_table(c: &mut Cluster, ks: &str, t: &str) -> anyhow::Result<()> {
+    clear_table(c, ks, t, "dropped")?;
+    if let Some(k) = c.keyspaces.get_mut(ks) {
+        k.tables.remove(t);
+    }
+    c.bump_schema();
+    Ok(())
+}
+
+fn clear_table(c: &mut Cluster, ks: &str, t: &str, why: &str) -> anyhow::Result<()> {
     let tdir = c.table(ks, t).map(|x| x.dir_name(t)).context("no table")?;
     let now = c.now_ms();
     for node in 0..c.nodes.len() {
         if c.nodes[node].auto_snapshot {
-            let tag = format!("truncated-{now}-{t}");
+            let tag = format!("{why}-{now}-{t}");
             snapshot(c, node, &tag, &Entities::Tables(vec![(ks.into(), t.into())]), false, None, false)
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         } else {

@@ -82,10 +82,34 @@ pub(super) async fn verify_staged(
     Ok(())
 }
 
+/// Creates the target tables the plan marks for creation (`--create-tables`) from the backup's
+/// checked schema, once: types, the table with its old id, its indexes, all `IF NOT EXISTS`.
+/// Runs in the truncate phase (once per cluster) or, without one, before the import.
+async fn create_missing(ctx: &OpContext, plan: &RestorePlan, state: &mut RestoreState) -> Result<(), RestoreError> {
+    for t in &plan.tables {
+        let Some(text) = &t.create_schema else { continue };
+        let name = t.target_name();
+        if state.created.contains(&name) {
+            continue;
+        }
+        let statements = cassette_common::cql::parse_schema(text, &t.target_keyspace, &t.target_table)
+            .map_err(|why| RestoreError::Refused(format!("the backup's schema of {name} cannot be used: {why}")))?;
+        ctx.say(format!("creating {name} from the backup's schema ({} statements)", statements.len()));
+        ctx.cassandra
+            .create_schema(&statements)
+            .await
+            .map_err(|e| RestoreError::cassandra(format!("create {name} from the backup's schema"), e))?;
+        state.created.push(name);
+        state.save(&plan.state_path())?;
+    }
+    Ok(())
+}
+
 /// Truncates every target table (once; a rerun skips tables already truncated). Only after the
-/// download phase verified every file.
+/// download phase verified every file. Tables to create are created first.
 pub async fn truncate(ctx: &OpContext, plan: &RestorePlan) -> Result<Vec<String>, RestoreError> {
     let mut state = require_downloaded(plan, "truncate")?;
+    create_missing(ctx, plan, &mut state).await?;
     if state.truncated_at_ms.is_none() {
         state.truncated_at_ms = Some(chrono::Utc::now().timestamp_millis());
         state.save(&plan.state_path())?;
@@ -115,6 +139,7 @@ pub async fn truncate(ctx: &OpContext, plan: &RestorePlan) -> Result<Vec<String>
 pub async fn import(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) -> Result<Vec<String>, RestoreError> {
     let mut state = require_downloaded(plan, "import")?;
     verify_staged(ctx, plan, &state).await?;
+    create_missing(ctx, plan, &mut state).await?;
     let version = ctx.cassandra.describe_node().await.map_err(|e| RestoreError::cassandra("describe the node", e))?;
     let mut done = Vec::new();
     for (ti, t) in plan.tables.iter().enumerate() {

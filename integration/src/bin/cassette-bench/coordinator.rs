@@ -162,6 +162,9 @@ impl CassandraControl for RingControl {
     async fn schema(&self) -> Result<Vec<LiveTable>, CassandraError> {
         Ok(vec![])
     }
+    async fn create_schema(&self, _s: &[cassette_common::cql::SchemaStatement]) -> Result<(), CassandraError> {
+        Err(unsupported("create_schema"))
+    }
 }
 
 fn ring(n: usize, dcs: usize) -> Vec<RingMember> {

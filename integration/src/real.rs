@@ -364,6 +364,9 @@ pub struct RealCluster {
     pub spec: ClusterSpec,
     /// The nodes.
     pub nodes: Vec<RealNode>,
+    /// Environment of the Cassandra processes (what an operator puts into the service's
+    /// environment for the `archive_command`: the storage credentials).
+    pub env: Vec<(String, String)>,
     temp: Option<tempfile::TempDir>,
     root: PathBuf,
 }
@@ -390,7 +393,8 @@ impl RealCluster {
                 _lease: lease,
             })
             .collect();
-        let cluster = Self { install: install.clone(), spec: spec.clone(), nodes, temp: Some(temp), root };
+        let cluster =
+            Self { install: install.clone(), spec: spec.clone(), nodes, env: Vec::new(), temp: Some(temp), root };
         for i in 0..n {
             cluster.write_config(i)?;
         }
@@ -537,7 +541,8 @@ impl RealCluster {
             .arg(format!("{}:{}/lib/*", node.conf_dir().display(), install.dir.display()))
             .arg("org.apache.cassandra.service.CassandraDaemon")
             .env_remove("JAVA_TOOL_OPTIONS")
-            .env_remove("_JAVA_OPTIONS");
+            .env_remove("_JAVA_OPTIONS")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let started = Instant::now();
         let name = format!("cassandra-{}-{}", install.version, node.address);
         let process = ManagedProcess::spawn(&name, cmd, &node.dir.join("logs/stdout.log"))?;

@@ -192,3 +192,124 @@ async fn t13_real_50_bti_sstables() {
     agent.ok(&["restore", "latest", "--strategy", "import", "--entities", KS]);
     assert_rows("bti import", &rows, &ds.read(&s).await.unwrap());
 }
+
+fn micros_now() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Point in time with real commit logs, on `series`:
+/// - `archive_command` is `cassette-agent commitlog-backup %path`, run by Cassandra itself on
+///   every closed segment;
+/// - rows before and after a point; one row written at exactly the point (`USING TIMESTAMP`)
+///   and one a microsecond later;
+/// - the node is lost, rebuilt in place from the backup taken before, and
+///   `commitlog-restore --until <point>` prepares the replay; after the start exactly the rows
+///   up to the point are there (the one at the point included, the one a microsecond later not);
+/// - `--finish` puts the original properties back: the restore settings are gone.
+async fn point_in_time_story(test: &str, series: Series) {
+    let spec = ClusterSpec::single(&format!("pitr{}", series.name().replace('.', "")));
+    let Some(mut env) = RealEnv::create(test, series, &spec, Backend::S3sFs).unwrap() else { return };
+    let agent = env.agent(0);
+    let archive =
+        format!("archive_command={} --config {} commitlog-backup %path\n", agent.bin.display(), agent.config.display());
+    assert!(!archive.contains("  "), "Cassandra splits archive_command on single spaces");
+    env.cluster.nodes[0].write_commitlog_archiving(&archive).unwrap();
+    let original =
+        std::fs::read_to_string(env.cluster.nodes[0].conf_dir().join("commitlog_archiving.properties")).unwrap();
+    env.cluster.start().unwrap();
+    let s = env.cluster.session(0).await.unwrap();
+    let ds = DataSet::new(KS, &[("dc1", 1)]);
+
+    step("rows, then a backup");
+    ds.create_schema(&s, series).await.unwrap();
+    data::exec(&s, "CREATE KEYSPACE filler WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 1}")
+        .await
+        .unwrap();
+    data::exec(&s, "CREATE TABLE filler.pad (id int PRIMARY KEY, b blob)").await.unwrap();
+    ds.write(&s, 0).await.unwrap();
+    let backup = agent.ok(&["backup", "--entities", KS]);
+
+    step("more rows, one at the point, one a microsecond after it, more rows after");
+    ds.write(&s, 1).await.unwrap();
+    let point = micros_now();
+    let at = format!("INSERT INTO {KS}.users (id, name) VALUES (900001, 'at the point') USING TIMESTAMP {point}");
+    data::exec(&s, &at).await.unwrap();
+    let expected = ds.read(&s).await.unwrap();
+    let after = format!(
+        "INSERT INTO {KS}.users (id, name) VALUES (900002, 'a microsecond late') USING TIMESTAMP {}",
+        point + 1
+    );
+    data::exec(&s, &after).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    ds.write(&s, 2).await.unwrap();
+    assert_ne!(data::count(&ds.read(&s).await.unwrap()), data::count(&expected));
+
+    step("fill the commit log so the segments holding those writes close and are archived");
+    let pad = s.prepare("INSERT INTO filler.pad (id, b) VALUES (?, ?)").await.unwrap();
+    let blob = vec![7u8; 64 << 10];
+    for i in 0..300 {
+        s.execute_unpaged(&pad, (i, blob.as_slice())).await.unwrap();
+    }
+    let repo = env.server.repository(&env.prefix, &cassette_integration::node::NodeEnv::transfer());
+    let host = backup["host_id"].as_str().unwrap().parse().unwrap();
+    let index = cassette_common::layout::commitlog_prefix(backup["cluster"].as_str().unwrap(), &host);
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let archived = loop {
+        let n = repo.list(&index).await.unwrap().len();
+        if n >= 2 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert!(
+        archived >= 2,
+        "Cassandra archived closed segments through cassette-agent commitlog-backup ({archived} index entries)"
+    );
+
+    step("the node is lost: stopped, rebuilt in place from the backup");
+    drop(s);
+    env.cluster.stop_node(0).unwrap();
+    agent.ok(&["restore", backup["backup_id"].as_str().unwrap(), "--strategy", "in-place", "--entities", KS]);
+
+    step("commitlog-restore --until the point, start, compare");
+    let conf = env.cluster.nodes[0].conf_dir();
+    let dl = env.cluster.nodes[0].dir.join("pitr");
+    let until =
+        chrono::DateTime::from_timestamp_micros(point).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let r = agent.ok(&[
+        "commitlog-restore",
+        "--until",
+        &until,
+        "--conf-dir",
+        conf.to_str().unwrap(),
+        "--download-dir",
+        dl.to_str().unwrap(),
+    ]);
+    eprintln!("    {} segment(s) selected", r["restore"]["segments"].as_array().map(Vec::len).unwrap_or(0));
+    let props = std::fs::read_to_string(conf.join("commitlog_archiving.properties")).unwrap();
+    assert!(props.contains("restore_point_in_time="), "{props}");
+    env.cluster.start().unwrap();
+    let s = env.cluster.session(0).await.unwrap();
+    assert_rows("point in time", &only(&expected, "users"), &only(&ds.read(&s).await.unwrap(), "users"));
+    assert_rows("point in time", &expected, &ds.read(&s).await.unwrap());
+
+    step("--finish: the restore settings are gone");
+    agent.ok(&["commitlog-restore", "--finish", "--conf-dir", conf.to_str().unwrap()]);
+    let props = std::fs::read_to_string(conf.join("commitlog_archiving.properties")).unwrap();
+    assert_eq!(props, original, "the original commitlog_archiving.properties is back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t20_real_50_point_in_time() {
+    point_in_time_story("t20", Series::V50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t21_real_41_point_in_time() {
+    point_in_time_story("t21", Series::V41).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t22_real_40_point_in_time() {
+    point_in_time_story("t22", Series::V40).await;
+}

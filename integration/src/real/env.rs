@@ -31,10 +31,21 @@ impl RealEnv {
     /// Starts the storage server and the cluster; `Ok(None)` when something is missing and the
     /// test may skip (a message was printed; with `CASSETTE_REQUIRE_EMULATORS=1` it panics).
     pub fn start(test: &str, series: Series, spec: &ClusterSpec, backend: Backend) -> anyhow::Result<Option<Self>> {
+        let Some(mut env) = Self::create(test, series, spec, backend)? else { return Ok(None) };
+        env.cluster.start()?;
+        Ok(Some(env))
+    }
+
+    /// [`RealEnv::start`] without starting the nodes (their configuration written: a test can
+    /// change it first, e.g. with [`super::RealNode::write_commitlog_archiving`]).
+    pub fn create(test: &str, series: Series, spec: &ClusterSpec, backend: Backend) -> anyhow::Result<Option<Self>> {
         let Some(install) = Install::require(series, test) else { return Ok(None) };
         let Some(server) = StorageServer::start(backend, test)? else { return Ok(None) };
         let agent_bin = workspace_binary("cassette-agent", "cassette-agent");
-        let cluster = RealCluster::start_new(&install, spec)?;
+        let mut cluster = RealCluster::create(&install, spec)?;
+        // Cassandra runs `archive_command` (cassette-agent commitlog-backup) with its own
+        // environment: the storage credentials must be there.
+        cluster.env = server.env_vars();
         let dir = tempfile::Builder::new().prefix("cassette-real-agent-").tempdir()?;
         let env = Self {
             cluster,

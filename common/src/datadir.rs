@@ -174,9 +174,11 @@ impl KeyspaceClass {
     }
 
     /// Whether user-data backups should include it by default: user keyspaces and `system_auth`
-    /// (roles) are data; `system`, `system_traces`, `system_distributed` are node-local or regenerable.
+    /// (roles) are data, and `system_schema` (a few hundred KiB) is what rebuilds a cluster
+    /// from nothing (`--new-cluster`); `system`, `system_traces`, `system_distributed` are
+    /// node-local or regenerable. Restores take `system_schema` only when asked.
     pub fn backed_up_by_default(keyspace: &str) -> bool {
-        matches!(Self::of(keyspace), Self::User) || keyspace == "system_auth"
+        matches!(Self::of(keyspace), Self::User) || keyspace == "system_auth" || keyspace == "system_schema"
     }
 }
 

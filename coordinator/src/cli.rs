@@ -766,6 +766,9 @@ pub struct ServeArgs {
     /// An agent that does not answer for this long fails the current attempt of its phase.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub agent_timeout: Option<Duration>,
+    /// Time an agent has to answer a health probe (it asks Cassandra through nodetool: a JVM per call) [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub probe_timeout: Option<Duration>,
     /// Attempts per phase and node (retryable failures).
     #[arg(long)]
     pub phase_attempts: Option<u32>,
@@ -840,6 +843,9 @@ pub async fn run_coordinator(cli: CoordinatorCli) -> anyhow::Result<i32> {
     cfg.fault_injection |= a.enable_fault_injection;
     if let Some(v) = a.agent_timeout {
         cfg.operations.agent_timeout = v;
+    }
+    if let Some(v) = a.probe_timeout {
+        cfg.probe_timeout = v;
     }
     if let Some(v) = a.phase_attempts {
         cfg.operations.attempts = v;

@@ -765,7 +765,7 @@ impl Executor {
                     renames: r.renames.clone(),
                     no_truncate: r.no_truncate,
                     set_tokens: r.strategy == "in-place",
-                    new_cluster: false,
+                    new_cluster: r.new_cluster,
                     ignore_token_mismatch: r.ignore_token_mismatch,
                     ignore_schema_mismatch: r.ignore_schema_mismatch,
                     create_tables: r.create_tables,

@@ -406,10 +406,7 @@ impl AgentProcess {
         extra: &[&str],
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        let mut a = Self::prepare(cluster, node, port, pki, cert_name, dir, extra);
-        a.env = env;
-        a.restart()?;
-        Ok(a)
+        Self::start_for(&cluster.cassandra_config(node), node, port, pki, cert_name, dir, extra, env)
     }
 
     /// Starts an agent for the emulated node at `node` (e.g. `127.0.0.2`), listening on
@@ -423,20 +420,23 @@ impl AgentProcess {
         dir: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let mut a = Self::prepare(cluster, node, port, pki, cert_name, dir, extra);
-        a.restart()?;
-        Ok(a)
+        Self::start_for(&cluster.cassandra_config(node), node, port, pki, cert_name, dir, extra, Vec::new())
     }
 
-    fn prepare(
-        cluster: &crate::harness::EmulatedCluster,
+    /// Starts an agent for the node `cassandra` reaches (its nodetool, cqlsh and hosts), listening
+    /// on `node:port`; `extra` adds flags (`--config <file>` for settings without a flag, such as
+    /// the JMX port), `env` the storage credentials.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_for(
+        cassandra: &cassette_agent::cassandra::CassandraConfig,
         node: &str,
         port: u16,
         pki: &TestPki,
         cert_name: &str,
         dir: &Path,
         extra: &[&str],
-    ) -> Self {
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let name = format!("agent-{node}");
         let address = format!("{node}:{port}");
         let mut args = vec![
@@ -446,13 +446,13 @@ impl AgentProcess {
             "--listen".into(),
             address.clone(),
             "--nodetool".into(),
-            cluster.nodetool_path().display().to_string(),
+            cassandra.nodetool.display().to_string(),
             "--cqlsh".into(),
-            cluster.cqlsh_path().display().to_string(),
+            cassandra.cqlsh.display().to_string(),
             "--jmx-host".into(),
-            node.into(),
+            cassandra.jmx_host.clone(),
             "--cql-host".into(),
-            node.into(),
+            cassandra.cql_host.clone(),
             "--enable-test-phases".into(),
             "--tls-reload-interval".into(),
             "200ms".into(),
@@ -460,7 +460,9 @@ impl AgentProcess {
         args.extend(pki.args(cert_name));
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.join(format!("{name}.log"));
-        Self { address, log, process: None, args, name, env: Vec::new() }
+        let mut a = Self { address, log, process: None, args, name, env };
+        a.restart()?;
+        Ok(a)
     }
 
     /// Starts it (again), and waits until it listens.

@@ -150,22 +150,12 @@ impl Lab {
 
     /// `cassette` with the operator's certificate; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let mut a: Vec<String> = vec!["--coordinator".into(), self.group.endpoints().join(",")];
-        a.extend(self.pki.args("operator"));
-        a.extend(args.iter().map(|s| s.to_string()));
-        match cassette_cli(&a) {
-            Ok(r) => r,
-            Err(e) => (-1, String::new(), e.to_string()),
-        }
+        operator_cli(&self.group, &self.pki, args)
     }
 
     /// `cassette … --output json`, parsed.
     pub fn cli_json(&self, args: &[&str]) -> (i32, Value, String) {
-        let mut a = args.to_vec();
-        a.extend(["--output", "json"]);
-        let (code, out, err) = self.cli(&a);
-        let v = serde_json::from_str(&out).unwrap_or_else(|e| Value::String(format!("not JSON ({e}): {out}")));
-        (code, v, err)
+        operator_cli_json(&self.group, &self.pki, args)
     }
 
     /// Registers `c` (the main cluster when None) as `name`.
@@ -186,17 +176,7 @@ impl Lab {
 
     /// Waits until the operation reaches `state` or ends; returns its view.
     pub async fn wait_operation(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let (_, v, _) = self.cli_json(&["operations", "show", id]);
-            if matches!(v["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
-                return Ok(v);
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("operation {id} did not end within {timeout:?}: {v}\n{}", self.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_operation(&self.group, &self.pki, id, timeout).await.map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs()))
     }
 
     /// The tails of the coordinator and agent logs.
@@ -224,6 +204,46 @@ impl Drop for Lab {
         {
             eprintln!("kept for inspection (logs, state, certificates): {}", d.keep().display());
         }
+    }
+}
+
+/// `cassette` against `group` with the operator's certificate; returns (exit code, stdout, stderr).
+pub fn operator_cli(group: &CoordinatorGroup, pki: &TestPki, args: &[&str]) -> (i32, String, String) {
+    let mut a: Vec<String> = vec!["--coordinator".into(), group.endpoints().join(",")];
+    a.extend(pki.args("operator"));
+    a.extend(args.iter().map(|s| s.to_string()));
+    match cassette_cli(&a) {
+        Ok(r) => r,
+        Err(e) => (-1, String::new(), e.to_string()),
+    }
+}
+
+/// [`operator_cli`] with `--output json`, parsed.
+pub fn operator_cli_json(group: &CoordinatorGroup, pki: &TestPki, args: &[&str]) -> (i32, Value, String) {
+    let mut a = args.to_vec();
+    a.extend(["--output", "json"]);
+    let (code, out, err) = operator_cli(group, pki, &a);
+    let v = serde_json::from_str(&out).unwrap_or_else(|e| Value::String(format!("not JSON ({e}): {out}")));
+    (code, v, err)
+}
+
+/// Waits until operation `id` ends (succeeded, failed or cancelled); returns its view.
+pub async fn wait_operation(
+    group: &CoordinatorGroup,
+    pki: &TestPki,
+    id: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (_, v, _) = operator_cli_json(group, pki, &["operations", "show", id]);
+        if matches!(v["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            return Ok(v);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("operation {id} did not end within {timeout:?}: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -562,6 +562,11 @@ pub async fn plan(
             "--set-tokens, --new-cluster and --system-keyspaces apply to --strategy in-place only".into(),
         ));
     }
+    if req.new_cluster && req.entities.system_keyspaces {
+        return Err(RestoreError::Refused(
+            "--new-cluster restores system_schema and system_auth and gives the node a new identity; --system-keyspaces would restore the source node's own system keyspace (its host id): pass one of them".into(),
+        ));
+    }
     if (req.set_tokens || req.new_cluster) && req.cassandra_yaml.as_ref().is_none_or(|y| !y.is_file()) {
         return Err(RestoreError::Refused(format!(
             "--set-tokens and --new-cluster write the backup's tokens into cassandra.yaml, but {}: set cassandra.cassandra_yaml (or --cassandra-yaml) to the node's cassandra.yaml",

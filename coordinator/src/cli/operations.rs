@@ -155,6 +155,9 @@ pub enum RestoreCommand {
         /// Create tables missing on the cluster (dropped, or an empty cluster) from the backup's schema, once, before the import.
         #[arg(long)]
         create_tables: bool,
+        /// In-place onto a new cluster: restore the schema and roles too and clear the nodes' own system keyspace, so they start as a new cluster with the backup's data and tokens (the backup must hold system_schema).
+        #[arg(long)]
+        new_cluster: bool,
         /// Nodes downloading at once in each datacenter (default: all).
         #[arg(long, default_value_t = 0)]
         parallel: usize,
@@ -489,6 +492,7 @@ pub async fn run_restore(c: RestoreCommand, client: &OperatorClient, out: Output
         ignore_schema_mismatch,
         ignore_token_mismatch,
         create_tables,
+        new_cluster,
         parallel,
         detach,
     } = c;
@@ -504,6 +508,7 @@ pub async fn run_restore(c: RestoreCommand, client: &OperatorClient, out: Output
         ignore_schema_mismatch,
         ignore_token_mismatch,
         create_tables,
+        new_cluster,
         parallel,
     };
     let v = start(client, plan::KIND_RESTORE, serde_json::to_value(spec)?).await?;

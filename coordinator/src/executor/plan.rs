@@ -69,6 +69,10 @@ pub struct RestoreSpec {
     pub ignore_token_mismatch: bool,
     /// Live: create missing tables from the backup's schema (once, in the truncate phase).
     pub create_tables: bool,
+    /// In-place onto another cluster: the nodes start as a new cluster with the backup's
+    /// schema, roles, data and tokens (`system_schema` and `system_auth` restored, the nodes'
+    /// own `system` keyspace cleared: new host ids), e.g. onto an empty cluster.
+    pub new_cluster: bool,
     /// Nodes downloading at once per datacenter (0: all).
     pub parallel: usize,
 }
@@ -349,6 +353,11 @@ pub fn plan_restore(
     }
     if strategy == "in-place" && !spec.renames.is_empty() {
         return Err(PlanError("--rename needs a live restore (--strategy import or hardlinks)".into()));
+    }
+    if spec.new_cluster && strategy != "in-place" {
+        return Err(PlanError(
+            "--new-cluster rebuilds stopped nodes from the backup (schema, roles, data, tokens): add --strategy in-place and stop Cassandra on every target node".into(),
+        ));
     }
     for r in &spec.renames {
         let ok = r.split_once('=').is_some_and(|(a, b)| a.split('.').count() == 2 && b.split('.').count() == 2);

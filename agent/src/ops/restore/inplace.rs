@@ -125,6 +125,24 @@ pub async fn place(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) ->
             }
         }
     }
+    if req.new_cluster {
+        // The node's own identity (host id, saved tokens, peers, cluster name) lives in `system`:
+        // cleared, the node starts as a new member with the tokens set in cassandra.yaml, and
+        // with the backup's schema and roles (system_schema, system_auth) restored above.
+        let mut cleared = 0;
+        for root in &plan.target_roots {
+            for e in std::fs::read_dir(root.join("system")).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir() && !t.is_symlink()) && table_dirs.insert(e.path()) {
+                    cleared += 1;
+                }
+            }
+        }
+        if cleared > 0 {
+            out.warnings.push(format!(
+                "--new-cluster: cleared the node's own system keyspace ({cleared} table directories): it starts with a new host id and the backup's tokens"
+            ));
+        }
+    }
     let files_of = plan.files.iter().filter(|f| !f.in_place).cloned().collect::<Vec<_>>();
     let (staging, roots) = (plan.staging.clone(), plan.target_roots.clone());
     let removed = tokio::task::spawn_blocking(move || -> Result<usize, RestoreError> {

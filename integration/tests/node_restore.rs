@@ -10,8 +10,9 @@
 //!   and when it runs out midway, no partial file is left and the live data is untouched;
 //! - nodetool failing after it took the snapshot, or the storage failing mid-upload: the
 //!   snapshot is still cleared; a snapshot that cannot be cleared is reported with the command;
-//! - untrusted manifests (path traversal, bad data-directory index, oversized, malformed) and
-//!   symbolic links on the way are refused before any file is written;
+//! - untrusted manifests (path traversal, bad data-directory index, oversized, malformed, table
+//!   entries whose names are paths) and symbolic links on the way are refused before any file is
+//!   written or removed;
 //! - renames, live restores phase by phase on a two-node cluster, in-place rebuilds with system
 //!   keyspaces and the backup's tokens written into cassandra.yaml; in place onto more data
 //!   directories than the backup had, every SSTable kept in one directory.
@@ -454,6 +455,62 @@ fn t57_untrusted_manifests_and_symlinks() {
     assert!(e.contains("symbolic link"), "{e}");
     assert!(all_files(&escape).is_empty());
     no_staging(&env);
+}
+
+/// Puts a copy of `m` under a new backup id (a day after `days`) straight into the repository
+/// directory, as someone who can write the bucket would, and returns the id.
+fn put_forged(env: &NodeEnv, good: &NodeManifest, m: &serde_json::Value, days: i64) -> String {
+    let repo_dir = env.server.location(&env.prefix).local_dir().unwrap();
+    let id = cassette_common::ids::BackupId::generate(chrono::Utc::now() + chrono::Duration::days(days));
+    let k = layout::node_manifest_key(&good.node.cluster, &id, &good.node.host_id);
+    let mut m = m.clone();
+    m["backup_id"] = serde_json::json!(id.to_string());
+    std::fs::create_dir_all(repo_dir.join(&k).parent().unwrap()).unwrap();
+    std::fs::write(repo_dir.join(&k), serde_json::to_vec(&m).unwrap()).unwrap();
+    std::fs::remove_dir_all(env.state_dir().join("manifests")).ok();
+    id.to_string()
+}
+
+/// - a manifest table entry whose keyspace is an absolute path, or whose table id climbs out
+///   with `/..`, is refused by an in-place restore before anything is removed or written: the
+///   SSTable-named file it points at stays, the node's files are untouched, nothing is staged;
+/// - the error names the field and says the manifest was not written by Cassette.
+#[test]
+fn t5c_table_names_from_a_manifest_cannot_reach_outside_the_data_directories() {
+    let Some(env) = start("t5c", Backend::Local, Version::V41) else { return };
+    let r = env.agent_ok(&["backup"]);
+    let good = manifest(&env, r["manifest_key"].as_str().unwrap());
+    let victim = env.dir.path().join("victim");
+    let victim_file = victim.join("t").join("nb-1-big-Data.db");
+    std::fs::create_dir_all(victim_file.parent().unwrap()).unwrap();
+    std::fs::write(&victim_file, b"someone else's SSTable").unwrap();
+    env.admin(&["stop", "127.0.0.1"]);
+    let before = live_files(&env.roots(), "shop");
+    let climb = format!("/{}{}", "../".repeat(64), victim.display().to_string().trim_start_matches('/'));
+    for (days, what, entry, field) in [
+        (
+            3,
+            "an absolute keyspace",
+            serde_json::json!({"keyspace": victim.display().to_string(), "table": "t"}),
+            "keyspace",
+        ),
+        (
+            4,
+            "a table id climbing out",
+            serde_json::json!({"keyspace": "shop", "table": "t", "table_id": climb}),
+            "table_id",
+        ),
+    ] {
+        step(what);
+        let mut m = serde_json::to_value(&good).unwrap();
+        m["tables"].as_array_mut().unwrap().push(entry);
+        let id = put_forged(&env, &good, &m, days);
+        let e = env.agent_err(&["restore", &id, "--strategy", "in-place"]).error();
+        assert!(e.contains(field) && e.contains("not written by Cassette"), "{what}: {e}");
+        assert!(victim_file.exists(), "{what}: a file outside the data directories was removed");
+        assert_eq!(live_files(&env.roots(), "shop"), before, "{what}: the node's files changed");
+        no_staging(&env);
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //!
 //! A manifest read back from storage is untrusted input: [`NodeManifest::validate`] checks
 //! every name against the exact shape a backup writes (keyspace and table names, table ids,
-//! SSTable component names) before anything is written to disk, and
+//! SSTable component names, tokens) before anything is written to disk, and
 //! [`CommitLogEntry::validate`] does the same for a commit-log index entry: a name that could
 //! leave a local directory once joined to it is never accepted, whatever the bucket holds.
 
@@ -219,6 +219,14 @@ pub enum ManifestError {
         /// The limit.
         limit: usize,
     },
+    /// Tokens that are not what the node's partitioner writes.
+    #[error("{what}: {reason}: the document was not written by Cassette or was altered; nothing was done with it")]
+    BadTokens {
+        /// Which document's tokens.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A name (keyspace, table, table id, segment) that does not have the shape it must have.
     #[error(
         "{what} {name:?} is not {expected}: the document was not written by Cassette or was altered; nothing was done with it"
@@ -298,6 +306,40 @@ fn check_name(what: impl FnOnce() -> String, name: &str) -> Result<(), ManifestE
     })
 }
 
+/// Most tokens a node can own: Cassandra refuses a larger `num_tokens`.
+pub const MAX_TOKENS: usize = 1536;
+
+/// Checks a node's tokens as read from a document, before they are compared with a ring or
+/// written into `cassandra.yaml`: every token is the canonical decimal form of a
+/// Murmur3Partitioner token (an i64) or, for a RandomPartitioner ring, all of them are integers in
+/// `0..=2^127`; none appears twice; there are at most [`MAX_TOKENS`]. Such a token holds digits
+/// and at most a leading `-`, so it cannot carry anything else into a configuration file.
+pub fn validate_tokens(what: &str, tokens: &[String]) -> Result<(), ManifestError> {
+    let bad = |reason: String| ManifestError::BadTokens { what: what.to_owned(), reason };
+    if tokens.len() > MAX_TOKENS {
+        return Err(bad(format!("{} tokens, more than the {MAX_TOKENS} a Cassandra node can own", tokens.len())));
+    }
+    let murmur3 = |t: &str| t.parse::<i64>().is_ok_and(|v| v.to_string() == t);
+    let random = |t: &str| t.parse::<u128>().is_ok_and(|v| v <= 1u128 << 127 && v.to_string() == t);
+    if !tokens.iter().all(|t| murmur3(t)) {
+        if let Some(t) = tokens.iter().find(|t| !murmur3(t) && !random(t)) {
+            return Err(bad(format!(
+                "token {t:?} is not a Murmur3Partitioner token (a decimal i64) nor a RandomPartitioner one (0 to 2^127)"
+            )));
+        }
+        if let Some(t) = tokens.iter().find(|t| !random(t)) {
+            return Err(bad(format!(
+                "token {t:?} is negative while others exceed the i64 range: no partitioner writes both"
+            )));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    if let Some(t) = tokens.iter().find(|t| !seen.insert(t.as_str())) {
+        return Err(bad(format!("token {t} is listed twice")));
+    }
+    Ok(())
+}
+
 impl TableEntry {
     /// Checks the names a restore joins into local paths (`<keyspace>/<table>-<id>`).
     pub fn validate(&self) -> Result<(), ManifestError> {
@@ -329,6 +371,7 @@ impl NodeManifest {
         if self.files.len() > max_files {
             return Err(ManifestError::TooManyFiles { count: self.files.len(), limit: max_files });
         }
+        validate_tokens(&format!("node manifest of {} tokens", self.node.host_id), &self.node.tokens)?;
         for t in &self.tables {
             t.validate()?;
         }
@@ -654,6 +697,33 @@ mod tests {
         }
         let e = good.validate(Some("CommitLog-7-1.log")).unwrap_err().to_string();
         assert!(e.contains("named by its index key"), "{e}");
+    }
+
+    #[test]
+    fn tokens_must_be_what_a_partitioner_writes() {
+        let v = |t: &[&str]| validate_tokens("t", &t.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        v(&["-9223372036854775808", "0", "9223372036854775807"]).unwrap();
+        v(&["0", "170141183460469231731687303715884105728", "85070591730234615865843651857942052864"]).unwrap();
+        v(&[]).unwrap();
+        for bad in [
+            &["1\nauthenticator: AllowAllAuthenticator"][..],
+            &["1 "],
+            &["+1"],
+            &["007"],
+            &["0x10"],
+            &["'1'"],
+            &["1", "1"],
+            &["-1", "9223372036854775808"],
+            &["170141183460469231731687303715884105729"],
+        ] {
+            let e = v(bad).unwrap_err().to_string();
+            assert!(e.contains("token") && e.contains("nothing was done"), "{bad:?}: {e}");
+        }
+        let many: Vec<String> = (0..=MAX_TOKENS as i64).map(|i| i.to_string()).collect();
+        assert!(validate_tokens("t", &many).unwrap_err().to_string().contains("1537 tokens"));
+        let mut m = manifest(vec![]);
+        m.node.tokens = vec!["1\nauthenticator: AllowAllAuthenticator".into()];
+        assert!(matches!(m.validate(10), Err(ManifestError::BadTokens { .. })));
     }
 
     #[test]

@@ -272,6 +272,10 @@ async fn check_blob(
         read += chunk.len() as u64;
         ctx.progress.transferred(chunk.len() as u64);
         hasher.update(&chunk);
+        if read > size {
+            // Longer than the HEAD said (untrusted): damaged whatever follows; stop reading.
+            break;
+        }
     }
     ctx.progress.file_finished(std::path::Path::new(&key), size, false);
     let actual = hasher.finish();

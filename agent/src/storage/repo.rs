@@ -211,7 +211,10 @@ impl Repository {
         }
     }
 
-    /// Reads an object of at most `max_bytes` (larger objects are refused before downloading).
+    /// Reads an object of at most `max_bytes`. Larger objects are refused before downloading
+    /// when the listing says so, and in any case while streaming: the body is read chunk by chunk
+    /// and the read stops as soon as it passes the limit (a HEAD can be stale, or a lie), so a
+    /// document never costs more than `max_bytes` plus one chunk of memory.
     pub async fn get_bytes(&self, key: &str, max_bytes: u64) -> Result<Bytes, StoreError> {
         let path = Path::from(key);
         let meta = self.store.head(&path).await.map_err(|e| StoreError::remote("read", key, &self.display, e))?;
@@ -225,11 +228,24 @@ impl Repository {
             ));
         }
         let result = self.store.get(&path).await.map_err(|e| StoreError::remote("read", key, &self.display, e))?;
-        let bytes = result.bytes().await.map_err(|e| StoreError::remote("read", key, &self.display, e))?;
-        if bytes.len() as u64 > max_bytes {
-            return Err(self.bad_doc(key, format!("grew past the {max_bytes}-byte limit while being read")));
+        let mut stream = result.into_stream();
+        // Sized by the HEAD (already checked against the limit), grown only up to the limit.
+        let mut body = bytes::BytesMut::with_capacity(usize::try_from(meta.size).unwrap_or(0));
+        while let Some(chunk) =
+            stream.try_next().await.map_err(|e| StoreError::remote("read", key, &self.display, e))?
+        {
+            if (body.len() + chunk.len()) as u64 > max_bytes {
+                return Err(self.bad_doc(
+                    key,
+                    format!(
+                        "grew past the {max_bytes}-byte limit for this document while being read (the listing said {} bytes); refusing to read more",
+                        meta.size
+                    ),
+                ));
+            }
+            body.extend_from_slice(&chunk);
         }
-        Ok(bytes)
+        Ok(body.freeze())
     }
 
     /// Reads and parses a JSON document of at most `max_bytes`.
@@ -314,6 +330,7 @@ fn to_json_exact<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use object_store::memory::InMemory;
 
     fn repo() -> Repository {
@@ -353,6 +370,95 @@ mod tests {
         assert!(e.contains("refusing to overwrite"), "{e}");
         let back: serde_json::Value = r.get_json("d.json", 1024).await.unwrap();
         assert_eq!(back["v"], 1);
+    }
+
+    /// A store a hostile or careless bucket owner runs: GET bodies far larger than the HEAD said
+    /// (an object replaced between the two requests, or a server that lies), counting the bytes
+    /// handed to the reader.
+    #[derive(Debug, Default)]
+    struct Hostile {
+        inner: InMemory,
+        body: Option<u64>,
+        pulled: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl std::fmt::Display for Hostile {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Hostile({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Hostile {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            let head = options.head;
+            let mut r = self.inner.get_opts(location, options).await?;
+            let Some(body) = self.body.filter(|_| !head) else { return Ok(r) };
+            const CHUNK: u64 = 64 << 10;
+            let pulled = Arc::clone(&self.pulled);
+            let chunks = body.div_ceil(CHUNK);
+            let stream = futures::stream::iter(0..chunks).map(move |_| {
+                pulled.fetch_add(CHUNK, std::sync::atomic::Ordering::SeqCst);
+                Ok(Bytes::from(vec![b' '; CHUNK as usize]))
+            });
+            r.range = 0..chunks * CHUNK;
+            r.payload = object_store::GetResultPayload::Stream(Box::pin(stream));
+            Ok(r)
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(&self, prefix: Option<&Path>) -> futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// - a document whose body turns out larger than its HEAD said is refused after at most the
+    ///   limit (plus one chunk) was read, not after the whole body was buffered;
+    /// - the error names the key and the limit.
+    #[tokio::test]
+    async fn documents_are_size_limited_while_streaming() {
+        let pulled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let store = Hostile { body: Some(64 << 20), pulled: Arc::clone(&pulled), ..Hostile::default() };
+        store.inner.put(&Path::from("doc.json"), b"{}".to_vec().into()).await.unwrap();
+        let r = Repository::new("s3://bkt/p".parse().unwrap(), Arc::new(store));
+        let e = r.get_bytes("doc.json", 1 << 20).await.unwrap_err().to_string();
+        assert!(e.contains("doc.json") && e.contains("1048576-byte limit"), "{e}");
+        let read = pulled.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(read <= (1 << 20) + (64 << 10), "read {read} bytes of a 64 MiB body to refuse it at 1 MiB");
     }
 
     #[tokio::test]

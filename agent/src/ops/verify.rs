@@ -249,7 +249,19 @@ async fn check_blob(
     };
     let stored = ctx.repo.blob_size(&hash).await?;
     match stored {
-        None => return Ok((Some(problem(None, None, "missing".into())), 0)),
+        None => {
+            return Ok((
+                Some(problem(
+                    None,
+                    None,
+                    format!(
+                        "missing: blob {hash} is not in {} although this backup references it; it was deleted outside Cassette (a lifecycle or expiration rule on the bucket, a person, another tool): remove such rules for the blobs/ prefix; the next backup of the node stores the content again if the files still exist, and this backup cannot be restored completely",
+                        ctx.repo.location()
+                    ),
+                )),
+                0,
+            ));
+        }
         Some(s) if s != size => {
             return Ok((Some(problem(Some(s), None, format!("stored with {s} bytes instead of {size}"))), 0));
         }

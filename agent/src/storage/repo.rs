@@ -178,6 +178,47 @@ impl Repository {
         Ok(Some(found))
     }
 
+    /// Keeps, of `blobs`, only those the repository holds now, from one listing of the blob
+    /// prefix: the answer comes from the bucket, not from a manifest that may be older than a
+    /// lifecycle rule or a person who deleted blobs. Memory: `blobs` sorted in place and one bit
+    /// per blob; the listing is streamed page by page and nothing of it is kept.
+    ///
+    /// Returns `Ok(None)` (and leaves `blobs` as it was, sorted) when the listing passes
+    /// `max_listed` objects: the repository is then too large for a listing to be cheaper than
+    /// asking about each blob, and the caller must not treat any of them as stored. Otherwise
+    /// `Ok(Some(n))`: `n` blobs were missing and were dropped from `blobs`.
+    pub async fn retain_stored(
+        &self,
+        blobs: &mut Vec<BlobHash>,
+        max_listed: usize,
+    ) -> Result<Option<usize>, StoreError> {
+        blobs.sort_unstable();
+        blobs.dedup();
+        let mut seen = vec![0u64; blobs.len().div_ceil(64)];
+        let prefix = Path::from(layout::BLOBS_PREFIX);
+        let mut stream = self.store.list(Some(&prefix));
+        let mut listed = 0usize;
+        while let Some(meta) =
+            stream.try_next().await.map_err(|e| StoreError::remote("list", layout::BLOBS_PREFIX, &self.display, e))?
+        {
+            listed += 1;
+            if listed > max_listed {
+                return Ok(None);
+            }
+            if let Some(i) = layout::parse_blob_key(meta.location.as_ref()).and_then(|h| blobs.binary_search(&h).ok()) {
+                seen[i / 64] |= 1 << (i % 64);
+            }
+        }
+        let before = blobs.len();
+        let mut i = 0;
+        blobs.retain(|_| {
+            let keep = seen[i / 64] & (1 << (i % 64)) != 0;
+            i += 1;
+            keep
+        });
+        Ok(Some(before - blobs.len()))
+    }
+
     /// Writes `body` at `key` unless an object already exists there.
     pub(crate) async fn put_create(&self, key: &str, body: PutPayload) -> Result<(), StoreError> {
         let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
@@ -470,5 +511,24 @@ mod tests {
         r.store().put(&Path::from("bad.json"), b"{not json".to_vec().into()).await.unwrap();
         let e = r.get_json::<serde_json::Value>("bad.json", 1024).await.unwrap_err().to_string();
         assert!(e.contains("bad.json") && e.contains("not valid JSON"), "{e}");
+    }
+
+    /// - of a previous backup's blobs, those the bucket no longer holds are dropped (and counted);
+    /// - past the listing bound, nothing is confirmed (`None`).
+    #[tokio::test]
+    async fn stored_blobs_come_from_the_bucket() {
+        let r = repo();
+        let hashes: Vec<BlobHash> = (0..5u8).map(|i| cassette_common::hash::sha256(&[i])).collect();
+        for h in &hashes[..3] {
+            r.store().put(&Path::from(layout::blob_key(h).as_str()), vec![1].into()).await.unwrap();
+        }
+        let mut blobs = hashes.clone();
+        assert_eq!(r.retain_stored(&mut blobs, 100).await.unwrap(), Some(2));
+        let mut want = hashes[..3].to_vec();
+        want.sort();
+        assert_eq!(blobs, want);
+        let mut blobs = hashes.clone();
+        assert_eq!(r.retain_stored(&mut blobs, 2).await.unwrap(), None);
+        assert_eq!(blobs.len(), 5);
     }
 }

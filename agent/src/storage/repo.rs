@@ -83,10 +83,21 @@ impl Repository {
         }
         self.check_bucket().await?;
         let marker = LayoutMarker::new(cassette_common::build_id("cassette-agent"));
-        let body = serde_json::to_vec_pretty(&marker).map_err(|e| self.bad_doc(layout::MARKER_KEY, e.to_string()))?;
-        match self.put_create(layout::MARKER_KEY, body.into()).await {
+        let body = Bytes::from(
+            serde_json::to_vec_pretty(&marker).map_err(|e| self.bad_doc(layout::MARKER_KEY, e.to_string()))?,
+        );
+        match self.put_create(layout::MARKER_KEY, body.clone().into()).await {
             Ok(()) => {
                 tracing::info!(location = %self.display, "created repository marker");
+                // Once per repository: a store that ignores If-None-Match would let two writers
+                // overwrite each other's create-only documents without a word.
+                if self.put_create(layout::MARKER_KEY, body.into()).await.is_ok() {
+                    tracing::warn!(
+                        location = %self.display,
+                        "{}",
+                        Self::IGNORES_CREATE_ONLY
+                    );
+                }
                 Ok(marker)
             }
             // Someone else initialised it at the same moment: use theirs, after checking it.
@@ -217,6 +228,30 @@ impl Repository {
             keep
         });
         Ok(Some(before - blobs.len()))
+    }
+
+    /// What is wrong with a store that ignores create-only writes, and what to do.
+    pub const IGNORES_CREATE_ONLY: &'static str = "the store ignores If-None-Match (create-only writes): a second create-only write of the same key replaced the first instead of being refused, so manifests, commit-log index entries, locks and the repository marker could be overwritten by another writer or a retried request without anyone noticing; use a store or gateway that honours conditional writes (If-None-Match: *), and until then do not let two agents write the same repository at once";
+
+    /// Whether the store honours create-only writes: writes a probe at `key` with `If-None-Match:
+    /// *` (object_store's `PutMode::Create`), then again; the second must be refused as existing.
+    /// The probe is deleted afterwards (a failure to delete is returned after the answer is
+    /// known, as an error).
+    pub async fn probe_create_only(&self, key: &str) -> Result<bool, StoreError> {
+        self.put_create(key, b"cassette create-only probe".to_vec().into()).await?;
+        let honoured = match self.put_create(key, b"cassette create-only probe, again".to_vec().into()).await {
+            Ok(()) => false,
+            Err(e) if e.is_already_exists() => true,
+            Err(e) => {
+                let _ = self.store.delete(&Path::from(key)).await;
+                return Err(e);
+            }
+        };
+        self.store
+            .delete(&Path::from(key))
+            .await
+            .map_err(|e| StoreError::remote("delete probe", key, &self.display, e))?;
+        Ok(honoured)
     }
 
     /// Writes `body` at `key` unless an object already exists there.
@@ -415,11 +450,12 @@ mod tests {
 
     /// A store a hostile or careless bucket owner runs: GET bodies far larger than the HEAD said
     /// (an object replaced between the two requests, or a server that lies), counting the bytes
-    /// handed to the reader.
+    /// handed to the reader; or create-only writes that overwrite (`If-None-Match` ignored).
     #[derive(Debug, Default)]
     struct Hostile {
         inner: InMemory,
         body: Option<u64>,
+        ignore_create_only: bool,
         pulled: Arc<std::sync::atomic::AtomicU64>,
     }
 
@@ -435,8 +471,11 @@ mod tests {
             &self,
             location: &Path,
             payload: PutPayload,
-            opts: PutOptions,
+            mut opts: PutOptions,
         ) -> object_store::Result<object_store::PutResult> {
+            if self.ignore_create_only && opts.mode == PutMode::Create {
+                opts.mode = PutMode::Overwrite;
+            }
             self.inner.put_opts(location, payload, opts).await
         }
         async fn put_multipart_opts(
@@ -511,6 +550,23 @@ mod tests {
         r.store().put(&Path::from("bad.json"), b"{not json".to_vec().into()).await.unwrap();
         let e = r.get_json::<serde_json::Value>("bad.json", 1024).await.unwrap_err().to_string();
         assert!(e.contains("bad.json") && e.contains("not valid JSON"), "{e}");
+    }
+
+    /// - a store that honours create-only writes passes the probe, one that overwrites fails it;
+    /// - the probe object is removed either way.
+    #[tokio::test]
+    async fn create_only_writes_are_probed() {
+        let honest = repo();
+        assert!(honest.probe_create_only("probes/x").await.unwrap());
+        let hostile = Repository::new(
+            "s3://bkt/p".parse().unwrap(),
+            Arc::new(Hostile { ignore_create_only: true, ..Hostile::default() }),
+        );
+        assert!(!hostile.probe_create_only("probes/x").await.unwrap());
+        for r in [honest, hostile] {
+            assert!(r.list("probes").await.unwrap().is_empty());
+        }
+        assert!(Repository::IGNORES_CREATE_ONLY.contains("If-None-Match"));
     }
 
     /// - of a previous backup's blobs, those the bucket no longer holds are dropped (and counted);

@@ -42,7 +42,9 @@ pub struct CassandraConfig {
     pub jmx_password_file: Option<PathBuf>,
     /// Connect to JMX over TLS (`nodetool --ssl`).
     pub jmx_ssl: bool,
-    /// Trust store for JMX TLS (`javax.net.ssl.trustStore`).
+    /// Trust store for JMX TLS (`javax.net.ssl.trustStore`). The JMX TLS settings reach nodetool's
+    /// JVM through a private argument file named by `JDK_JAVA_OPTIONS` (Java 9 or later; never
+    /// through `JAVA_TOOL_OPTIONS`, which the JVM echoes with the passwords).
     pub jmx_truststore: Option<PathBuf>,
     /// File holding the trust store password.
     pub jmx_truststore_password_file: Option<PathBuf>,
@@ -237,6 +239,18 @@ pub(crate) fn first_jmx_user(path: &Path) -> std::io::Result<Option<String>> {
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .and_then(|l| l.split_whitespace().next())
         .map(str::to_owned))
+}
+
+/// The passwords of a JMX password file (`<user> <password>` lines), so that they can be
+/// registered as secrets.
+pub(crate) fn jmx_passwords(path: &Path) -> std::io::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .collect())
 }
 
 #[cfg(test)]

@@ -24,11 +24,18 @@ use super::limits::{BandwidthLimiter, ThrottledStore};
 const MAX_MARKER_BYTES: u64 = 64 << 10;
 
 /// A repository at a storage location.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Repository {
     store: Arc<dyn ObjectStore>,
     location: StorageLocation,
     display: String,
+}
+
+/// Written by hand: a store's own `Debug` may print its credentials (object_store's Azure key).
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository").field("location", &self.display).finish_non_exhaustive()
+    }
 }
 
 /// The result of writing a create-only document.

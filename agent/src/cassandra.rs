@@ -20,6 +20,7 @@ pub mod nodetool;
 pub mod parse;
 mod process;
 pub mod snapshots;
+pub mod stopped;
 pub mod yaml;
 
 use std::fmt;
@@ -380,6 +381,15 @@ pub trait CassandraControl: Send + Sync {
     /// Every table of the live schema with its id and columns (system tables included). Restores
     /// use it to find the table a backup goes into and to compare schemas before touching data.
     async fn schema(&self) -> Result<Vec<LiveTable>, CassandraError>;
+    /// Positive proof, gathered without asking Cassandra, that it is not running on this host
+    /// (see [`stopped`]): what was checked, or [`CassandraError::MayBeRunning`] with what shows
+    /// it may run. An in-place restore calls it before it touches data files; `is_up` returning
+    /// false is not enough. The default proves nothing and refuses.
+    async fn prove_stopped(&self) -> Result<Vec<String>, CassandraError> {
+        Err(CassandraError::MayBeRunning {
+            reasons: vec!["this Cassandra adapter cannot check the node's processes and ports".into()],
+        })
+    }
 }
 
 #[cfg(test)]

@@ -275,7 +275,14 @@ fn start_cluster_in(
                 &cert,
                 &agent_dir,
                 &extra,
-                env.storage.env_vars().into_iter().chain(env.opts.agent_env.iter().cloned()).collect(),
+                env.storage
+                    .env_vars()
+                    .into_iter()
+                    // The cluster's own native port (as in its cassandra.yaml): an in-place restore
+                    // checks that nothing listens there, and 9042 may be another Cassandra's.
+                    .chain([("CASSETTE_CASSANDRA__CQL_PORT".to_owned(), cluster.native_port().to_string())])
+                    .chain(env.opts.agent_env.iter().cloned())
+                    .collect(),
             ) {
                 Ok(a) => agents.push(a),
                 Err(e) => {

@@ -4,7 +4,9 @@
 //! What it proves:
 //! - wrong location (missing bucket, no repository), unknown backup or tag, missing tables and
 //!   rename targets, schema and token mismatches, in-place on a running node: refused before
-//!   anything is touched, with an error that says what to fix;
+//!   anything is touched, with an error that says what to fix; in place, "nodetool cannot
+//!   connect" is not taken as "stopped": a process holding the node's files or an open native
+//!   port refuses it too;
 //! - a corrupted blob during a restore: nothing truncated, nothing imported, no temporary file;
 //! - disk full during the download: reported before downloading when the free space is known,
 //!   and when it runs out midway, no partial file is left and the live data is untouched;
@@ -511,6 +513,48 @@ fn t5c_table_names_from_a_manifest_cannot_reach_outside_the_data_directories() {
         assert_eq!(live_files(&env.roots(), "shop"), before, "{what}: the node's files changed");
         no_staging(&env);
     }
+}
+
+/// - nodetool cannot connect (the node looks stopped, as with a wrong JMX port), but a process
+///   holds one of its data files open: the in-place restore refuses, naming the process and the
+///   file, and changes nothing (no file replaced, nothing staged);
+/// - the same with something listening on the node's native transport port: refused, naming
+///   the address;
+/// - with neither, the restore goes ahead and says what it checked.
+#[test]
+fn t5d_in_place_needs_proof_that_cassandra_is_stopped() {
+    let Some(env) = start("t5d", Backend::Local, Version::V41) else { return };
+    env.agent_ok(&["backup"]);
+    env.admin(&["write-sstables", "shop.users", "--count", "1", "--size", "1000"]);
+    env.admin(&["stop", "127.0.0.1"]);
+    let before = live_files(&env.roots(), "shop");
+    let held = before.keys().next().unwrap().split_once(':').unwrap();
+    let held = env.roots()[held.0.parse::<usize>().unwrap()].join(held.1);
+
+    step("a process holds a data file open");
+    let mut holder =
+        std::process::Command::new("sleep").arg("120").stdin(std::fs::File::open(&held).unwrap()).spawn().unwrap();
+    let e = env.agent_err(&["restore", "latest", "--strategy", "in-place"]).error();
+    let pid = holder.id();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(e.contains(&format!("process {pid}")) && e.contains(&held.display().to_string()), "{e}");
+    assert!(e.contains("nothing was changed"), "{e}");
+    assert_eq!(live_files(&env.roots(), "shop"), before, "no file replaced");
+    no_staging(&env);
+
+    step("something listens on the native transport port");
+    let port = env.cluster.native_port();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let e = env.agent_err(&["restore", "latest", "--strategy", "in-place"]).error();
+    drop(listener);
+    assert!(e.contains(&format!("127.0.0.1:{port}")) && e.contains("native transport"), "{e}");
+    assert_eq!(live_files(&env.roots(), "shop"), before, "no file replaced");
+    no_staging(&env);
+
+    step("with neither, the restore goes ahead");
+    let r = env.agent_ok(&["restore", "latest", "--strategy", "in-place"]);
+    assert_ne!(live_files(&env.roots(), "shop"), before, "the backup's files are back: {r}");
 }
 
 #[test]

@@ -86,6 +86,9 @@ pub struct CassandraConfig {
     pub max_output: ByteSize,
     /// Extra environment for nodetool and cqlsh (e.g. `JAVA_HOME`, `CASSANDRA_CONF`). No secrets here.
     pub env: BTreeMap<String, String>,
+    /// Cassandra's pid file (`cassandra -p <file>`, e.g. `/var/run/cassandra/cassandra.pid`). When
+    /// set, an in-place restore also requires the process it names to be gone.
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Default for CassandraConfig {
@@ -117,6 +120,7 @@ impl Default for CassandraConfig {
             operation_timeout: Duration::from_secs(3600),
             max_output: ByteSize(64 << 20),
             env: BTreeMap::new(),
+            pid_file: None,
         }
     }
 }

@@ -774,6 +774,34 @@ impl super::CassandraControl for NodetoolControl {
         self.cql(&format!("TRUNCATE \"{keyspace}\".\"{table}\";"), CommandKind::Operation).await.map(|_| ())
     }
 
+    async fn prove_stopped(&self) -> Result<Vec<String>, CassandraError> {
+        let dirs = self.directories().await?;
+        let y = match &self.config.cassandra_yaml {
+            Some(p) => Some(yaml::read(p)?),
+            None => None,
+        };
+        let y = y.unwrap_or_default();
+        let mut watched = super::stopped::Watched {
+            dirs: dirs.all_data_roots(),
+            ports: Vec::new(),
+            pid_file: self.config.pid_file.clone(),
+            connect_timeout: Duration::from_secs(2),
+        };
+        watched.dirs.extend(dirs.commitlog.clone());
+        let host = self.config.cql_host.clone();
+        let native = y.native_transport_port.unwrap_or(self.config.cql_port);
+        watched.ports.push(("native transport", host.clone(), native));
+        if native != self.config.cql_port {
+            watched.ports.push(("native transport, as cql_port says", host.clone(), self.config.cql_port));
+        }
+        let listen = y.listen_address.clone().filter(|a| !a.is_empty()).unwrap_or(host);
+        watched.ports.push(("storage", listen, y.storage_port.unwrap_or(7000)));
+        tokio::task::spawn_blocking(move || super::stopped::check(&watched))
+            .await
+            .map_err(|e| CassandraError::MayBeRunning { reasons: vec![format!("the check did not finish: {e}")] })?
+            .map_err(|reasons| CassandraError::MayBeRunning { reasons })
+    }
+
     async fn schema(&self) -> Result<Vec<LiveTable>, CassandraError> {
         use cassette_common::cql::{Column, ColumnKind, TableColumns, normalize_type};
         use std::collections::BTreeMap;

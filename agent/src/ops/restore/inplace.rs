@@ -92,6 +92,7 @@ pub async fn place(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) ->
             "the node was started after the download: stop it again before its files are replaced".into(),
         ));
     }
+    ctx.cassandra.prove_stopped().await.map_err(|e| RestoreError::Refused(e.to_string()))?;
     super::live::verify_staged(ctx, plan, &state).await?;
     if req.set_tokens || req.new_cluster {
         let yaml = req.cassandra_yaml.as_ref().ok_or_else(|| {

@@ -20,6 +20,7 @@ pub mod nodetool;
 pub mod parse;
 mod process;
 pub mod snapshots;
+pub mod stopped;
 pub mod yaml;
 
 use std::fmt;
@@ -384,6 +385,15 @@ pub trait CassandraControl: Send + Sync {
     /// `IF NOT EXISTS`, see [`cassette_common::cql::parse_schema`]) and waits for the cluster to
     /// agree on the schema.
     async fn create_schema(&self, statements: &[cassette_common::cql::SchemaStatement]) -> Result<(), CassandraError>;
+    /// Positive proof, gathered without asking Cassandra, that it is not running on this host
+    /// (see [`stopped`]): what was checked, or [`CassandraError::MayBeRunning`] with what shows
+    /// it may run. An in-place restore calls it before it touches data files; `is_up` returning
+    /// false is not enough. The default proves nothing and refuses.
+    async fn prove_stopped(&self) -> Result<Vec<String>, CassandraError> {
+        Err(CassandraError::MayBeRunning {
+            reasons: vec!["this Cassandra adapter cannot check the node's processes and ports".into()],
+        })
+    }
 }
 
 #[cfg(test)]

@@ -76,6 +76,14 @@ impl PhaseError {
     pub fn cancelled() -> Self {
         Self { message: "cancelled".into(), retry: RetryClass::Never, cancelled: true }
     }
+
+    /// The same error with every secret in its message replaced ([`cassette_common::redact`]).
+    pub fn redacted(mut self) -> Self {
+        if let std::borrow::Cow::Owned(m) = cassette_common::redact::redact(&self.message) {
+            self.message = m;
+        }
+        self
+    }
 }
 
 /// Persisted form of [`Retry`].
@@ -130,7 +138,7 @@ pub struct ProgressReporter {
 impl ProgressReporter {
     /// Sets units done/total and the message.
     pub fn set(&self, done: u64, total: u64, message: impl Into<String>) {
-        let message = message.into();
+        let message = cassette_common::redact::redact(&message.into()).into_owned();
         self.entry.update(|r| {
             r.progress.done = done;
             r.progress.total = total;
@@ -649,13 +657,14 @@ impl JobManager {
                     }
                     Err(e) if e.cancelled || entry.cancel.is_cancelled() => {
                         r.state = JobState::Cancelled;
-                        r.error = Some(PhaseError { cancelled: true, ..e });
+                        r.error = Some(PhaseError { cancelled: true, ..e.redacted() });
                         r.progress.message = "cancelled".into();
                     }
                     Err(e) => {
                         r.state = JobState::Failed;
                         r.progress.message = "failed".into();
-                        r.error = Some(e);
+                        // Recorded on disk and sent to the coordinator: no secret in it.
+                        r.error = Some(e.redacted());
                     }
                 }
             });

@@ -69,7 +69,8 @@ fn main() {
     let args = Cli::parse();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
+        // Secrets the agent read (password files) are replaced in every log line.
+        .with_writer(|| cassette_common::redact::Redacting(std::io::stderr()))
         .try_init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -112,6 +113,7 @@ fn report_error(e: &anyhow::Error, output: cli::OutputFormat) {
             message.push_str(&c);
         }
     }
+    let message = cassette_common::redact::redact(&message).into_owned();
     eprintln!("error: {message}");
     if output == cli::OutputFormat::Json {
         println!("{}", serde_json::json!({ "error": message }));

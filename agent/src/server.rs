@@ -153,7 +153,7 @@ impl pb::agent_server::Agent for AgentService {
                 dirs.extend(d.directories.commitlog);
             }
             Err(e) => {
-                out.cassandra_error = e.to_string();
+                out.cassandra_error = cassette_common::redact::redact(&e.to_string()).into_owned();
                 if let Ok(d) = self.control.directories().await {
                     dirs = d.all_data_roots();
                     dirs.extend(d.commitlog);
@@ -167,7 +167,9 @@ impl pb::agent_server::Agent for AgentService {
     async fn ring(&self, request: Request<pb::RingRequest>) -> Result<Response<pb::RingResponse>, Status> {
         tls::require_role(&request, SERVICE, &[Role::Coordinator])?;
         let (ring, node) = tokio::join!(self.control.ring(), self.control.describe_node());
-        let ring = ring.map_err(|e| Status::unavailable(format!("read the ring from the local node: {e}")))?;
+        let ring = ring.map_err(|e| {
+            Status::unavailable(cassette_common::redact::redact(&format!("read the ring from the local node: {e}")))
+        })?;
         let members = ring
             .into_iter()
             .map(|m| pb::RingMember {

@@ -17,6 +17,7 @@
 //! - [`units`]: sizes and rates such as `100MiB/s`.
 //! - [`tls`]: mutual TLS with roles, certificate reloading, tonic glue.
 //! - [`worker`]: the shape of every background loop.
+//! - [`redact`]: secrets replaced in text that leaves the process (logs, records, errors).
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod layout;
 pub mod location;
 pub mod manifest;
 pub mod phases;
+pub mod redact;
 pub mod sstable;
 pub mod tls;
 pub mod units;

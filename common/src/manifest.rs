@@ -7,13 +7,18 @@
 //! written after every node manifest.
 //!
 //! A manifest read back from storage is untrusted input: [`NodeManifest::validate`] checks
-//! every path before anything is written to disk.
+//! every name against the exact shape a backup writes (keyspace and table names, table ids,
+//! SSTable component names, tokens) before anything is written to disk, and
+//! [`CommitLogEntry::validate`] does the same for a commit-log index entry: a name that could
+//! leave a local directory once joined to it is never accepted, whatever the bucket holds.
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::commitlog::CommitLogName;
+use crate::datadir::{self, TableDir};
 use crate::ids::{BackupId, BlobHash, HostId};
 use crate::sstable::{SstableIdentity, SstableName};
 
@@ -214,12 +219,37 @@ pub enum ManifestError {
         /// The limit.
         limit: usize,
     },
+    /// Tokens that are not what the node's partitioner writes.
+    #[error("{what}: {reason}: the document was not written by Cassette or was altered; nothing was done with it")]
+    BadTokens {
+        /// Which document's tokens.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A name (keyspace, table, table id, segment) that does not have the shape it must have.
+    #[error(
+        "{what} {name:?} is not {expected}: the document was not written by Cassette or was altered; nothing was done with it"
+    )]
+    BadName {
+        /// Which field of which document.
+        what: String,
+        /// The value found.
+        name: String,
+        /// The shape it must have.
+        expected: &'static str,
+    },
 }
 
-/// Checks a manifest-relative path: `<keyspace>/<table dir>/[.<index>/]<file>`, nothing else.
+/// Checks a manifest-relative path against the exact shape a backup writes:
+/// `<keyspace>/<table dir>/[.<index>/]<SSTable component>`, where the keyspace is a Cassandra
+/// name (`\w+`, at most 48 characters), the table directory `<table>-<32 hex id>` (or `<table>`),
+/// the index directory `.` and a name, and the file an SSTable component name
+/// (`nb-1-big-Data.db`).
 ///
 /// Rejects absolute paths, `..`, `.`, empty segments, backslashes, NUL and other control
-/// characters, so that joining the path to a data directory can never leave it.
+/// characters first (with those reasons), so that joining the path to a data directory can never
+/// leave it.
 pub fn validate_relative_path(path: &str) -> Result<(), ManifestError> {
     let err = |reason| ManifestError::UnsafePath { path: path.to_owned(), reason };
     if path.is_empty() {
@@ -249,7 +279,83 @@ pub fn validate_relative_path(path: &str) -> Result<(), ManifestError> {
     {
         return Err(err("keyspace, table directory and file names cannot start with '.'"));
     }
+    if !datadir::is_valid_name(segments[0]) {
+        return Err(err("the keyspace is not a Cassandra name (letters, digits, '_', at most 48)"));
+    }
+    if TableDir::parse(segments[1]).is_none() {
+        return Err(err("the table directory is not <table>-<32 hex table id> or <table>"));
+    }
+    if segments.len() == 4 && !datadir::is_valid_name(&segments[2][1..]) {
+        return Err(err("the index directory is not '.' and an index name (letters, digits, '_')"));
+    }
+    if SstableName::parse(segments[segments.len() - 1]).is_err() {
+        return Err(err("the file is not an SSTable component name (<version>-<id>-<format>-<Component>)"));
+    }
     Ok(())
+}
+
+/// Checks a keyspace or table name read from a document.
+fn check_name(what: impl FnOnce() -> String, name: &str) -> Result<(), ManifestError> {
+    if datadir::is_valid_name(name) {
+        return Ok(());
+    }
+    Err(ManifestError::BadName {
+        what: what(),
+        name: name.to_owned(),
+        expected: "a Cassandra name (letters, digits, '_', at most 48 characters)",
+    })
+}
+
+/// Most tokens a node can own: Cassandra refuses a larger `num_tokens`.
+pub const MAX_TOKENS: usize = 1536;
+
+/// Checks a node's tokens as read from a document, before they are compared with a ring or
+/// written into `cassandra.yaml`: every token is the canonical decimal form of a
+/// Murmur3Partitioner token (an i64) or, for a RandomPartitioner ring, all of them are integers in
+/// `0..=2^127`; none appears twice; there are at most [`MAX_TOKENS`]. Such a token holds digits
+/// and at most a leading `-`, so it cannot carry anything else into a configuration file.
+pub fn validate_tokens(what: &str, tokens: &[String]) -> Result<(), ManifestError> {
+    let bad = |reason: String| ManifestError::BadTokens { what: what.to_owned(), reason };
+    if tokens.len() > MAX_TOKENS {
+        return Err(bad(format!("{} tokens, more than the {MAX_TOKENS} a Cassandra node can own", tokens.len())));
+    }
+    let murmur3 = |t: &str| t.parse::<i64>().is_ok_and(|v| v.to_string() == t);
+    let random = |t: &str| t.parse::<u128>().is_ok_and(|v| v <= 1u128 << 127 && v.to_string() == t);
+    if !tokens.iter().all(|t| murmur3(t)) {
+        if let Some(t) = tokens.iter().find(|t| !murmur3(t) && !random(t)) {
+            return Err(bad(format!(
+                "token {t:?} is not a Murmur3Partitioner token (a decimal i64) nor a RandomPartitioner one (0 to 2^127)"
+            )));
+        }
+        if let Some(t) = tokens.iter().find(|t| !random(t)) {
+            return Err(bad(format!(
+                "token {t:?} is negative while others exceed the i64 range: no partitioner writes both"
+            )));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    if let Some(t) = tokens.iter().find(|t| !seen.insert(t.as_str())) {
+        return Err(bad(format!("token {t} is listed twice")));
+    }
+    Ok(())
+}
+
+impl TableEntry {
+    /// Checks the names a restore joins into local paths (`<keyspace>/<table>-<id>`).
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        check_name(|| "manifest table entry keyspace".to_owned(), &self.keyspace)?;
+        check_name(|| format!("manifest table entry {}.<table>", self.keyspace), &self.table)?;
+        if let Some(id) = &self.table_id
+            && (id.len() != 32 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        {
+            return Err(ManifestError::BadName {
+                what: format!("manifest table entry {}.{} table_id", self.keyspace, self.table),
+                name: id.clone(),
+                expected: "32 lowercase hex digits",
+            });
+        }
+        Ok(())
+    }
 }
 
 impl NodeManifest {
@@ -264,6 +370,10 @@ impl NodeManifest {
         }
         if self.files.len() > max_files {
             return Err(ManifestError::TooManyFiles { count: self.files.len(), limit: max_files });
+        }
+        validate_tokens(&format!("node manifest of {} tokens", self.node.host_id), &self.node.tokens)?;
+        for t in &self.tables {
+            t.validate()?;
         }
         let mut seen = BTreeSet::new();
         for f in &self.files {
@@ -341,6 +451,9 @@ pub struct ClusterNodeEntry {
 }
 
 /// One archived commit-log segment; stored under [`crate::layout::commitlog_entry_key`].
+///
+/// Read back from storage it is untrusted: [`CommitLogEntry::validate`] before its `segment`
+/// names a local file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitLogEntry {
     /// Schema version of this document.
@@ -361,6 +474,43 @@ pub struct CommitLogEntry {
     pub closed_at: DateTime<Utc>,
     /// When it was archived.
     pub archived_at: DateTime<Utc>,
+}
+
+impl CommitLogEntry {
+    /// Checks what a point-in-time restore relies on: `segment` is exactly a commit-log segment
+    /// name (`CommitLog-<version>-<id>.log`, in the canonical form Cassandra writes), it agrees
+    /// with `version` and `segment_id`, and with the segment named by its index key
+    /// (`key_segment`, from [`crate::layout::parse_cluster_object`]).
+    pub fn validate(&self, key_segment: Option<&str>) -> Result<(), ManifestError> {
+        if self.format > COMMITLOG_ENTRY_FORMAT {
+            return Err(ManifestError::NewerFormat {
+                what: "commit-log index entry",
+                found: self.format,
+                supported: COMMITLOG_ENTRY_FORMAT,
+            });
+        }
+        let bad = |expected| ManifestError::BadName {
+            what: "commit-log index entry segment".to_owned(),
+            name: self.segment.clone(),
+            expected,
+        };
+        let name = CommitLogName::parse(&self.segment)
+            .filter(|n| n.version.is_some() && n.file_name() == self.segment)
+            .ok_or_else(|| bad("a commit-log segment name CommitLog-<version>-<id>.log"))?;
+        if name.version != i32::try_from(self.version).ok() || u64::try_from(name.id).ok() != Some(self.segment_id) {
+            return Err(bad("the segment its own version and segment_id fields describe"));
+        }
+        if let Some(k) = key_segment
+            && k != self.segment
+        {
+            return Err(ManifestError::BadName {
+                what: "commit-log index entry segment".to_owned(),
+                name: self.segment.clone(),
+                expected: "the segment named by its index key",
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -445,7 +595,11 @@ mod tests {
             let err = manifest(vec![file(bad, 0)]).validate(100).unwrap_err();
             assert!(matches!(err, ManifestError::UnsafePath { .. }), "{bad:?}: {err}");
         }
-        assert!(manifest(vec![file("ks/t-1/.idx/nb-1-big-Data.db", 0)]).validate(100).is_ok());
+        assert!(
+            manifest(vec![file("ks/t-0123456789abcdef0123456789abcdef/.idx/nb-1-big-Data.db", 0)])
+                .validate(100)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -460,6 +614,116 @@ mod tests {
         m.format = NODE_MANIFEST_FORMAT + 1;
         let e = m.validate(10).unwrap_err().to_string();
         assert!(e.contains("upgrade"), "{e}");
+    }
+
+    #[test]
+    fn validate_refuses_names_that_do_not_have_the_exact_shape_a_backup_writes() {
+        for bad in [
+            "ks/t/notes.txt",
+            "ks/t/nb-1-big-Data.db.tmp",
+            "ks-1/t/nb-1-big-Data.db",
+            "ks/t-xyz/nb-1-big-Data.db",
+            "ks/t/.a-b/nb-1-big-Data.db",
+            "k s/t/nb-1-big-Data.db",
+            "ks/t/manifest.json",
+        ] {
+            let err = manifest(vec![file(bad, 0)]).validate(100).unwrap_err();
+            assert!(matches!(err, ManifestError::UnsafePath { .. }), "{bad:?}: {err}");
+        }
+        for good in [
+            "ks/t/nb-1-big-Data.db",
+            "system_schema/tables-afddfb9dbc1e30688056eed6c302ba09/nb-3-big-TOC.txt",
+            "ks/t-0123456789abcdef0123456789abcdef/.by_email/da-3g1m_0nuf_3vj5m2k1125165rxa7-bti-Partitions.db",
+        ] {
+            manifest(vec![file(good, 0)]).validate(100).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn validate_refuses_table_entries_whose_names_could_leave_a_data_directory() {
+        let entry = |ks: &str, t: &str, id: Option<&str>| TableEntry {
+            keyspace: ks.into(),
+            table: t.into(),
+            table_id: id.map(str::to_owned),
+            schema_cql: None,
+        };
+        for (bad, field) in [
+            (entry("../../etc", "t", None), "keyspace"),
+            (entry("/var/lib", "t", None), "keyspace"),
+            (entry("ks", "../x", None), "ks.<table>"),
+            (entry("ks", "t", Some("../../../../tmp/x")), "table_id"),
+            (entry("ks", "t", Some("0123456789ABCDEF0123456789ABCDEF")), "table_id"),
+        ] {
+            let mut m = manifest(vec![]);
+            m.tables = vec![bad];
+            let e = m.validate(100).unwrap_err();
+            assert!(matches!(e, ManifestError::BadName { .. }), "{e}");
+            assert!(e.to_string().contains(field) && e.to_string().contains("not written by Cassette"), "{e}");
+        }
+        let mut m = manifest(vec![]);
+        m.tables = vec![entry("shop", "users", Some("0123456789abcdef0123456789abcdef"))];
+        m.validate(100).unwrap();
+    }
+
+    #[test]
+    fn commit_log_entries_name_exactly_one_segment() {
+        let t = DateTime::parse_from_rfc3339("2026-11-23T21:41:00Z").unwrap().to_utc();
+        let entry = |segment: &str, version: u32, id: u64| CommitLogEntry {
+            format: COMMITLOG_ENTRY_FORMAT,
+            segment: segment.into(),
+            version,
+            segment_id: id,
+            host_id: "1b1c2ce9-e5ab-4b1e-a2cf-0f5cd9f8b1c3".parse().unwrap(),
+            size: 1,
+            sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse().unwrap(),
+            closed_at: t,
+            archived_at: t,
+        };
+        let good = entry("CommitLog-7-1699285478684.log", 7, 1699285478684);
+        good.validate(Some("CommitLog-7-1699285478684.log")).unwrap();
+        good.validate(None).unwrap();
+        for bad in [
+            entry("../../escaped.log", 7, 1),
+            entry("/etc/cron.d/x", 7, 1),
+            entry("CommitLog-7-1.log/../../x", 7, 1),
+            entry("sub/CommitLog-7-1.log", 7, 1),
+            entry("CommitLog-7-01.log", 7, 1),
+            entry("CommitLog-1.log", 7, 1),
+            entry("CommitLog-7-2.log", 7, 1),
+            entry("CommitLog-6-1.log", 7, 1),
+        ] {
+            let e = bad.validate(None).unwrap_err().to_string();
+            assert!(e.contains(&format!("{:?}", bad.segment)) && e.contains("nothing was done"), "{e}");
+        }
+        let e = good.validate(Some("CommitLog-7-1.log")).unwrap_err().to_string();
+        assert!(e.contains("named by its index key"), "{e}");
+    }
+
+    #[test]
+    fn tokens_must_be_what_a_partitioner_writes() {
+        let v = |t: &[&str]| validate_tokens("t", &t.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        v(&["-9223372036854775808", "0", "9223372036854775807"]).unwrap();
+        v(&["0", "170141183460469231731687303715884105728", "85070591730234615865843651857942052864"]).unwrap();
+        v(&[]).unwrap();
+        for bad in [
+            &["1\nauthenticator: AllowAllAuthenticator"][..],
+            &["1 "],
+            &["+1"],
+            &["007"],
+            &["0x10"],
+            &["'1'"],
+            &["1", "1"],
+            &["-1", "9223372036854775808"],
+            &["170141183460469231731687303715884105729"],
+        ] {
+            let e = v(bad).unwrap_err().to_string();
+            assert!(e.contains("token") && e.contains("nothing was done"), "{bad:?}: {e}");
+        }
+        let many: Vec<String> = (0..=MAX_TOKENS as i64).map(|i| i.to_string()).collect();
+        assert!(validate_tokens("t", &many).unwrap_err().to_string().contains("1537 tokens"));
+        let mut m = manifest(vec![]);
+        m.node.tokens = vec!["1\nauthenticator: AllowAllAuthenticator".into()];
+        assert!(matches!(m.validate(10), Err(ManifestError::BadTokens { .. })));
     }
 
     #[test]

@@ -31,3 +31,21 @@ pub fn sstable(version: &str, table: &str) -> Option<PathBuf> {
     let format = if version == "da" { "bti" } else { "big" };
     Some(cassandra_sstables()?.join(format!("legacy-sstables/{version}/legacy_tables/{table}/{version}-1-{format}")))
 }
+
+#[cfg(test)]
+mod tests {
+    /// - CI (`.ci/run`) turns a missing fixture directory into a failure, as it does for a missing
+    ///   emulator: a fixture test that cannot find its files must not pass by skipping.
+    #[test]
+    fn ci_requires_fixtures_and_emulators() {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/run");
+        let text = std::fs::read_to_string(&script).unwrap_or_else(|e| panic!("read {}: {e}", script.display()));
+        let exported = |var: &str| text.lines().any(|l| l.trim() == format!("export {var}=1"));
+        assert!(
+            exported("CASSETTE_REQUIRE_EMULATORS"),
+            "{} must export CASSETTE_REQUIRE_EMULATORS=1",
+            script.display()
+        );
+        assert!(exported("CASSETTE_REQUIRE_FIXTURES"), "{} must export CASSETTE_REQUIRE_FIXTURES=1", script.display());
+    }
+}

@@ -21,6 +21,10 @@ pub struct EmulatedCluster {
     temp: Option<tempfile::TempDir>,
     root: PathBuf,
     state: StateDir,
+    /// The native transport and storage ports written into every node's `cassandra.yaml` and
+    /// the adapter settings: free ones, so that an agent's check that the node is stopped (no
+    /// one listens there) does not depend on what else runs on the machine.
+    ports: (u16, u16),
 }
 
 impl EmulatedCluster {
@@ -48,7 +52,8 @@ impl EmulatedCluster {
             write_wrapper(&bin_dir.join(tool), bin, &state_dir, tool)?;
         }
         write_wrapper(&bin_dir.join("emulator-admin"), bin, &state_dir, "admin")?;
-        Ok(Self { temp: None, root: root.to_owned(), state: StateDir::new(state_dir) })
+        let ports = (crate::tools::free_port()?, crate::tools::free_port()?);
+        Ok(Self { temp: None, root: root.to_owned(), state: StateDir::new(state_dir), ports })
     }
 
     /// Keeps the directory after drop (for failed tests) and returns its path.
@@ -73,6 +78,16 @@ impl EmulatedCluster {
     pub fn cluster(&self) -> anyhow::Result<Cluster> {
         let _l = self.state.lock()?;
         self.state.load()
+    }
+
+    /// The native transport port of every node (in `cassandra.yaml` and the adapter settings).
+    pub fn native_port(&self) -> u16 {
+        self.ports.0
+    }
+
+    /// The storage (internode) port of every node, in `cassandra.yaml`.
+    pub fn storage_port(&self) -> u16 {
+        self.ports.1
     }
 
     /// The `nodetool` wrapper script.
@@ -115,6 +130,7 @@ impl EmulatedCluster {
             cqlsh: self.cqlsh_path(),
             jmx_host: address.to_owned(),
             cql_host: address.to_owned(),
+            cql_port: self.ports.0,
             command_timeout: std::time::Duration::from_secs(20),
             operation_timeout: std::time::Duration::from_secs(120),
             ..CassandraConfig::default()
@@ -141,6 +157,10 @@ impl EmulatedCluster {
             y.push_str(&format!("    - {}\n", d.display()));
         }
         y.push_str(&format!("commitlog_directory: {}\n", n.commitlog_dir.display()));
+        y.push_str(&format!(
+            "listen_address: {address}\nstorage_port: {}\nnative_transport_port: {}\n",
+            self.ports.1, self.ports.0
+        ));
         if let Some(d) = &n.local_system_data_dir {
             y.push_str(&format!("local_system_data_file_directory: {}\n", d.display()));
         }

@@ -38,6 +38,8 @@ pub struct LabOptions {
     pub coordinator_args: Vec<String>,
     /// Tokens per node.
     pub num_tokens: usize,
+    /// Extra environment of every agent (`CASSETTE_CASSANDRA__…` settings).
+    pub agent_env: Vec<(String, String)>,
     /// Keep the directory afterwards.
     pub keep: bool,
 }
@@ -60,6 +62,7 @@ impl LabOptions {
                 "100ms".into(),
             ],
             num_tokens: 4,
+            agent_env: vec![],
             keep: false,
         }
     }
@@ -292,7 +295,14 @@ fn start_cluster_in(
                 &cert,
                 &agent_dir,
                 &extra,
-                env.storage.env_vars(),
+                env.storage
+                    .env_vars()
+                    .into_iter()
+                    // The cluster's own native port (as in its cassandra.yaml): an in-place restore
+                    // checks that nothing listens there, and 9042 may be another Cassandra's.
+                    .chain([("CASSETTE_CASSANDRA__CQL_PORT".to_owned(), cluster.native_port().to_string())])
+                    .chain(env.opts.agent_env.iter().cloned())
+                    .collect(),
             ) {
                 Ok(a) => agents.push(a),
                 Err(e) => {

@@ -1,5 +1,6 @@
 //! A TCP proxy that injects faults into the bytes a client sends: it drops the connection after
-//! N bytes, or flips one byte. Placed between Cassette and a real server, it shows that dropped
+//! N bytes, or flips one byte, or (for as long as it runs) renames a request header, so that the
+//! server never sees it (a store that ignores `If-None-Match`). Placed between Cassette and a real server, it shows that dropped
 //! connections are retried and corrupted bodies are caught.
 //!
 //! A fault is armed once and fires on the first connection whose client-to-server byte count
@@ -34,6 +35,31 @@ struct State {
     armed: Mutex<Vec<Fault>>,
     connections: AtomicU64,
     fired: AtomicU64,
+    /// Header names renamed in every request (lowercase, equal lengths), and how often.
+    renames: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+    renamed: AtomicU64,
+}
+
+impl State {
+    /// Renames the configured header names in `chunk`, in place (same length: nothing shifts).
+    /// A header split across two reads is missed; requests' headers arrive in one read here.
+    fn rename_headers(&self, chunk: &mut [u8]) {
+        let renames = self.renames.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (from, to) in renames.iter() {
+            let mut i = 0;
+            while i + from.len() < chunk.len() {
+                let at = &chunk[i..i + from.len()];
+                let line_start = i >= 2 && chunk[i - 2..i] == *b"\r\n";
+                if line_start && at.eq_ignore_ascii_case(from) && chunk[i + from.len()] == b':' {
+                    chunk[i..i + from.len()].copy_from_slice(to);
+                    self.renamed.fetch_add(1, Ordering::SeqCst);
+                    i += from.len();
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
 }
 
 impl State {
@@ -96,6 +122,19 @@ impl FaultProxy {
         self.state.fired.load(Ordering::SeqCst)
     }
 
+    /// From now on, renames the request header `from` to `to` (same length, e.g.
+    /// `if-none-match` to `x-ignored-hdr`) in every request: the server never sees it.
+    pub fn rename_header(&self, from: &str, to: &str) {
+        assert_eq!(from.len(), to.len(), "a renamed header keeps its length");
+        let mut r = self.state.renames.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.push((from.to_ascii_lowercase().into_bytes(), to.as_bytes().to_vec()));
+    }
+
+    /// Headers renamed so far.
+    pub fn renamed(&self) -> u64 {
+        self.state.renamed.load(Ordering::SeqCst)
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -137,6 +176,7 @@ async fn relay(client: TcpStream, server: TcpStream, state: Arc<State>) -> std::
                 }
                 None => {}
             }
+            state.rename_headers(chunk);
             seen += n as u64;
             sw.write_all(chunk).await?;
         }

@@ -15,7 +15,10 @@
 //!   records the node and its tokens as missing; a conflicting operation is refused naming the
 //!   running one;
 //! - t74: checks before a restore refuse with clear errors and change nothing; an in-place
-//!   restore of the whole cluster onto another cluster with the same topology.
+//!   restore of the whole cluster onto another cluster with the same topology;
+//! - t75: the JMX and CQL secrets an agent uses never leave it: not in any log, any stored record
+//!   (raft state, job records, the repository) or the CLI's output, also when nodetool fails
+//!   with the JVM's start-up notes in its output.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -439,4 +442,100 @@ async fn t74_restore_checks_and_in_place_restore_onto_another_cluster() {
         assert_eq!(a, b, "node {} holds what {} backed up", d.address, s.address);
     }
     lab.others.push(copy);
+}
+
+/// Every file under `dir` that contains one of `secrets`, with the secret.
+fn files_containing(dir: &std::path::Path, secrets: &[&str], skip: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for f in all_files(dir) {
+        if f.starts_with(skip) {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&f) else { continue };
+        // Lossy text: `str::contains` is the standard library's (optimized) search.
+        let text = String::from_utf8_lossy(&bytes);
+        for s in secrets {
+            if text.contains(s) {
+                found.push(format!("{} holds {s}", f.display()));
+            }
+        }
+    }
+    found
+}
+
+/// - agents whose nodetool needs JMX TLS key and trust store passwords and a JMX password file,
+///   and whose cqlsh needs CQL credentials, register a cluster and back it up; one node's
+///   nodetool then crashes the way a JVM does (its start-up notes first on stderr, then an
+///   exception, no `error:` line), so its raw output becomes the operation's error;
+/// - the operation fails naming that node;
+/// - no secret appears in the coordinator's or the agents' logs, the raft state, the agents' job
+///   records and state, the CLI's output or the repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t75_secrets_never_leave_the_agent() {
+    let secrets_dir = tempfile::Builder::new().prefix("cassette-t75-secrets-").tempdir().unwrap();
+    let sd = secrets_dir.path();
+    let secrets = ["ts-Secret-7a1c04", "ks-Secret-9b2d55", "jmx-Secret-3e4f66", "cql-Secret-5a6b77"];
+    let file = |name: &str, text: &str| {
+        let p = sd.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let env = vec![
+        ("CASSETTE_CASSANDRA__JMX_SSL".to_owned(), "true".to_owned()),
+        ("CASSETTE_CASSANDRA__JMX_TRUSTSTORE".to_owned(), file("truststore.jks", "not a real store")),
+        ("CASSETTE_CASSANDRA__JMX_TRUSTSTORE_PASSWORD_FILE".to_owned(), file("ts.pass", &format!("{}\n", secrets[0]))),
+        ("CASSETTE_CASSANDRA__JMX_KEYSTORE".to_owned(), file("keystore.jks", "not a real store")),
+        ("CASSETTE_CASSANDRA__JMX_KEYSTORE_PASSWORD_FILE".to_owned(), file("ks.pass", &format!("{}\n", secrets[1]))),
+        (
+            "CASSETTE_CASSANDRA__JMX_PASSWORD_FILE".to_owned(),
+            file("jmx.password", &format!("monitor {}\n", secrets[2])),
+        ),
+        (
+            "CASSETTE_CASSANDRA__CQL_CREDENTIALS_FILE".to_owned(),
+            file("cql.properties", &format!("username=cassandra\npassword={}\n", secrets[3])),
+        ),
+    ];
+    let Some(lab) = lab("t75", Backend::Local, |o| {
+        o.agent_env = env.clone();
+        o.coordinator_args =
+            ["--agent-timeout", "10s", "--retry-backoff", "100ms", "--phase-attempts", "1", "--poll-interval", "100ms"]
+                .map(String::from)
+                .to_vec();
+    }) else {
+        return;
+    };
+    let mut outputs = String::new();
+    let mut cli = |args: &[&str]| {
+        let (code, v, err) = lab.cli_json(args);
+        outputs.push_str(&format!("{v}\n{err}\n"));
+        (code, v)
+    };
+    lab.register("prod", None).unwrap();
+    load(&lab);
+    step("a backup that succeeds, then one where nodetool crashes on 127.0.0.3");
+    let (code, v) = cli(&["backup", "create", "--cluster", "prod"]);
+    assert_eq!(code, 0, "{v}\n{}", lab.logs());
+    lab.admin(&[
+        "fault",
+        "127.0.0.3",
+        "--fail",
+        "snapshot:1:Exception in thread \"main\" java.lang.OutOfMemoryError: Java heap space",
+    ])
+    .unwrap();
+    let (code, v) = cli(&["backup", "create", "--cluster", "prod"]);
+    assert_eq!(code, 1, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("127.0.0.3"), "{v}");
+    assert!(v["error"].to_string().contains("OutOfMemoryError"), "the node's own error is kept: {v}");
+    let id = v["id"].as_str().unwrap_or_default().to_owned();
+    let (_, show) = cli(&["operations", "show", &id]);
+    let (_, status) = cli(&["cluster", "status", "prod"]);
+    drop((show, status));
+    step("no secret anywhere");
+    let mut found: Vec<String> =
+        secrets.iter().filter(|s| outputs.contains(*s)).map(|s| format!("the CLI's output holds {s}")).collect();
+    found.extend(files_containing(&lab.path, &secrets, sd));
+    if let Some(repo) = lab.storage.location(&lab.prefix).local_dir() {
+        found.extend(files_containing(&repo, &secrets, sd));
+    }
+    assert!(found.is_empty(), "secrets left the agents:\n{}", found.join("\n"));
 }

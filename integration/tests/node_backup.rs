@@ -8,7 +8,9 @@
 //!   that was snapshotted, on every backend and on every Cassandra version the emulator models
 //!   (3.11 refuses import with a clear error; 4.1 with UUID ids; 5.0 with bti);
 //! - dry runs, --keep-snapshot, --entities, --system-keyspaces, --duration; list and verify;
-//!   config file → environment → flags; --help with examples on every command.
+//!   config file → environment → flags; --help with examples on every command;
+//! - a blob deleted outside Cassette is noticed by the next incremental backup (stored again,
+//!   not referenced silently), and verify says clearly what is missing and why it may be.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -317,6 +319,46 @@ fn t43_list_and_verify() {
     let j = env.agent_err(&["verify", r2["backup_id"].as_str().unwrap()]).json();
     assert!(j["backups"][0]["problems"][0]["problem"].as_str().unwrap().contains("missing"), "{j}");
     assert!(env.agent_ok(&["verify", "one"])["ok"].as_bool().unwrap(), "the first backup does not need that blob");
+}
+
+/// - after a blob of the previous backup is deleted outside Cassette (a lifecycle rule, a
+///   person), an incremental backup of the unchanged node stores it again instead of trusting
+///   the previous manifest: the new backup verifies, and the file is counted as sent;
+/// - verify of the older backup, whose blob was gone meanwhile, names the blob, its files and
+///   what may have removed it.
+#[test]
+fn t46_incremental_backup_notices_blobs_deleted_outside_cassette() {
+    for backend in [Backend::Local, Backend::S3sFs] {
+        cassette_integration::init_test_logging();
+        let Some(env) = NodeEnv::start("t46", EMU, backend, &spec(Version::V41)).unwrap() else { continue };
+        load_shop(&env, false);
+        step(&format!("[{}] a full backup, then one of its blobs is deleted by someone else", backend.name()));
+        let r1 = env.agent_ok(&["backup"]);
+        use object_store::ObjectStoreExt;
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let key = r1["manifest_key"].as_str().unwrap();
+        let m: cassette_common::manifest::NodeManifest = rt.block_on(env.repo().get_json(key, 1 << 26)).unwrap();
+        let gone = m.files.iter().find(|f| f.path.contains("/users-") && f.path.ends_with("-Data.db")).unwrap();
+        rt.block_on(
+            env.repo()
+                .store()
+                .delete(&object_store::path::Path::from(cassette_common::layout::blob_key(&gone.sha256).as_str())),
+        )
+        .unwrap();
+        // Verified now, checked after the backup below (which stores the blob again).
+        let j = env.agent_err(&["verify", r1["backup_id"].as_str().unwrap()]).json();
+        step("an incremental backup of the unchanged node stores it again");
+        let r2 = env.agent_ok(&["backup"]);
+        assert!(u(&r2, "files_uploaded") >= 1, "the deleted blob is sent again: {r2}");
+        let v = env.agent_ok(&["verify", "latest"]);
+        assert!(v["ok"].as_bool().unwrap(), "{v}");
+        step("verify of the first backup, while the blob was gone, said what was missing");
+        let p = &j["backups"][0]["problems"][0];
+        assert_eq!(p["sha256"], gone.sha256.to_string(), "{j}");
+        let text = p["problem"].as_str().unwrap();
+        assert!(text.contains("missing") && text.contains("outside Cassette"), "{j}");
+        assert!(p["files"].to_string().contains(&gone.path), "{j}");
+    }
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //! - the node, started, restores exactly those segments and replays them; `--finish` puts the
 //!   original properties back; `--wait-and-finish` does it on its own once the node is up;
 //! - a directory sweep stores and removes segments; a damaged segment is reported, not stored;
-//!   replay restricted to tables goes into the JVM options and out again.
+//!   replay restricted to tables goes into the JVM options and out again;
+//! - an index entry from a hostile bucket whose segment name is a path (`../..`, absolute, or
+//!   not the segment its key names) is refused before anything is downloaded or written.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -267,6 +269,82 @@ fn t62_replay_list_and_wait_and_finish() {
     let out = std::fs::read_to_string(&log).unwrap();
     assert!(out.contains("\"restored_original\": true"), "{out}");
     assert!(out.contains("are replayed as well"), "the segments left in the node's directory are pointed out: {out}");
+}
+
+/// - an index entry whose `segment` is `../../escaped.log`, an absolute path or not the segment
+///   named by its key is refused, naming the key, before any download;
+/// - nothing is written outside the download directory, and no properties file is written;
+/// - with the entry removed, the same restore works.
+#[test]
+fn t63_index_entries_from_storage_cannot_escape_the_download_directory() {
+    let env = start("t63", Version::V41);
+    let n = node(&env);
+    let conf = n.conf_dir.clone();
+    env.agent_ok(&["backup"]);
+    env.cluster.set_commitlog_archiving(&env.address, &archive_command(&env)).unwrap();
+    segments(&env, 3);
+    let archived = entries(&env);
+    assert_eq!(archived.len(), 2);
+    env.admin(&["stop", &env.address]);
+    let repo_dir = env.server.location(&env.prefix).local_dir().unwrap();
+    let c = env.cluster.cluster().unwrap();
+    let host = n.host_id.parse().unwrap();
+    let dl = env.dir.path().join("pitr").join("dl");
+    std::fs::create_dir_all(&dl).unwrap();
+    let properties = std::fs::read_to_string(conf.join("commitlog_archiving.properties")).unwrap();
+    let outside = env.dir.path().join("escaped.log");
+    let absolute = env.dir.path().join("absolute.log");
+    let last = archived.last().unwrap();
+    let until = last.closed_at + chrono::Duration::seconds(5);
+    for (what, segment, key_segment) in [
+        ("a relative path", "../../escaped.log".to_owned(), "CommitLog-7-999.log"),
+        ("an absolute path", absolute.display().to_string(), "CommitLog-7-999.log"),
+        ("another segment than its key names", "CommitLog-7-998.log".to_owned(), "CommitLog-7-999.log"),
+    ] {
+        step(&format!("an index entry naming {what}"));
+        // A copy of a genuine entry (its blob exists), closed after the others so it is selected.
+        let mut evil = serde_json::to_value(last).unwrap();
+        evil["segment"] = serde_json::json!(segment);
+        evil["segment_id"] = serde_json::json!(998);
+        let closed = last.closed_at + chrono::Duration::seconds(1);
+        evil["closed_at"] = serde_json::json!(closed);
+        let key = layout::commitlog_entry_key(&c.cluster_name, &host, closed, key_segment);
+        std::fs::create_dir_all(repo_dir.join(&key).parent().unwrap()).unwrap();
+        std::fs::write(repo_dir.join(&key), serde_json::to_vec(&evil).unwrap()).unwrap();
+        let r = env.agent_err(&[
+            "commitlog-restore",
+            "--until",
+            &rfc(until),
+            "--conf-dir",
+            conf.to_str().unwrap(),
+            "--download-dir",
+            dl.to_str().unwrap(),
+        ]);
+        let e = r.error();
+        assert!(
+            e.contains(&key) && e.contains("commit-log index entry") && e.contains("nothing was downloaded"),
+            "{e}"
+        );
+        assert!(!outside.exists() && !absolute.exists(), "{what}: a file was written outside the download directory");
+        assert!(std::fs::read_dir(&dl).unwrap().next().is_none(), "{what}: nothing downloaded");
+        assert_eq!(
+            std::fs::read_to_string(conf.join("commitlog_archiving.properties")).unwrap(),
+            properties,
+            "{what}: no properties written"
+        );
+        std::fs::remove_file(repo_dir.join(&key)).unwrap();
+    }
+    step("without the hostile entry the same restore works");
+    let r = env.agent_ok(&[
+        "commitlog-restore",
+        "--until",
+        &rfc(until),
+        "--conf-dir",
+        conf.to_str().unwrap(),
+        "--download-dir",
+        dl.to_str().unwrap(),
+    ]);
+    assert_eq!(r["restore"]["segments"].as_array().unwrap().len(), 2, "{r}");
 }
 
 fn wait_for(child: &mut ManagedProcess, mut cond: impl FnMut() -> bool) {

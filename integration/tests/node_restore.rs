@@ -4,14 +4,17 @@
 //! What it proves:
 //! - wrong location (missing bucket, no repository), unknown backup or tag, missing tables and
 //!   rename targets, schema and token mismatches, in-place on a running node: refused before
-//!   anything is touched, with an error that says what to fix;
+//!   anything is touched, with an error that says what to fix; in place, "nodetool cannot
+//!   connect" is not taken as "stopped": a process holding the node's files or an open native
+//!   port refuses it too;
 //! - a corrupted blob during a restore: nothing truncated, nothing imported, no temporary file;
 //! - disk full during the download: reported before downloading when the free space is known,
 //!   and when it runs out midway, no partial file is left and the live data is untouched;
 //! - nodetool failing after it took the snapshot, or the storage failing mid-upload: the
 //!   snapshot is still cleared; a snapshot that cannot be cleared is reported with the command;
-//! - untrusted manifests (path traversal, bad data-directory index, oversized, malformed) and
-//!   symbolic links on the way are refused before any file is written;
+//! - untrusted manifests (path traversal, bad data-directory index, oversized, malformed, table
+//!   entries whose names are paths) and symbolic links on the way are refused before any file is
+//!   written or removed;
 //! - renames, live restores phase by phase on a two-node cluster, in-place rebuilds with system
 //!   keyspaces and the backup's tokens written into cassandra.yaml; in place onto more data
 //!   directories than the backup had, every SSTable kept in one directory.
@@ -454,6 +457,104 @@ fn t57_untrusted_manifests_and_symlinks() {
     assert!(e.contains("symbolic link"), "{e}");
     assert!(all_files(&escape).is_empty());
     no_staging(&env);
+}
+
+/// Puts a copy of `m` under a new backup id (a day after `days`) straight into the repository
+/// directory, as someone who can write the bucket would, and returns the id.
+fn put_forged(env: &NodeEnv, good: &NodeManifest, m: &serde_json::Value, days: i64) -> String {
+    let repo_dir = env.server.location(&env.prefix).local_dir().unwrap();
+    let id = cassette_common::ids::BackupId::generate(chrono::Utc::now() + chrono::Duration::days(days));
+    let k = layout::node_manifest_key(&good.node.cluster, &id, &good.node.host_id);
+    let mut m = m.clone();
+    m["backup_id"] = serde_json::json!(id.to_string());
+    std::fs::create_dir_all(repo_dir.join(&k).parent().unwrap()).unwrap();
+    std::fs::write(repo_dir.join(&k), serde_json::to_vec(&m).unwrap()).unwrap();
+    std::fs::remove_dir_all(env.state_dir().join("manifests")).ok();
+    id.to_string()
+}
+
+/// - a manifest table entry whose keyspace is an absolute path, or whose table id climbs out
+///   with `/..`, is refused by an in-place restore before anything is removed or written: the
+///   SSTable-named file it points at stays, the node's files are untouched, nothing is staged;
+/// - the error names the field and says the manifest was not written by Cassette.
+#[test]
+fn t5c_table_names_from_a_manifest_cannot_reach_outside_the_data_directories() {
+    let Some(env) = start("t5c", Backend::Local, Version::V41) else { return };
+    let r = env.agent_ok(&["backup"]);
+    let good = manifest(&env, r["manifest_key"].as_str().unwrap());
+    let victim = env.dir.path().join("victim");
+    let victim_file = victim.join("t").join("nb-1-big-Data.db");
+    std::fs::create_dir_all(victim_file.parent().unwrap()).unwrap();
+    std::fs::write(&victim_file, b"someone else's SSTable").unwrap();
+    env.admin(&["stop", "127.0.0.1"]);
+    let before = live_files(&env.roots(), "shop");
+    let climb = format!("/{}{}", "../".repeat(64), victim.display().to_string().trim_start_matches('/'));
+    for (days, what, entry, field) in [
+        (
+            3,
+            "an absolute keyspace",
+            serde_json::json!({"keyspace": victim.display().to_string(), "table": "t"}),
+            "keyspace",
+        ),
+        (
+            4,
+            "a table id climbing out",
+            serde_json::json!({"keyspace": "shop", "table": "t", "table_id": climb}),
+            "table_id",
+        ),
+    ] {
+        step(what);
+        let mut m = serde_json::to_value(&good).unwrap();
+        m["tables"].as_array_mut().unwrap().push(entry);
+        let id = put_forged(&env, &good, &m, days);
+        let e = env.agent_err(&["restore", &id, "--strategy", "in-place"]).error();
+        assert!(e.contains(field) && e.contains("not written by Cassette"), "{what}: {e}");
+        assert!(victim_file.exists(), "{what}: a file outside the data directories was removed");
+        assert_eq!(live_files(&env.roots(), "shop"), before, "{what}: the node's files changed");
+        no_staging(&env);
+    }
+}
+
+/// - nodetool cannot connect (the node looks stopped, as with a wrong JMX port), but a process
+///   holds one of its data files open: the in-place restore refuses, naming the process and the
+///   file, and changes nothing (no file replaced, nothing staged);
+/// - the same with something listening on the node's native transport port: refused, naming
+///   the address;
+/// - with neither, the restore goes ahead and says what it checked.
+#[test]
+fn t5d_in_place_needs_proof_that_cassandra_is_stopped() {
+    let Some(env) = start("t5d", Backend::Local, Version::V41) else { return };
+    env.agent_ok(&["backup"]);
+    env.admin(&["write-sstables", "shop.users", "--count", "1", "--size", "1000"]);
+    env.admin(&["stop", "127.0.0.1"]);
+    let before = live_files(&env.roots(), "shop");
+    let held = before.keys().next().unwrap().split_once(':').unwrap();
+    let held = env.roots()[held.0.parse::<usize>().unwrap()].join(held.1);
+
+    step("a process holds a data file open");
+    let mut holder =
+        std::process::Command::new("sleep").arg("120").stdin(std::fs::File::open(&held).unwrap()).spawn().unwrap();
+    let e = env.agent_err(&["restore", "latest", "--strategy", "in-place"]).error();
+    let pid = holder.id();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(e.contains(&format!("process {pid}")) && e.contains(&held.display().to_string()), "{e}");
+    assert!(e.contains("nothing was changed"), "{e}");
+    assert_eq!(live_files(&env.roots(), "shop"), before, "no file replaced");
+    no_staging(&env);
+
+    step("something listens on the native transport port");
+    let port = env.cluster.native_port();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let e = env.agent_err(&["restore", "latest", "--strategy", "in-place"]).error();
+    drop(listener);
+    assert!(e.contains(&format!("127.0.0.1:{port}")) && e.contains("native transport"), "{e}");
+    assert_eq!(live_files(&env.roots(), "shop"), before, "no file replaced");
+    no_staging(&env);
+
+    step("with neither, the restore goes ahead");
+    let r = env.agent_ok(&["restore", "latest", "--strategy", "in-place"]);
+    assert_ne!(live_files(&env.roots(), "shop"), before, "the backup's files are back: {r}");
 }
 
 #[test]

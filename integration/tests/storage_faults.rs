@@ -16,7 +16,9 @@
 //! - the CLI's `put --output json` list round-trips through `get --list`;
 //! - t28: a download destination listed twice is placed once (same content) or refused once per content;
 //! - t29: files of an upload that cannot be read fail alone; the stored files and the failures keep the
-//!   order given.
+//!   order given;
+//! - t2a: `storage check` fails on a store that ignores `If-None-Match` (create-only documents could
+//!   be overwritten there), and says so.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -246,6 +248,45 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// - `storage check` through a proxy that renames `If-None-Match` on the way to moto (a store that
+///   ignores it) exits non-zero, and its problems name `If-None-Match` and what it protects;
+/// - the same check straight against moto, which honours it, passes and says create-only
+///   documents are safe there;
+/// - the probe objects are removed in both cases.
+#[test]
+fn t2a_storage_check_refuses_a_store_that_ignores_if_none_match() {
+    let Some(server) = start(Backend::Moto, "t2a_storage_check_refuses_a_store_that_ignores_if_none_match") else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    let location = server.location("t2a").to_string();
+    let check = |extra: &[&str]| {
+        let mut args = vec!["--output", "json", "storage", "check", "--location", location.as_str()];
+        args.extend_from_slice(extra);
+        let out = agent(&server, state.path(), &args).output().unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.code(), j, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    step("through a proxy that drops If-None-Match: refused");
+    let proxy = FaultProxy::start(server.port).unwrap();
+    proxy.rename_header("if-none-match", "x-ignored-hdr");
+    let endpoint = proxy.endpoint();
+    let (code, j, stderr) = check(&["--s3-endpoint", endpoint.as_str()]);
+    assert_ne!(code, Some(0), "a store that ignores If-None-Match must fail the check: {j} {stderr}");
+    assert!(proxy.renamed() >= 1, "the proxy must have removed the header");
+    let problems = j["problems"].to_string();
+    assert!(problems.contains("If-None-Match") && problems.contains("overwrit"), "{j}");
+    assert_eq!(j["create_only"], false, "{j}");
+    step("straight to moto: create-only documents are honoured");
+    let (code, j, stderr) = check(&[]);
+    assert_eq!(code, Some(0), "{j} {stderr}");
+    assert_eq!(j["create_only"], true, "{j}");
+    step("no probe object is left behind");
+    let repo = server.repository("t2a", &cfg());
+    let left = runtime().block_on(repo.list("probes")).unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

@@ -42,7 +42,9 @@ pub struct CassandraConfig {
     pub jmx_password_file: Option<PathBuf>,
     /// Connect to JMX over TLS (`nodetool --ssl`).
     pub jmx_ssl: bool,
-    /// Trust store for JMX TLS (`javax.net.ssl.trustStore`).
+    /// Trust store for JMX TLS (`javax.net.ssl.trustStore`). The JMX TLS settings reach nodetool's
+    /// JVM through a private argument file named by `JDK_JAVA_OPTIONS` (Java 9 or later; never
+    /// through `JAVA_TOOL_OPTIONS`, which the JVM echoes with the passwords).
     pub jmx_truststore: Option<PathBuf>,
     /// File holding the trust store password.
     pub jmx_truststore_password_file: Option<PathBuf>,
@@ -84,6 +86,9 @@ pub struct CassandraConfig {
     pub max_output: ByteSize,
     /// Extra environment for nodetool and cqlsh (e.g. `JAVA_HOME`, `CASSANDRA_CONF`). No secrets here.
     pub env: BTreeMap<String, String>,
+    /// Cassandra's pid file (`cassandra -p <file>`, e.g. `/var/run/cassandra/cassandra.pid`). When
+    /// set, an in-place restore also requires the process it names to be gone.
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Default for CassandraConfig {
@@ -115,6 +120,7 @@ impl Default for CassandraConfig {
             operation_timeout: Duration::from_secs(3600),
             max_output: ByteSize(64 << 20),
             env: BTreeMap::new(),
+            pid_file: None,
         }
     }
 }
@@ -237,6 +243,18 @@ pub(crate) fn first_jmx_user(path: &Path) -> std::io::Result<Option<String>> {
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .and_then(|l| l.split_whitespace().next())
         .map(str::to_owned))
+}
+
+/// The passwords of a JMX password file (`<user> <password>` lines), so that they can be
+/// registered as secrets.
+pub(crate) fn jmx_passwords(path: &Path) -> std::io::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .collect())
 }
 
 #[cfg(test)]

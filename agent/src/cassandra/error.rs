@@ -63,6 +63,16 @@ pub enum CassandraError {
         /// The tool's message.
         detail: String,
     },
+    /// Cassandra may be running on this host although nodetool cannot reach it (or it could not
+    /// be proven stopped): see [`super::stopped`].
+    #[error(
+        "Cassandra may be running on this host even though nodetool cannot reach it (a wrong jmx_host or jmx_port makes a live node look stopped): {}; stop Cassandra (or the process named), or fix the settings named, before its files are replaced",
+        reasons.join("; ")
+    )]
+    MayBeRunning {
+        /// What shows it may run, or what could not be checked.
+        reasons: Vec<String>,
+    },
     /// The node refused the credentials.
     #[error("{command}: authentication failed at {address} ({detail}): check {setting}")]
     AuthFailed {

@@ -6,9 +6,18 @@
 //! itself, and cqlsh reads a private cqlshrc (mode 0600, in a directory only the agent can read)
 //! generated from `cql_credentials_file` and removed with the adapter.
 //!
-//! JMX TLS settings are handed to the JVM through `JAVA_TOOL_OPTIONS` (`javax.net.ssl.*`), the
-//! only way to set them without editing nodetool's own files; they are visible in the child's
-//! environment to the same user only.
+//! JMX TLS settings (`javax.net.ssl.*`, the store passwords among them) go into a private Java
+//! argument file (mode 0600, in a directory only the agent can read, removed with the adapter),
+//! named by `JDK_JAVA_OPTIONS=@<file>`: the JVM reads the options from the file, and what it
+//! echoes on standard error (`NOTE: Picked up JDK_JAVA_OPTIONS: @…`) is the path, never a
+//! password. They used to go into `JAVA_TOOL_OPTIONS`, which every JVM prints verbatim
+//! (`Picked up JAVA_TOOL_OPTIONS: …`): into nodetool's output, error messages, job records and
+//! the coordinator's logs. `JDK_JAVA_OPTIONS` needs the `java` launcher of Java 9 or later
+//! (nodetool on Java 11+); on Java 8 put the settings into nodetool's own
+//! `~/.cassandra/nodetool-ssl.properties` instead.
+//!
+//! Every secret read here (JMX, trust and key store, CQL passwords) is registered with
+//! [`cassette_common::redact`], so that no message the agent logs, stores or sends carries it.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,15 +38,54 @@ use super::{
 };
 
 /// The Cassandra adapter over `nodetool` and `cqlsh`.
-#[derive(Debug)]
 pub struct NodetoolControl {
     config: CassandraConfig,
     jmx_user: Option<String>,
+    /// `JDK_JAVA_OPTIONS=@<argument file>` when JMX TLS is configured: a path, no secret.
     jmx_env: Vec<(String, String)>,
+    /// Holds the generated Java argument file with the JMX TLS settings; removed on drop.
+    jmx_args: Option<(tempfile::TempDir, PathBuf)>,
     /// Holds the generated cqlshrc; removed on drop.
     cqlshrc: Option<(tempfile::TempDir, PathBuf)>,
     version: OnceCell<ReleaseVersion>,
     directories: OnceCell<Directories>,
+}
+
+/// Written by hand: the generated files hold credentials, so only their paths are shown.
+impl std::fmt::Debug for NodetoolControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodetoolControl")
+            .field("nodetool", &self.config.nodetool)
+            .field("jmx", &format_args!("{}:{}", self.config.jmx_host, self.config.jmx_port))
+            .field("jmx_user", &self.jmx_user)
+            .field("jmx_args", &self.jmx_args.as_ref().map(|(_, p)| p))
+            .field("cqlshrc", &self.cqlshrc.as_ref().map(|(_, p)| p))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes `content` into `name` in a new private directory (0700; the file 0600, created new).
+fn private_file(prefix: &str, name: &str, content: &str) -> Result<(tempfile::TempDir, PathBuf), CassandraError> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| CassandraError::files("create a private directory in", std::env::temp_dir(), e))?;
+    let path = dir.path().join(name);
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()
+    };
+    write().map_err(|e| CassandraError::files("write", &path, e))?;
+    Ok((dir, path))
+}
+
+/// One option of a Java argument file, quoted (`"…"`, with `\` and `"` escaped) so that any
+/// character of a password stays part of it.
+fn java_arg(option: &str) -> String {
+    format!("\"{}\"\n", option.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 impl NodetoolControl {
@@ -55,15 +103,23 @@ impl NodetoolControl {
             ),
             (None, None) => None,
         };
+        if let Some(f) = &config.jmx_password_file {
+            // nodetool reads the file itself; its passwords are still secrets of this process.
+            for p in config::jmx_passwords(f).map_err(|e| CassandraError::files("read jmx_password_file", f, e))? {
+                cassette_common::redact::register(&p);
+            }
+        }
         let mut opts = Vec::new();
         let password = |file: &Option<PathBuf>, setting: &str| -> Result<Option<String>, CassandraError> {
             match file {
-                Some(f) => Ok(Some(
-                    std::fs::read_to_string(f)
+                Some(f) => {
+                    let p = std::fs::read_to_string(f)
                         .map_err(|e| CassandraError::files("read", f, format!("{setting}: {e}")))?
                         .trim()
-                        .to_owned(),
-                )),
+                        .to_owned();
+                    cassette_common::redact::register(&p);
+                    Ok(Some(p))
+                }
                 None => Ok(None),
             }
         };
@@ -79,9 +135,26 @@ impl NodetoolControl {
                 opts.push(format!("-Djavax.net.ssl.keyStorePassword={p}"));
             }
         }
-        let jmx_env = if opts.is_empty() { Vec::new() } else { vec![("JAVA_TOOL_OPTIONS".into(), opts.join(" "))] };
+        let jmx_args = if opts.is_empty() {
+            None
+        } else {
+            let text: String = opts.iter().map(|o| java_arg(o)).collect();
+            Some(private_file("cassette-nodetool-", "jmx-tls.args", &text)?)
+        };
+        let jmx_env = match &jmx_args {
+            Some((_, p)) => vec![("JDK_JAVA_OPTIONS".to_owned(), format!("@{}", p.display()))],
+            None => Vec::new(),
+        };
         let cqlshrc = Self::cqlshrc(&config)?;
-        Ok(Self { config, jmx_user, jmx_env, cqlshrc, version: OnceCell::new(), directories: OnceCell::new() })
+        Ok(Self {
+            config,
+            jmx_user,
+            jmx_env,
+            jmx_args,
+            cqlshrc,
+            version: OnceCell::new(),
+            directories: OnceCell::new(),
+        })
     }
 
     /// The configuration in use.
@@ -102,6 +175,7 @@ impl NodetoolControl {
                     )],
                 });
             };
+            cassette_common::redact::register(p);
             ini.push_str(&format!("[authentication]\nusername = {u}\npassword = {p}\n"));
         }
         if config.cql_ssl {
@@ -117,20 +191,7 @@ impl NodetoolControl {
         if ini.is_empty() {
             return Ok(None);
         }
-        let dir = tempfile::Builder::new()
-            .prefix("cassette-cqlsh-")
-            .tempdir()
-            .map_err(|e| CassandraError::files("create a private directory for cqlshrc in", std::env::temp_dir(), e))?;
-        let path = dir.path().join("cqlshrc");
-        let write = || -> std::io::Result<()> {
-            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-            f.write_all(ini.as_bytes())?;
-            f.sync_all()
-        };
-        write().map_err(|e| CassandraError::files("write", &path, e))?;
-        Ok(Some((dir, path)))
+        private_file("cassette-cqlsh-", "cqlshrc", &ini).map(Some)
     }
 
     fn nodetool_args(&self, args: &[String]) -> Vec<String> {
@@ -727,6 +788,34 @@ impl super::CassandraControl for NodetoolControl {
         self.cql(&text, CommandKind::Operation).await.map(|_| ())
     }
 
+    async fn prove_stopped(&self) -> Result<Vec<String>, CassandraError> {
+        let dirs = self.directories().await?;
+        let y = match &self.config.cassandra_yaml {
+            Some(p) => Some(yaml::read(p)?),
+            None => None,
+        };
+        let y = y.unwrap_or_default();
+        let mut watched = super::stopped::Watched {
+            dirs: dirs.all_data_roots(),
+            ports: Vec::new(),
+            pid_file: self.config.pid_file.clone(),
+            connect_timeout: Duration::from_secs(2),
+        };
+        watched.dirs.extend(dirs.commitlog.clone());
+        let host = self.config.cql_host.clone();
+        let native = y.native_transport_port.unwrap_or(self.config.cql_port);
+        watched.ports.push(("native transport", host.clone(), native));
+        if native != self.config.cql_port {
+            watched.ports.push(("native transport, as cql_port says", host.clone(), self.config.cql_port));
+        }
+        let listen = y.listen_address.clone().filter(|a| !a.is_empty()).unwrap_or(host);
+        watched.ports.push(("storage", listen, y.storage_port.unwrap_or(7000)));
+        tokio::task::spawn_blocking(move || super::stopped::check(&watched))
+            .await
+            .map_err(|e| CassandraError::MayBeRunning { reasons: vec![format!("the check did not finish: {e}")] })?
+            .map_err(|reasons| CassandraError::MayBeRunning { reasons })
+    }
+
     async fn schema(&self) -> Result<Vec<LiveTable>, CassandraError> {
         use cassette_common::cql::{Column, ColumnKind, TableColumns, normalize_type};
         use std::collections::BTreeMap;
@@ -800,9 +889,30 @@ mod tests {
         assert!(line.starts_with("-h 127.0.0.1 -p 7199 -u monitor -pwf "), "{line}");
         assert!(line.ends_with(" --ssl snapshot --tag t"), "global options come before the command: {line}");
         assert!(!line.contains("s3cret"), "{line}");
+        // The TLS settings reach the JVM through a private argument file the environment names:
+        // the environment itself (which the JVM echoes) holds no password.
         let env = &ctl.jmx_env;
-        assert_eq!(env[0].0, "JAVA_TOOL_OPTIONS");
-        assert!(env[0].1.contains("-Djavax.net.ssl.trustStore=") && env[0].1.contains("trustStorePassword=ts-s3cret"));
+        assert_eq!(env.len(), 1);
+        assert_eq!(env[0].0, "JDK_JAVA_OPTIONS");
+        assert!(!env[0].1.contains("s3cret") && env.iter().all(|(k, _)| k != "JAVA_TOOL_OPTIONS"), "{env:?}");
+        let (args_dir, args_file) = ctl.jmx_args.as_ref().unwrap();
+        assert_eq!(env[0].1, format!("@{}", args_file.display()));
+        let args_text = std::fs::read_to_string(args_file).unwrap();
+        assert!(
+            args_text.contains("\"-Djavax.net.ssl.trustStore=")
+                && args_text.contains("\"-Djavax.net.ssl.trustStorePassword=ts-s3cret\"\n"),
+            "{args_text}"
+        );
+        assert_eq!(std::fs::metadata(args_file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(args_dir.path()).unwrap().permissions().mode() & 0o077, 0, "private directory");
+        for secret in ["s3cret-jmx", "ts-s3cret", "s3cret-cql"] {
+            assert!(!format!("{ctl:?}").contains(secret), "{ctl:?}");
+            assert!(
+                !cassette_common::redact::redact(&format!("x {secret} y")).contains(secret),
+                "{secret} is registered"
+            );
+        }
+        assert_eq!(java_arg("a\\b\"c d"), "\"a\\\\b\\\"c d\"\n");
 
         let (dir, rc) = ctl.cqlshrc.as_ref().unwrap();
         let text = std::fs::read_to_string(rc).unwrap();
@@ -811,8 +921,10 @@ mod tests {
         assert_eq!(std::fs::metadata(rc).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o077, 0, "private directory");
         let path = rc.clone();
+        let args_path = args_file.clone();
         drop(ctl);
         assert!(!path.exists(), "the generated cqlshrc is removed with the adapter");
+        assert!(!args_path.exists(), "and so is the argument file");
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The three `cassandra.yaml` settings the adapter needs: `data_file_directories`,
-//! `local_system_data_file_directory` and `commitlog_directory`.
+//! The `cassandra.yaml` settings the adapter needs: `data_file_directories`,
+//! `local_system_data_file_directory` and `commitlog_directory`, and where the node listens
+//! (`listen_address`, `storage_port`, `native_transport_port`: an in-place restore checks that
+//! nothing does).
 //!
 //! Not a YAML parser: it reads top-level keys with a scalar value or a block (`- item`) or flow
 //! (`[a, b]`) list of scalars, which is how every cassandra.yaml writes these settings. Anything
@@ -18,6 +20,12 @@ pub struct YamlDirectories {
     pub local_system_data_file_directory: Option<PathBuf>,
     /// `commitlog_directory`.
     pub commitlog_directory: Option<PathBuf>,
+    /// `listen_address`.
+    pub listen_address: Option<String>,
+    /// `storage_port`.
+    pub storage_port: Option<u16>,
+    /// `native_transport_port`.
+    pub native_transport_port: Option<u16>,
 }
 
 fn scalar(v: &str) -> Option<String> {
@@ -77,6 +85,9 @@ pub fn parse(text: &str) -> YamlDirectories {
             "local_system_data_file_directory" => {
                 out.local_system_data_file_directory = scalar(value).map(PathBuf::from)
             }
+            "listen_address" => out.listen_address = scalar(value),
+            "storage_port" => out.storage_port = scalar(value).and_then(|v| v.parse().ok()),
+            "native_transport_port" => out.native_transport_port = scalar(value).and_then(|v| v.parse().ok()),
             _ => {}
         }
     }
@@ -114,5 +125,10 @@ mod tests {
         assert_eq!(d.data_file_directories.len(), 2);
         let d = parse("# nothing set\ncommitlog_directory:\n");
         assert_eq!(d, YamlDirectories::default());
+        let d = parse("listen_address: 10.0.0.5\nstorage_port: 7010 # internode\nnative_transport_port: '9142'\n");
+        assert_eq!(
+            (d.listen_address.as_deref(), d.storage_port, d.native_transport_port),
+            (Some("10.0.0.5"), Some(7010), Some(9142))
+        );
     }
 }

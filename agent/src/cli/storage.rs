@@ -150,6 +150,9 @@ struct CheckReport {
     layout_version: Option<u32>,
     can_write: Option<bool>,
     can_delete: Option<bool>,
+    /// Whether create-only writes (`If-None-Match: *`) are refused when the key exists, as
+    /// manifests, index entries and locks rely on.
+    create_only: Option<bool>,
     latency_ms: u128,
     problems: Vec<String>,
 }
@@ -163,6 +166,7 @@ async fn check(a: CheckArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         layout_version: None,
         can_write: None,
         can_delete: None,
+        create_only: None,
         latency_ms: 0,
         problems: vec![],
     };
@@ -193,7 +197,19 @@ async fn check(a: CheckArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
             }
             Err(e) => {
                 report.can_write = Some(false);
-                report.problems.push(StoreError::remote("write probe", key, &report.location, e).to_string());
+                report.problems.push(StoreError::remote("write probe", key.as_str(), &report.location, e).to_string());
+            }
+        }
+        if report.can_write == Some(true) {
+            let key = format!("{key}.create-only");
+            match repo.probe_create_only(&key).await {
+                Ok(honoured) => {
+                    report.create_only = Some(honoured);
+                    if !honoured {
+                        report.problems.push(format!("probe {key}: {}", Repository::IGNORES_CREATE_ONLY));
+                    }
+                }
+                Err(e) => report.problems.push(format!("create-only probe: {e}")),
             }
         }
     }
@@ -213,6 +229,9 @@ async fn check(a: CheckArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
             }
             if let Some(d) = report.can_delete {
                 println!("delete:    {}", yes_no(d));
+            }
+            if let Some(c) = report.create_only {
+                println!("create-only writes refused when the key exists (If-None-Match): {}", yes_no(c));
             }
             for p in &report.problems {
                 eprintln!("error: {p}");

@@ -644,8 +644,17 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
         }
     }
 
-    if let Some((previous, blobs)) = previous {
-        ctx.say(format!("{} blobs of backup {previous} are known to be stored", blobs.len()));
+    if let Some((previous, blobs, missing)) = previous {
+        ctx.say(format!(
+            "{} blobs of backup {previous} are stored (checked against a listing of the bucket)",
+            blobs.len()
+        ));
+        if missing > 0 {
+            warnings.push(format!(
+                "{missing} blob(s) that backup {previous} references are missing from {}: they were deleted outside Cassette (a lifecycle or expiration rule on the bucket, a person, another tool); this backup stores them again where the files still exist, but backup {previous} (and older ones sharing them) cannot be restored completely: run cassette-agent verify, and remove such rules for the blobs/ prefix",
+                ctx.repo.location()
+            ));
+        }
         engine.assume_present(blobs);
     }
     let t0 = Instant::now();
@@ -676,11 +685,18 @@ pub async fn upload(ctx: &OpContext, req: &BackupRequest, snap: &Snapshotted) ->
     Ok(Uploaded { files, tables, stats: report.stats, would_send, warnings })
 }
 
-/// The blobs of this node's newest earlier backup, which the upload may treat as stored without
-/// asking: blobs a kept manifest references are never removed, and no removal runs while this
-/// backup holds its lock (see [`super::locks`]); should the lock lapse, the manifest phase checks
-/// every blob again. Best effort: a failure here only means every file is checked.
-async fn blobs_of_previous_backup(ctx: &OpContext, snap: &Snapshotted) -> Option<(BackupId, Vec<BlobHash>)> {
+/// The blobs of this node's newest earlier backup that the bucket holds now, which the upload may
+/// treat as stored without asking again: no removal runs while this backup holds its lock (see
+/// [`super::locks`]); should the lock lapse, the manifest phase checks every blob again.
+///
+/// The manifest alone is not enough: a blob deleted outside Cassette (a lifecycle rule, a
+/// person) would then be referenced silently by every later backup. So its blobs are checked
+/// against one listing of the blob prefix ([`Repository::retain_stored`]); those missing are
+/// left out (the upload stores them again) and counted in the second value. When the repository
+/// is too large to list (more than `transfer.list_blobs_per_file` objects per blob of the
+/// previous backup), nothing is treated as known and every file is checked the usual way. Best
+/// effort: a failure here only means every file is checked.
+async fn blobs_of_previous_backup(ctx: &OpContext, snap: &Snapshotted) -> Option<(BackupId, Vec<BlobHash>, usize)> {
     let index = match catalog::scan_backups(&ctx.repo, &snap.node.cluster).await {
         Ok(i) => i,
         Err(e) => {
@@ -691,10 +707,24 @@ async fn blobs_of_previous_backup(ctx: &OpContext, snap: &Snapshotted) -> Option
     let newest =
         index.node(&snap.node.cluster, &snap.node.host_id).into_iter().rfind(|m| m.backup_id != snap.backup_id)?;
     let cache = catalog::ManifestCache::for_context(ctx);
-    match catalog::load_manifest_blobs(&ctx.repo, &newest, &ctx.settings.manifests, cache.as_ref()).await {
-        Ok(blobs) => Some((newest.backup_id, blobs)),
+    let mut blobs = match catalog::load_manifest_blobs(&ctx.repo, &newest, &ctx.settings.manifests, cache.as_ref())
+        .await
+    {
+        Ok(blobs) => blobs,
         Err(e) => {
             tracing::debug!(error = %e, key = %newest.key, "cannot read the previous backup; every blob will be checked");
+            return None;
+        }
+    };
+    let bound = blobs.len().saturating_mul(ctx.transfer.list_blobs_per_file.max(1));
+    match ctx.repo.retain_stored(&mut blobs, bound).await {
+        Ok(Some(missing)) => Some((newest.backup_id, blobs, missing)),
+        Ok(None) => {
+            tracing::debug!(bound, "repository too large to list; every blob will be checked");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list the stored blobs; every blob will be checked");
             None
         }
     }

@@ -100,6 +100,19 @@ pub enum CommitLogError {
         /// Why.
         reason: String,
     },
+    /// An index entry read from storage that must not be acted on (untrusted input).
+    #[error(
+        "commit-log index entry {key} in {location}: {source}; nothing was downloaded and commitlog_archiving.properties was not written (remove or repair that entry)"
+    )]
+    BadEntry {
+        /// The entry's key.
+        key: String,
+        /// The repository.
+        location: String,
+        /// What is wrong with it.
+        #[source]
+        source: cassette_common::manifest::ManifestError,
+    },
     /// The request cannot be carried out; nothing was changed.
     #[error("{0}")]
     Refused(String),
@@ -517,6 +530,21 @@ pub async fn restore(ctx: &OpContext, node: &NodeIdentity, req: &PitrRequest) ->
     let mut segments = Vec::new();
     for (_, key) in &selected {
         let e: CommitLogEntry = ctx.repo.get_json(key, 1 << 20).await?;
+        // Untrusted: its segment name becomes a file name in the download directory.
+        let key_segment = match layout::parse_cluster_object(key) {
+            Some(layout::ClusterObject::CommitLogEntry { segment, .. }) => Some(segment),
+            _ => None,
+        };
+        let bad =
+            |source| CommitLogError::BadEntry { key: key.clone(), location: ctx.repo.location().to_string(), source };
+        e.validate(key_segment.as_deref()).map_err(bad)?;
+        if e.host_id != node.host_id {
+            return Err(bad(cassette_common::manifest::ManifestError::BadName {
+                what: "commit-log index entry host_id".into(),
+                name: e.host_id.to_string(),
+                expected: "the node whose index it is stored under",
+            }));
+        }
         segments.push(SelectedSegment {
             segment: e.segment,
             segment_id: e.segment_id,

@@ -557,6 +557,15 @@ pub async fn plan(
             "the node is running, but an in-place restore replaces its data files: stop Cassandra first (nodetool drain, then stop the service), or restore while it runs with --strategy import or hardlinks".into(),
         ));
     }
+    // "nodetool cannot connect" is not "stopped" (a wrong JMX port looks the same): positive
+    // proof before files are replaced.
+    if req.strategy == Strategy::InPlace && !up {
+        match ctx.cassandra.prove_stopped().await {
+            Ok(proof) => ctx.say(format!("Cassandra is stopped on this host: {}", proof.join("; "))),
+            Err(e) if req.dry_run => warnings.push(e.to_string()),
+            Err(e) => return Err(RestoreError::Refused(e.to_string())),
+        }
+    }
     if req.strategy != Strategy::InPlace && (req.set_tokens || req.new_cluster || req.entities.system_keyspaces) {
         return Err(RestoreError::Refused(
             "--set-tokens, --new-cluster and --system-keyspaces apply to --strategy in-place only".into(),

@@ -249,7 +249,19 @@ async fn check_blob(
     };
     let stored = ctx.repo.blob_size(&hash).await?;
     match stored {
-        None => return Ok((Some(problem(None, None, "missing".into())), 0)),
+        None => {
+            return Ok((
+                Some(problem(
+                    None,
+                    None,
+                    format!(
+                        "missing: blob {hash} is not in {} although this backup references it; it was deleted outside Cassette (a lifecycle or expiration rule on the bucket, a person, another tool): remove such rules for the blobs/ prefix; the next backup of the node stores the content again if the files still exist, and this backup cannot be restored completely",
+                        ctx.repo.location()
+                    ),
+                )),
+                0,
+            ));
+        }
         Some(s) if s != size => {
             return Ok((Some(problem(Some(s), None, format!("stored with {s} bytes instead of {size}"))), 0));
         }
@@ -272,6 +284,10 @@ async fn check_blob(
         read += chunk.len() as u64;
         ctx.progress.transferred(chunk.len() as u64);
         hasher.update(&chunk);
+        if read > size {
+            // Longer than the HEAD said (untrusted): damaged whatever follows; stop reading.
+            break;
+        }
     }
     ctx.progress.file_finished(std::path::Path::new(&key), size, false);
     let actual = hasher.finish();

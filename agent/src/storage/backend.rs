@@ -26,9 +26,18 @@ use super::config::{S3Checksum, StorageConfig};
 use super::error::StoreError;
 
 /// A snapshot of the environment variables the client is built from. Tests pass their own.
-#[derive(Debug, Clone, Default)]
+///
+/// It holds credentials (`AWS_SECRET_ACCESS_KEY`, `AZURE_STORAGE_ACCOUNT_KEY`, …), so its
+/// `Debug` shows variable names only.
+#[derive(Clone, Default)]
 pub struct Environment {
     vars: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Environment").field("names", &self.vars.keys().collect::<Vec<_>>()).finish()
+    }
 }
 
 impl Environment {
@@ -623,5 +632,29 @@ mod tests {
         let cfg = StorageConfig { s3_endpoint: Some("not a url".into()), ..StorageConfig::default() };
         let e = build_store(&loc("s3://bkt"), &cfg, &Environment::default()).unwrap_err().to_string();
         assert!(e.contains("s3_endpoint") && e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_shows_no_credentials() {
+        let env = Environment::from_pairs([
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-secret"),
+            ("AZURE_STORAGE_ACCOUNT_KEY", "a2V5LXNlY3JldA=="),
+        ]);
+        let text = format!("{env:?}");
+        assert!(text.contains("AWS_SECRET_ACCESS_KEY"), "{text}");
+        assert!(!text.contains("wJalrXUtnFEMI-secret") && !text.contains("a2V5LXNlY3JldA=="), "{text}");
+        let loc: StorageLocation = "azure://backups/p".parse().unwrap();
+        let env = Environment::from_pairs([
+            ("AZURE_STORAGE_ACCOUNT_NAME", "acct"),
+            ("AZURE_STORAGE_ACCOUNT_KEY", "a2V5LXNlY3JldA=="),
+        ]);
+        let repo =
+            crate::storage::Repository::connect(&loc, &StorageConfig::default(), &Default::default(), &env).unwrap();
+        let text = format!("{repo:?}");
+        assert!(
+            text.contains("azure://backups/p") && !text.contains("a2V5") && !text.contains("107, 101, 121"),
+            "{text}"
+        );
     }
 }

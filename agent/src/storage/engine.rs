@@ -160,9 +160,11 @@ impl TransferEngine {
         self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(hash);
     }
 
-    /// Treats these blobs as stored without checking them, e.g. the blobs of this node's previous
-    /// backup whose manifest was just read: blobs a kept manifest references are never removed,
-    /// and removal does not run while a backup holds its lock. Do not seed from anything weaker.
+    /// Treats these blobs as stored without checking them again: the blobs of this node's
+    /// previous backup that a listing of the bucket just showed stored
+    /// ([`Repository::retain_stored`]), and removal does not run while a backup holds its lock.
+    /// Do not seed from anything weaker: a manifest alone says what was stored once, not what
+    /// the bucket holds now (a lifecycle rule or a person may have deleted blobs since).
     pub fn assume_present(&self, hashes: impl IntoIterator<Item = BlobHash>) {
         let mut present = self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = present.len();

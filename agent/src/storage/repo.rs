@@ -24,11 +24,18 @@ use super::limits::{BandwidthLimiter, ThrottledStore};
 const MAX_MARKER_BYTES: u64 = 64 << 10;
 
 /// A repository at a storage location.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Repository {
     store: Arc<dyn ObjectStore>,
     location: StorageLocation,
     display: String,
+}
+
+/// Written by hand: a store's own `Debug` may print its credentials (object_store's Azure key).
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository").field("location", &self.display).finish_non_exhaustive()
+    }
 }
 
 /// The result of writing a create-only document.
@@ -83,10 +90,21 @@ impl Repository {
         }
         self.check_bucket().await?;
         let marker = LayoutMarker::new(cassette_common::build_id("cassette-agent"));
-        let body = serde_json::to_vec_pretty(&marker).map_err(|e| self.bad_doc(layout::MARKER_KEY, e.to_string()))?;
-        match self.put_create(layout::MARKER_KEY, body.into()).await {
+        let body = Bytes::from(
+            serde_json::to_vec_pretty(&marker).map_err(|e| self.bad_doc(layout::MARKER_KEY, e.to_string()))?,
+        );
+        match self.put_create(layout::MARKER_KEY, body.clone().into()).await {
             Ok(()) => {
                 tracing::info!(location = %self.display, "created repository marker");
+                // Once per repository: a store that ignores If-None-Match would let two writers
+                // overwrite each other's create-only documents without a word.
+                if self.put_create(layout::MARKER_KEY, body.into()).await.is_ok() {
+                    tracing::warn!(
+                        location = %self.display,
+                        "{}",
+                        Self::IGNORES_CREATE_ONLY
+                    );
+                }
                 Ok(marker)
             }
             // Someone else initialised it at the same moment: use theirs, after checking it.
@@ -178,6 +196,71 @@ impl Repository {
         Ok(Some(found))
     }
 
+    /// Keeps, of `blobs`, only those the repository holds now, from one listing of the blob
+    /// prefix: the answer comes from the bucket, not from a manifest that may be older than a
+    /// lifecycle rule or a person who deleted blobs. Memory: `blobs` sorted in place and one bit
+    /// per blob; the listing is streamed page by page and nothing of it is kept.
+    ///
+    /// Returns `Ok(None)` (and leaves `blobs` as it was, sorted) when the listing passes
+    /// `max_listed` objects: the repository is then too large for a listing to be cheaper than
+    /// asking about each blob, and the caller must not treat any of them as stored. Otherwise
+    /// `Ok(Some(n))`: `n` blobs were missing and were dropped from `blobs`.
+    pub async fn retain_stored(
+        &self,
+        blobs: &mut Vec<BlobHash>,
+        max_listed: usize,
+    ) -> Result<Option<usize>, StoreError> {
+        blobs.sort_unstable();
+        blobs.dedup();
+        let mut seen = vec![0u64; blobs.len().div_ceil(64)];
+        let prefix = Path::from(layout::BLOBS_PREFIX);
+        let mut stream = self.store.list(Some(&prefix));
+        let mut listed = 0usize;
+        while let Some(meta) =
+            stream.try_next().await.map_err(|e| StoreError::remote("list", layout::BLOBS_PREFIX, &self.display, e))?
+        {
+            listed += 1;
+            if listed > max_listed {
+                return Ok(None);
+            }
+            if let Some(i) = layout::parse_blob_key(meta.location.as_ref()).and_then(|h| blobs.binary_search(&h).ok()) {
+                seen[i / 64] |= 1 << (i % 64);
+            }
+        }
+        let before = blobs.len();
+        let mut i = 0;
+        blobs.retain(|_| {
+            let keep = seen[i / 64] & (1 << (i % 64)) != 0;
+            i += 1;
+            keep
+        });
+        Ok(Some(before - blobs.len()))
+    }
+
+    /// What is wrong with a store that ignores create-only writes, and what to do.
+    pub const IGNORES_CREATE_ONLY: &'static str = "the store ignores If-None-Match (create-only writes): a second create-only write of the same key replaced the first instead of being refused, so manifests, commit-log index entries, locks and the repository marker could be overwritten by another writer or a retried request without anyone noticing; use a store or gateway that honours conditional writes (If-None-Match: *), and until then do not let two agents write the same repository at once";
+
+    /// Whether the store honours create-only writes: writes a probe at `key` with `If-None-Match:
+    /// *` (object_store's `PutMode::Create`), then again; the second must be refused as existing.
+    /// The probe is deleted afterwards (a failure to delete is returned after the answer is
+    /// known, as an error).
+    pub async fn probe_create_only(&self, key: &str) -> Result<bool, StoreError> {
+        self.put_create(key, b"cassette create-only probe".to_vec().into()).await?;
+        let honoured = match self.put_create(key, b"cassette create-only probe, again".to_vec().into()).await {
+            Ok(()) => false,
+            Err(e) if e.is_already_exists() => true,
+            Err(e) => {
+                let _ = self.store.delete(&Path::from(key)).await;
+                return Err(e);
+            }
+        };
+        self.store
+            .delete(&Path::from(key))
+            .await
+            .map_err(|e| StoreError::remote("delete probe", key, &self.display, e))?;
+        Ok(honoured)
+    }
+
     /// Writes `body` at `key` unless an object already exists there.
     pub(crate) async fn put_create(&self, key: &str, body: PutPayload) -> Result<(), StoreError> {
         let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
@@ -211,7 +294,10 @@ impl Repository {
         }
     }
 
-    /// Reads an object of at most `max_bytes` (larger objects are refused before downloading).
+    /// Reads an object of at most `max_bytes`. Larger objects are refused before downloading
+    /// when the listing says so, and in any case while streaming: the body is read chunk by chunk
+    /// and the read stops as soon as it passes the limit (a HEAD can be stale, or a lie), so a
+    /// document never costs more than `max_bytes` plus one chunk of memory.
     pub async fn get_bytes(&self, key: &str, max_bytes: u64) -> Result<Bytes, StoreError> {
         let path = Path::from(key);
         let meta = self.store.head(&path).await.map_err(|e| StoreError::remote("read", key, &self.display, e))?;
@@ -225,11 +311,24 @@ impl Repository {
             ));
         }
         let result = self.store.get(&path).await.map_err(|e| StoreError::remote("read", key, &self.display, e))?;
-        let bytes = result.bytes().await.map_err(|e| StoreError::remote("read", key, &self.display, e))?;
-        if bytes.len() as u64 > max_bytes {
-            return Err(self.bad_doc(key, format!("grew past the {max_bytes}-byte limit while being read")));
+        let mut stream = result.into_stream();
+        // Sized by the HEAD (already checked against the limit), grown only up to the limit.
+        let mut body = bytes::BytesMut::with_capacity(usize::try_from(meta.size).unwrap_or(0));
+        while let Some(chunk) =
+            stream.try_next().await.map_err(|e| StoreError::remote("read", key, &self.display, e))?
+        {
+            if (body.len() + chunk.len()) as u64 > max_bytes {
+                return Err(self.bad_doc(
+                    key,
+                    format!(
+                        "grew past the {max_bytes}-byte limit for this document while being read (the listing said {} bytes); refusing to read more",
+                        meta.size
+                    ),
+                ));
+            }
+            body.extend_from_slice(&chunk);
         }
-        Ok(bytes)
+        Ok(body.freeze())
     }
 
     /// Reads and parses a JSON document of at most `max_bytes`.
@@ -314,6 +413,7 @@ fn to_json_exact<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use object_store::memory::InMemory;
 
     fn repo() -> Repository {
@@ -355,6 +455,99 @@ mod tests {
         assert_eq!(back["v"], 1);
     }
 
+    /// A store a hostile or careless bucket owner runs: GET bodies far larger than the HEAD said
+    /// (an object replaced between the two requests, or a server that lies), counting the bytes
+    /// handed to the reader; or create-only writes that overwrite (`If-None-Match` ignored).
+    #[derive(Debug, Default)]
+    struct Hostile {
+        inner: InMemory,
+        body: Option<u64>,
+        ignore_create_only: bool,
+        pulled: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl std::fmt::Display for Hostile {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Hostile({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Hostile {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            mut opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            if self.ignore_create_only && opts.mode == PutMode::Create {
+                opts.mode = PutMode::Overwrite;
+            }
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            let head = options.head;
+            let mut r = self.inner.get_opts(location, options).await?;
+            let Some(body) = self.body.filter(|_| !head) else { return Ok(r) };
+            const CHUNK: u64 = 64 << 10;
+            let pulled = Arc::clone(&self.pulled);
+            let chunks = body.div_ceil(CHUNK);
+            let stream = futures::stream::iter(0..chunks).map(move |_| {
+                pulled.fetch_add(CHUNK, std::sync::atomic::Ordering::SeqCst);
+                Ok(Bytes::from(vec![b' '; CHUNK as usize]))
+            });
+            r.range = 0..chunks * CHUNK;
+            r.payload = object_store::GetResultPayload::Stream(Box::pin(stream));
+            Ok(r)
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(&self, prefix: Option<&Path>) -> futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// - a document whose body turns out larger than its HEAD said is refused after at most the
+    ///   limit (plus one chunk) was read, not after the whole body was buffered;
+    /// - the error names the key and the limit.
+    #[tokio::test]
+    async fn documents_are_size_limited_while_streaming() {
+        let pulled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let store = Hostile { body: Some(64 << 20), pulled: Arc::clone(&pulled), ..Hostile::default() };
+        store.inner.put(&Path::from("doc.json"), b"{}".to_vec().into()).await.unwrap();
+        let r = Repository::new("s3://bkt/p".parse().unwrap(), Arc::new(store));
+        let e = r.get_bytes("doc.json", 1 << 20).await.unwrap_err().to_string();
+        assert!(e.contains("doc.json") && e.contains("1048576-byte limit"), "{e}");
+        let read = pulled.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(read <= (1 << 20) + (64 << 10), "read {read} bytes of a 64 MiB body to refuse it at 1 MiB");
+    }
+
     #[tokio::test]
     async fn oversized_and_malformed_documents_are_refused() {
         let r = repo();
@@ -364,5 +557,41 @@ mod tests {
         r.store().put(&Path::from("bad.json"), b"{not json".to_vec().into()).await.unwrap();
         let e = r.get_json::<serde_json::Value>("bad.json", 1024).await.unwrap_err().to_string();
         assert!(e.contains("bad.json") && e.contains("not valid JSON"), "{e}");
+    }
+
+    /// - a store that honours create-only writes passes the probe, one that overwrites fails it;
+    /// - the probe object is removed either way.
+    #[tokio::test]
+    async fn create_only_writes_are_probed() {
+        let honest = repo();
+        assert!(honest.probe_create_only("probes/x").await.unwrap());
+        let hostile = Repository::new(
+            "s3://bkt/p".parse().unwrap(),
+            Arc::new(Hostile { ignore_create_only: true, ..Hostile::default() }),
+        );
+        assert!(!hostile.probe_create_only("probes/x").await.unwrap());
+        for r in [honest, hostile] {
+            assert!(r.list("probes").await.unwrap().is_empty());
+        }
+        assert!(Repository::IGNORES_CREATE_ONLY.contains("If-None-Match"));
+    }
+
+    /// - of a previous backup's blobs, those the bucket no longer holds are dropped (and counted);
+    /// - past the listing bound, nothing is confirmed (`None`).
+    #[tokio::test]
+    async fn stored_blobs_come_from_the_bucket() {
+        let r = repo();
+        let hashes: Vec<BlobHash> = (0..5u8).map(|i| cassette_common::hash::sha256(&[i])).collect();
+        for h in &hashes[..3] {
+            r.store().put(&Path::from(layout::blob_key(h).as_str()), vec![1].into()).await.unwrap();
+        }
+        let mut blobs = hashes.clone();
+        assert_eq!(r.retain_stored(&mut blobs, 100).await.unwrap(), Some(2));
+        let mut want = hashes[..3].to_vec();
+        want.sort();
+        assert_eq!(blobs, want);
+        let mut blobs = hashes.clone();
+        assert_eq!(r.retain_stored(&mut blobs, 2).await.unwrap(), None);
+        assert_eq!(blobs.len(), 5);
     }
 }

@@ -68,8 +68,30 @@ fn parse(args: &[String], specs: &[Spec]) -> OpResult<Parsed> {
     Ok(p)
 }
 
-/// Runs `nodetool <args>` against the cluster in `state`.
+/// Runs `nodetool <args>` against the cluster in `state`, with the JVM's start-up notes first on
+/// standard error, as every real nodetool prints them: `Picked up JAVA_TOOL_OPTIONS: <value>`
+/// (the value verbatim, secrets included) and `NOTE: Picked up JDK_JAVA_OPTIONS: <value>` (an
+/// `@argfile` shows as its path only).
 pub fn run(state: &StateDir, args: &[String]) -> Outcome {
+    let mut out = run_command(state, args);
+    let mut notes = String::new();
+    if let Ok(v) = std::env::var("JDK_JAVA_OPTIONS")
+        && !v.is_empty()
+    {
+        notes.push_str(&format!("NOTE: Picked up JDK_JAVA_OPTIONS: {v}\n"));
+    }
+    if let Ok(v) = std::env::var("JAVA_TOOL_OPTIONS")
+        && !v.is_empty()
+    {
+        notes.push_str(&format!("Picked up JAVA_TOOL_OPTIONS: {v}\n"));
+    }
+    if !notes.is_empty() {
+        out.stderr = format!("{notes}{}", out.stderr);
+    }
+    out
+}
+
+fn run_command(state: &StateDir, args: &[String]) -> Outcome {
     const GLOBAL: &[Spec] = &[
         (&["-h", "--host"], "host", true),
         (&["-p", "--port"], "port", true),

@@ -92,6 +92,7 @@ pub async fn place(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) ->
             "the node was started after the download: stop it again before its files are replaced".into(),
         ));
     }
+    ctx.cassandra.prove_stopped().await.map_err(|e| RestoreError::Refused(e.to_string()))?;
     super::live::verify_staged(ctx, plan, &state).await?;
     if req.set_tokens || req.new_cluster {
         let yaml = req.cassandra_yaml.as_ref().ok_or_else(|| {
@@ -100,6 +101,9 @@ pub async fn place(ctx: &OpContext, plan: &RestorePlan, req: &RestoreRequest) ->
         if !yaml.is_file() {
             return Err(RestoreError::Refused(format!("{} does not exist", yaml.display())));
         }
+        // Before any file moves: the tokens are written last, and must not fail then.
+        cassette_common::manifest::validate_tokens("the backup's tokens for initial_token", &plan.source.tokens)
+            .map_err(|e| RestoreError::Refused(format!("{e}; cassandra.yaml was not changed")))?;
     }
     let mut out = Placed::default();
     // Live files that already hold their planned content stay; every other table file goes (the
@@ -260,12 +264,18 @@ fn move_commitlog(dir: &Path, backup: &str) -> Result<Option<PathBuf>, RestoreEr
 
 /// Sets `initial_token`, `num_tokens` and `auto_bootstrap: false` in a `cassandra.yaml`, keeping
 /// a copy of the original beside it. Other lines are left exactly as they are.
+///
+/// The tokens come from a manifest (untrusted): they are checked here again, whoever called, to
+/// be what a partitioner writes ([`cassette_common::manifest::validate_tokens`]: digits and a
+/// leading `-`), and `num_tokens` is their count, so Cassandra starts with exactly these.
 pub fn set_tokens(yaml: &Path, tokens: &[String]) -> Result<(), RestoreError> {
     if tokens.is_empty() {
         return Err(RestoreError::Refused(
             "the backup records no tokens for its node: cannot set initial_token".into(),
         ));
     }
+    cassette_common::manifest::validate_tokens("the backup's tokens for initial_token", tokens)
+        .map_err(|e| RestoreError::Refused(format!("{e}; cassandra.yaml was not changed")))?;
     let text = std::fs::read_to_string(yaml).map_err(|e| RestoreError::local("read", yaml, e))?;
     let edited = edit_yaml(
         &text,
@@ -274,7 +284,7 @@ pub fn set_tokens(yaml: &Path, tokens: &[String]) -> Result<(), RestoreError> {
             ("initial_token", tokens.join(",")),
             ("auto_bootstrap", "false".to_owned()),
         ],
-    );
+    )?;
     let backup = yaml.with_file_name(format!(
         "{}.before-restore-{}",
         yaml.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -290,9 +300,20 @@ pub fn set_tokens(yaml: &Path, tokens: &[String]) -> Result<(), RestoreError> {
 
 /// Replaces top-level `key: value` lines (or adds them after a commented `# key:` line, or at
 /// the end).
-fn edit_yaml(text: &str, settings: &[(&str, String)]) -> String {
+///
+/// Values are written as plain YAML scalars, so each must be one that needs no quoting: letters,
+/// digits, `-`, `,`, `.` and `_` only (tokens, counts, booleans). Anything else (a newline, `:`,
+/// `#`, a quote) is refused rather than quoted, so that no value can end its line or start
+/// another setting.
+fn edit_yaml(text: &str, settings: &[(&str, String)]) -> Result<String, RestoreError> {
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     for (key, value) in settings {
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | ',' | '.' | '_');
+        if value.is_empty() || !value.chars().all(plain) {
+            return Err(RestoreError::Refused(format!(
+                "the value {value:?} for {key} is not a plain YAML scalar (letters, digits, '-', ',', '.', '_'); cassandra.yaml was not changed"
+            )));
+        }
         let line = format!("{key}: {value}");
         let is_key =
             |l: &str| l.split_once(':').is_some_and(|(k, _)| k.trim_end() == *key) && !l.starts_with([' ', '\t']);
@@ -306,7 +327,7 @@ fn edit_yaml(text: &str, settings: &[(&str, String)]) -> String {
     }
     let mut out = lines.join("\n");
     out.push('\n');
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -319,7 +340,8 @@ mod tests {
         let out = edit_yaml(
             y,
             &[("num_tokens", "2".into()), ("initial_token", "-1,5".into()), ("auto_bootstrap", "false".into())],
-        );
+        )
+        .unwrap();
         assert_eq!(
             out,
             "cluster_name: 'Test Cluster'\nnum_tokens: 2\n# initial_token:\ninitial_token: -1,5\nseed_provider:\n  - class_name: x\n    parameters:\n      - seeds: \"127.0.0.1\"\nauto_bootstrap: false\n"
@@ -329,9 +351,38 @@ mod tests {
             edit_yaml(
                 &out,
                 &[("num_tokens", "2".into()), ("initial_token", "-1,5".into()), ("auto_bootstrap", "false".into())]
-            ),
+            )
+            .unwrap(),
             out
         );
+    }
+
+    #[test]
+    fn tokens_from_a_manifest_cannot_inject_settings_into_cassandra_yaml() {
+        let tmp = tempfile::tempdir().unwrap();
+        let yaml = tmp.path().join("cassandra.yaml");
+        let original = "cluster_name: 'Test Cluster'\nnum_tokens: 2\nauthenticator: PasswordAuthenticator\n";
+        for bad in [
+            vec!["1\nauthenticator: AllowAllAuthenticator".to_owned(), "2".to_owned()],
+            vec!["1".to_owned(), "2 # comment".to_owned()],
+            vec!["'1'".to_owned()],
+            vec!["0x10".to_owned()],
+            vec!["1".to_owned(), "1".to_owned()],
+            vec!["9223372036854775808".to_owned(), "-1".to_owned()],
+        ] {
+            std::fs::write(&yaml, original).unwrap();
+            let e = set_tokens(&yaml, &bad).unwrap_err().to_string();
+            assert!(e.contains("token") && e.contains("nothing was changed"), "{bad:?}: {e}");
+            assert_eq!(std::fs::read_to_string(&yaml).unwrap(), original, "{bad:?}: cassandra.yaml changed");
+        }
+        std::fs::write(&yaml, original).unwrap();
+        set_tokens(&yaml, &["-9223372036854775808".to_owned(), "42".to_owned()]).unwrap();
+        let text = std::fs::read_to_string(&yaml).unwrap();
+        assert!(
+            text.contains("num_tokens: 2\n") && text.contains("initial_token: -9223372036854775808,42\n"),
+            "{text}"
+        );
+        assert!(text.contains("authenticator: PasswordAuthenticator\n") && !text.contains("AllowAll"), "{text}");
     }
 
     #[test]

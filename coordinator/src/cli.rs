@@ -151,12 +151,15 @@ pub enum CertsCommand {
     },
     /// Issue a certificate for a coordinator replica, an agent or an operator.
     ///
+    /// Writes the bundle for one host (<name>.pem, <name>.key, ca.pem) into --out (default
+    /// ./<name>); the CA's key stays where it is.
     /// Example: cassette certs issue --dir /etc/cassette/ca --role agent --name node1 --san 10.0.0.5 --san node1.dc1
     Issue {
         /// Directory of the CA (ca.pem, ca.key).
         #[arg(long)]
         dir: PathBuf,
-        /// Where to write <name>.pem and <name>.key (default: the CA directory).
+        /// Where to write <name>.pem, <name>.key and ca.pem: the bundle to copy to the host
+        /// (default: ./<name>). Never the CA directory: it holds ca.key.
         #[arg(long)]
         out: Option<PathBuf>,
         /// coordinator, agent or operator.
@@ -457,13 +460,25 @@ fn run_certs(c: &CertsCommand, out: OutputFormat) -> anyhow::Result<i32> {
         }
         CertsCommand::Issue { dir, out: out_dir, role, name, sans, days, force } => {
             let req = certs::IssueRequest::valid_for_days(*role, name, sans.clone(), *days);
-            let w = certs::issue(dir, out_dir.as_deref().unwrap_or(dir), &req, *force)?;
+            let out_dir = out_dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            let same = |a: &std::path::Path, b: &std::path::Path| {
+                a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+            };
+            if same(&out_dir, dir) {
+                bail!(
+                    "--out {} is the CA's directory, which holds ca.key: write the bundle for a host elsewhere (the default is ./{name})",
+                    out_dir.display()
+                );
+            }
+            let w = certs::issue(dir, &out_dir, &req, *force)?;
             print(out, &cert_json(&w), || {
                 let mut s = format!(
-                    "{role} certificate {name:?}: {} and {}, valid until {}",
+                    "{role} certificate {name:?}: {} and {} (with {}), valid until {}; copy the directory {} to the host that uses it",
                     w.cert.display(),
                     w.key.display(),
-                    w.not_after
+                    out_dir.join("ca.pem").display(),
+                    w.not_after,
+                    out_dir.display()
                 );
                 if sans.is_empty() && *role != Role::Operator {
                     s.push_str("\nwarning: no --san: clients verify the server's address against the certificate, so a server certificate needs every address it is reached at");

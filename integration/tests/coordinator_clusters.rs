@@ -511,3 +511,37 @@ async fn t59_plain_text_only_behind_insecure_with_a_warning() {
     assert!(std::fs::read_to_string(&log).unwrap().contains("WARNING: --insecure"));
     p.stop(Duration::from_secs(10));
 }
+
+#[test]
+fn t60_certs_issue_writes_a_bundle_without_the_ca_key() {
+    // - `cassette certs issue` without --out writes `<name>/<name>.pem`, `<name>/<name>.key`
+    //   and `<name>/ca.pem` under the current directory: the bundle for one host, without
+    //   `ca.key`; nothing is added to the CA's directory;
+    // - the key is 0600 and the bundle's directory 0700.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("cassette-t60-").tempdir().unwrap();
+    let cli = cassette_integration::tools::workspace_binary("cassette-coordinator", "cassette");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&cli).args(args).current_dir(dir.path()).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "cassette {args:?}: {text}");
+        text
+    };
+    step("certs init, then issue without --out");
+    run(&["certs", "init", "--dir", "ca"]);
+    let text = run(&["certs", "issue", "--dir", "ca", "--role", "agent", "--name", "node1", "--san", "127.0.0.1"]);
+    let names = |d: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(dir.path().join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("ca"), ["ca.key", "ca.pem"], "the CA directory changed: {text}");
+    assert_eq!(names("node1"), ["ca.pem", "node1.key", "node1.pem"], "{text}");
+    let mode = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("node1/node1.key"), 0o600);
+    assert_eq!(mode("node1"), 0o700);
+    assert!(text.contains("node1/node1.key"), "{text}");
+}

@@ -56,9 +56,13 @@ impl Tool {
     /// How to install it, for messages.
     pub fn install_hint(self) -> &'static str {
         match self {
-            Tool::S3sFs => "scripts/install.sh storage installs it (cargo install s3s-fs@0.14.1 --features binary --locked)",
+            Tool::S3sFs => {
+                "scripts/install.sh storage installs it (cargo install s3s-fs@0.14.1 --features binary --locked)"
+            }
             Tool::Moto => "scripts/install.sh storage installs it (pip install 'moto[server]' into .tools/venv)",
-            Tool::Azurite => "scripts/install.sh storage installs it (npm install --prefix .tools/azurite azurite@3.35.0)",
+            Tool::Azurite => {
+                "scripts/install.sh storage installs it (npm install --prefix .tools/azurite azurite@3.35.0)"
+            }
             Tool::Rclone => "scripts/install.sh bench installs it (apt-get install rclone)",
             Tool::AwsCli => "scripts/install.sh bench installs it (pip install awscli into .tools/venv)",
         }

@@ -222,6 +222,36 @@ impl TlsMode {
     pub const INSECURE_WARNING: &'static str = "WARNING: --insecure: connections are plain text and NOT authenticated; anyone who can reach this port can use it. Use mutual TLS (`cassette certs`) outside of tests.";
 }
 
+/// The address a server binds: `explicit` (from `--listen` or its variable) when given, else
+/// `default`; in insecure mode without an explicit address, the loopback address on the
+/// default's port, so plain text is never offered to the network by accident. The second value
+/// is what to tell the user (print it and log it), when there is something to say.
+pub fn listen_address(
+    explicit: Option<SocketAddr>,
+    default: SocketAddr,
+    insecure: bool,
+) -> (SocketAddr, Option<String>) {
+    match (explicit, insecure) {
+        (Some(a), true) if !a.ip().is_loopback() => (
+            a,
+            Some(format!(
+                "WARNING: --insecure: plain text on {a}: anyone who can reach this address is trusted without a certificate"
+            )),
+        ),
+        (Some(a), _) => (a, None),
+        (None, false) => (default, None),
+        (None, true) => {
+            let a = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), default.port());
+            (
+                a,
+                Some(format!(
+                    "--insecure: listening on the loopback address {a} only; pass --listen <address:port> explicitly to accept plain-text connections from other hosts"
+                )),
+            )
+        }
+    }
+}
+
 /// A TLS problem, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

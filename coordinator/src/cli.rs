@@ -734,9 +734,10 @@ pub struct ServeArgs {
     /// Settings file (JSON, fields of ReplicaConfig); flags and CASSETTE_* variables override it.
     #[arg(long, env = "CASSETTE_COORDINATOR_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to listen on (raft transport and operator API).
-    #[arg(long, env = "CASSETTE_COORDINATOR_LISTEN", default_value = "127.0.0.1:7070")]
-    pub listen: SocketAddr,
+    /// Address to listen on (raft transport and operator API; default 127.0.0.1:7070, with
+    /// --insecure always loopback unless given).
+    #[arg(long, env = "CASSETTE_COORDINATOR_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// Address others reach this replica at (default: --listen).
     #[arg(long, env = "CASSETTE_COORDINATOR_ADVERTISE")]
     pub advertise: Option<String>,
@@ -810,6 +811,11 @@ fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
 /// Runs `cassette-coordinator`.
 pub async fn run_coordinator(cli: CoordinatorCli) -> anyhow::Result<i32> {
     let CoordinatorCommand::Serve(a) = cli.command;
+    let (listen, listen_note) = cassette_common::tls::listen_address(
+        a.listen,
+        SocketAddr::new(std::net::IpAddr::from([127, 0, 0, 1]), 7070),
+        a.tls.insecure,
+    );
     let mut cfg: ReplicaConfig = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
@@ -823,7 +829,7 @@ pub async fn run_coordinator(cli: CoordinatorCli) -> anyhow::Result<i32> {
     cfg.advertise = a
         .advertise
         .clone()
-        .unwrap_or_else(|| if cfg.advertise.is_empty() { a.listen.to_string() } else { cfg.advertise.clone() });
+        .unwrap_or_else(|| if cfg.advertise.is_empty() { listen.to_string() } else { cfg.advertise.clone() });
     if let Some(v) = &a.state_dir {
         cfg.state_dir = v.clone();
     }
@@ -891,7 +897,11 @@ pub async fn run_coordinator(cli: CoordinatorCli) -> anyhow::Result<i32> {
         Bootstrap::NewGroup(peers)
     };
     let tls = a.tls.load(Role::Coordinator)?;
-    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listen on {}", a.listen))?;
+    if let Some(n) = listen_note {
+        eprintln!("{n}");
+        tracing::warn!("{n}");
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
     let local = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let replica = Replica::start(listener, cfg.clone(), bootstrap, tls, shutdown.clone()).await?;

@@ -545,3 +545,60 @@ fn t60_certs_issue_writes_a_bundle_without_the_ca_key() {
     assert_eq!(mode("node1"), 0o700);
     assert!(text.contains("node1/node1.key"), "{text}");
 }
+
+/// Runs `cmd` until its log says `needle` (or it exits, or 20 s pass); returns the log, stops it.
+fn first_words(name: &str, mut cmd: std::process::Command, log: &std::path::Path, needle: &str) -> String {
+    cmd.env("NO_COLOR", "1");
+    let mut p = cassette_integration::process::ManagedProcess::spawn(name, cmd, log).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) || !p.is_running() || Instant::now() > deadline {
+            p.stop(Duration::from_secs(10));
+            return strip_ansi(&std::fs::read_to_string(log).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn t61_insecure_listens_on_loopback_unless_told_otherwise() {
+    // - `cassette-agent serve --insecure` without --listen binds 127.0.0.1:7079 (not
+    //   0.0.0.0:7079, the TLS default) and says so and how to change it;
+    // - `cassette-coordinator serve --insecure` without --listen binds 127.0.0.1:7070 and says so;
+    // - an explicit --listen on a non-loopback address is used, with a warning naming it.
+    // The default ports are fixed: when another process holds one, that part is skipped visibly.
+    let dir = tempfile::Builder::new().prefix("cassette-t61-").tempdir().unwrap();
+    let agent = cassette_integration::tools::workspace_binary("cassette-agent", "cassette-agent");
+    let coordinator = cassette_integration::tools::workspace_binary("cassette-coordinator", "cassette-coordinator");
+    let free = |port: u16| ["127.0.0.1", "0.0.0.0"].iter().all(|h| std::net::TcpListener::bind((*h, port)).is_ok());
+    let agent_cmd = |extra: &[&str]| {
+        let mut c = std::process::Command::new(&agent);
+        c.args(["--state-dir", &dir.path().join("agent").display().to_string(), "serve", "--insecure"]).args(extra);
+        c
+    };
+    if free(7079) {
+        step("agent, --insecure, no --listen");
+        let log = first_words("agent", agent_cmd(&[]), &dir.path().join("agent1.log"), "listening on");
+        assert!(log.contains("cassette-agent listening on 127.0.0.1:7079"), "{log}");
+        assert!(log.contains("loopback") && log.contains("--listen"), "{log}");
+    } else {
+        eprintln!("SKIPPED the agent's default address: port 7079 is in use on this machine");
+    }
+    step("agent, --insecure, explicit --listen on every address");
+    let port = cassette_integration::tools::free_port().unwrap();
+    let all = format!("0.0.0.0:{port}");
+    let log = first_words("agent", agent_cmd(&["--listen", &all]), &dir.path().join("agent2.log"), "listening on");
+    assert!(log.contains(&format!("cassette-agent listening on {all}")), "{log}");
+    assert!(log.contains(&format!("plain text on {all}")), "{log}");
+    if free(7070) {
+        step("coordinator, --insecure, no --listen");
+        let mut c = std::process::Command::new(&coordinator);
+        c.args(["serve", "--insecure", "--state-dir", &dir.path().join("state").display().to_string()]);
+        let log = first_words("coordinator", c, &dir.path().join("coordinator.log"), "listening on");
+        assert!(log.contains("cassette-coordinator listening on 127.0.0.1:7070"), "{log}");
+        assert!(log.contains("loopback") && log.contains("--listen"), "{log}");
+    } else {
+        eprintln!("SKIPPED the coordinator's default address: port 7070 is in use on this machine");
+    }
+}

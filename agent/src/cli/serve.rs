@@ -12,11 +12,14 @@ use cassette_agent::jobs::{JobManager, JobsConfig, PhaseRunner};
 use cassette_agent::ops::OpSettings;
 use cassette_agent::server::{self, AgentService};
 use cassette_agent::storage::{Environment, Repository};
-use cassette_common::tls::{Role, TlsMode, TlsPaths};
+use cassette_common::tls::{self, Role, TlsMode, TlsPaths};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::{GlobalArgs, StorageArgs, TransferArgs};
+
+/// Where the agent listens unless told otherwise (with TLS).
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 7079);
 
 /// Serve the agent API to the coordinator (mutual TLS).
 ///
@@ -34,10 +37,11 @@ pub struct ServeArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub transfer: TransferArgs,
-    /// Address to listen on. The coordinator reaches each node's agent at an address pattern
-    /// such as `{address}:7079` (`cassette cluster add --agent-pattern`).
-    #[arg(long, default_value = "0.0.0.0:7079", env = "CASSETTE_AGENT_LISTEN")]
-    pub listen: SocketAddr,
+    /// Address to listen on (default 0.0.0.0:7079; with --insecure 127.0.0.1:7079 unless given).
+    /// The coordinator reaches each node's agent at an address pattern such as `{address}:7079`
+    /// (`cassette cluster add --agent-pattern`).
+    #[arg(long, env = "CASSETTE_AGENT_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// CA certificate (PEM) that issued the coordinators' certificates.
     #[arg(long, env = "CASSETTE_TLS_CA", required_unless_present = "insecure")]
     pub ca: Option<PathBuf>,
@@ -181,8 +185,12 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         shutdown.clone(),
     )
     .with_context(|| format!("open the job records in {}", jobs_dir.display()))?;
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    let (listen, note) = tls::listen_address(args.listen, DEFAULT_LISTEN, args.insecure);
+    if let Some(n) = note {
+        eprintln!("{n}");
+        tracing::warn!("{n}");
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
     let local = listener.local_addr()?;
     let reloader = tls.context().map(|c| c.spawn_reloader(args.tls_reload_interval, shutdown.clone()));
     // The line tests and scripts wait for.

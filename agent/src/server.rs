@@ -39,16 +39,24 @@ impl AgentService {
     }
 }
 
-/// Serves the agent API on `listener` until `shutdown`, then drains in-flight calls.
+/// Serves the agent API on `listener` until `shutdown`, then drains in-flight calls. A caller
+/// without a coordinator certificate is refused before its request is read; requests above
+/// `limits.request_bytes` are refused from their length prefix.
 pub async fn run(
     listener: TcpListener,
     tls: TlsMode,
     service: AgentService,
+    limits: tls::ServerLimits,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tls::serve_incoming(listener, tls, shutdown.clone());
+    let server = tonic::service::interceptor::InterceptedService::new(
+        pb::agent_server::AgentServer::new(service).max_decoding_message_size(limits.request_bytes),
+        tls::RoleGate::new(SERVICE, &[Role::Coordinator]),
+    );
     tonic::transport::Server::builder()
-        .add_service(pb::agent_server::AgentServer::new(service))
+        .max_concurrent_streams(Some(limits.concurrent_streams))
+        .add_service(server)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }

@@ -169,6 +169,61 @@ pub fn require_role<T>(
     }
 }
 
+/// Refuses a call from the wrong role before its body is read: a tonic interceptor (it sees the
+/// request's headers and the connection's identity, not its message), so a caller with the
+/// wrong certificate costs the server no memory and no decoding. Services still call
+/// [`require_role`] (or a finer check) on the decoded request.
+#[derive(Debug, Clone)]
+pub struct RoleGate {
+    service: &'static str,
+    allowed: &'static [Role],
+}
+
+impl RoleGate {
+    /// A gate for `service` (named in refusals) that lets `allowed` roles through.
+    pub fn new(service: &'static str, allowed: &'static [Role]) -> Self {
+        Self { service, allowed }
+    }
+}
+
+impl tonic::service::Interceptor for RoleGate {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        require_role(&request, self.service, self.allowed)?;
+        Ok(request)
+    }
+}
+
+/// Limits of one gRPC server. Every limit is a setting; these are the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerLimits {
+    /// Largest request message a service decodes, in bytes. A larger one is refused
+    /// (`OUT_OF_RANGE`, naming the limit) from its 5-byte length prefix, before it is read.
+    pub request_bytes: usize,
+    /// Requests (HTTP/2 streams) in flight on one connection; more wait for one to end.
+    pub concurrent_streams: u32,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self { request_bytes: 4 << 20, concurrent_streams: 64 }
+    }
+}
+
+impl ServerLimits {
+    /// Every problem with these limits (`prefix` names the settings section).
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.request_bytes < 64 << 10 {
+            p.push(format!("{prefix}request_bytes must be at least 65536 (64 KiB)"));
+        }
+        if self.concurrent_streams == 0 {
+            p.push(format!("{prefix}concurrent_streams must be at least 1"));
+        }
+        p
+    }
+}
+
 /// Where a process's CA, certificate and key are.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

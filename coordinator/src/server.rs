@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cassette_common::tls::{self, TlsMode};
+use cassette_common::tls::{self, Role, TlsMode};
 use cassette_common::worker::{self, WorkerHandle};
 use cassette_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::agents::{AgentClient, GrpcAgents};
 use crate::executor::{Executor, ExecutorConfig};
@@ -55,6 +56,29 @@ pub struct ReplicaConfig {
     /// How often the leader looks for due backup schedules.
     #[serde(with = "humantime_serde")]
     pub schedule_interval: Duration,
+    /// Sizes and concurrency the gRPC server accepts.
+    pub limits: ReplicaLimits,
+}
+
+/// What a replica's gRPC server accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicaLimits {
+    /// Largest operator API request, in bytes.
+    pub request_bytes: usize,
+    /// Largest raft batch, in bytes. A snapshot travels in one message, so this bounds the
+    /// replicated state a new or lagging replica can receive: raise it (on every replica) if a
+    /// replica logs that its raft messages are refused as too large.
+    pub raft_message_bytes: usize,
+    /// Requests (HTTP/2 streams) in flight on one connection.
+    pub concurrent_streams: u32,
+}
+
+impl Default for ReplicaLimits {
+    fn default() -> Self {
+        let d = tls::ServerLimits::default();
+        Self { request_bytes: d.request_bytes, raft_message_bytes: 256 << 20, concurrent_streams: d.concurrent_streams }
+    }
 }
 
 impl Default for ReplicaConfig {
@@ -71,6 +95,7 @@ impl Default for ReplicaConfig {
             fault_injection: false,
             operations: ExecutorConfig::default(),
             schedule_interval: Duration::from_secs(5),
+            limits: ReplicaLimits::default(),
         }
     }
 }
@@ -96,6 +121,20 @@ impl ReplicaConfig {
         }
         if self.schedule_interval < Duration::from_millis(100) {
             p.push("schedule_interval must be at least 100ms".into());
+        }
+        p.extend(
+            tls::ServerLimits {
+                request_bytes: self.limits.request_bytes,
+                concurrent_streams: self.limits.concurrent_streams,
+            }
+            .problems("limits."),
+        );
+        // A full append (raft.max_size_per_msg) plus the batch's framing must fit.
+        if (self.limits.raft_message_bytes as u64) < self.raft.max_size_per_msg.saturating_add(64 << 10) {
+            p.push(format!(
+                "limits.raft_message_bytes ({}) must exceed raft.max_size_per_msg ({}) by at least 64 KiB",
+                self.limits.raft_message_bytes, self.raft.max_size_per_msg
+            ));
         }
         if self.health_interval < Duration::from_secs(1) {
             p.push("health_interval must be at least 1s".into());
@@ -149,8 +188,14 @@ impl Replica {
         let kv = Kv::open(&config.state_dir.join("db"))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let faults = Arc::new(Faults::default());
-        let transport =
-            GrpcTransport::new(config.id, config.advertise.clone(), tls.clone(), tx.clone(), Arc::clone(&faults));
+        let transport = GrpcTransport::new(
+            config.id,
+            config.advertise.clone(),
+            tls.clone(),
+            tx.clone(),
+            Arc::clone(&faults),
+            config.limits.raft_message_bytes,
+        );
         let (raft, join) = RaftNode::start(
             config.id,
             kv.clone(),
@@ -234,13 +279,22 @@ async fn serve(
         })
     };
     let incoming = tls::serve_incoming(listener, tls, stop.clone());
+    let limits = config.limits;
+    // The interceptors refuse a wrong role before a body is read; the decoding limits bound
+    // what a right role can make the replica buffer.
+    let raft_server = InterceptedService::new(
+        pb::raft_transport_server::RaftTransportServer::new(raft_service)
+            .max_decoding_message_size(limits.raft_message_bytes),
+        tls::RoleGate::new(crate::service::RAFT_TRANSPORT, &[Role::Coordinator]),
+    );
+    let operator_server = InterceptedService::new(
+        pb::operator_server::OperatorServer::new(operator).max_decoding_message_size(limits.request_bytes),
+        tls::RoleGate::new(crate::service::OPERATOR_API, crate::service::OPERATOR_ROLES),
+    );
     let result = tonic::transport::Server::builder()
-        .add_service(
-            pb::raft_transport_server::RaftTransportServer::new(raft_service)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(pb::operator_server::OperatorServer::new(operator))
+        .max_concurrent_streams(Some(limits.concurrent_streams))
+        .add_service(raft_server)
+        .add_service(operator_server)
         .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
         .await;
     stop.cancel();

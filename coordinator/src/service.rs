@@ -118,7 +118,12 @@ pub struct OperatorService {
     ctx: ReplicaContext,
 }
 
-const OPERATOR_API: &str = "the coordinator's operator API";
+/// The operator API's name in refusals.
+pub const OPERATOR_API: &str = "the coordinator's operator API";
+/// The raft transport's name in refusals.
+pub const RAFT_TRANSPORT: &str = "the raft transport";
+/// Roles that may call the operator API at all (each call may require more).
+pub const OPERATOR_ROLES: &[Role] = &[Role::Operator];
 
 impl OperatorService {
     /// The service over a replica.
@@ -128,7 +133,7 @@ impl OperatorService {
 
     #[allow(clippy::result_large_err)]
     fn check<T>(&self, r: &Request<T>) -> Result<(), Status> {
-        tls::require_role(r, OPERATOR_API, &[Role::Operator]).map(|_| ())
+        tls::require_role(r, OPERATOR_API, OPERATOR_ROLES).map(|_| ())
     }
 
     #[allow(clippy::result_large_err)]
@@ -601,7 +606,7 @@ impl RaftService {
 #[tonic::async_trait]
 impl pb::raft_transport_server::RaftTransport for RaftService {
     async fn send(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
-        tls::require_role(&request, "the raft transport", &[Role::Coordinator])?;
+        tls::require_role(&request, RAFT_TRANSPORT, &[Role::Coordinator])?;
         if self.faults.get().isolate {
             return Err(Status::unavailable("replica isolated by fault injection"));
         }

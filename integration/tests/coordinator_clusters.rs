@@ -602,3 +602,111 @@ fn t61_insecure_listens_on_loopback_unless_told_otherwise() {
         eprintln!("SKIPPED the coordinator's default address: port 7070 is in use on this machine");
     }
 }
+
+/// Sends `first` to `path` as a unary call whose body never ends (the message is complete, the
+/// stream is not): a server that reads the body before deciding never answers.
+async fn call_with_endless_body<M>(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+    first: M,
+) -> Result<Result<tonic::Response<pb::RaftAck>, tonic::Status>, tokio::time::error::Elapsed>
+where
+    M: prost::Message + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let body = futures::StreamExt::chain(futures::stream::once(async move { first }), futures::stream::pending());
+    // The answer type does not matter: a refusal is a status.
+    let codec = tonic_prost::ProstCodec::<M, pb::RaftAck>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    tokio::time::timeout(Duration::from_secs(10), grpc.client_streaming(tonic::Request::new(body), path, codec)).await
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t62_roles_are_checked_before_a_request_body_is_read() {
+    // - the raft transport refuses an agent certificate as soon as the request starts: a body
+    //   that never ends is answered with PermissionDenied (it used to be read to its end first);
+    // - 128 MiB sent to the raft transport with an agent certificate do not reach the replica's
+    //   memory (its peak resident size grows by far less);
+    // - the agent API refuses an operator certificate the same way;
+    // - the raft transport's decoding limit is a setting: a coordinator's message above it is
+    //   refused naming the limit (it used to be unlimited).
+    let s = Setup::new("t62");
+    s.group.wait_for_leader(Duration::from_secs(20), &[]).await.unwrap();
+    let coord = s.group.endpoints()[0].clone();
+    let timeouts = cassette_common::tls::ChannelTimeouts { connect: Duration::from_secs(5), request: None };
+    let batch = |bytes: usize| pb::RaftBatch {
+        from: 9,
+        from_address: "127.0.0.1:1".into(),
+        to: 1,
+        messages: vec![vec![7u8; bytes]],
+        group: String::new(),
+    };
+    step("an endless body to the raft transport with an agent certificate");
+    let ch =
+        cassette_common::tls::channel(&coord, &s.pki.mode("agent1").unwrap(), Role::Coordinator, timeouts).unwrap();
+    let r = call_with_endless_body(ch.clone(), "/cassette.v1.RaftTransport/Send", batch(1 << 20))
+        .await
+        .expect("the raft transport read the body before checking the caller's role: no answer within 10 s");
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("accepts only coordinator certificates") && e.message().contains("agent"), "{e}");
+
+    step("128 MiB to the raft transport with an agent certificate");
+    let pid = s.group.replicas[&1].process.as_ref().unwrap().pid();
+    let before = peak_rss(pid);
+    let e = pb::raft_transport_client::RaftTransportClient::new(ch)
+        .max_encoding_message_size(usize::MAX)
+        .send(batch(128 << 20))
+        .await
+        .unwrap_err();
+    assert!(
+        e.code() == tonic::Code::PermissionDenied
+            || e.code() == tonic::Code::Cancelled
+            || e.code() == tonic::Code::Unknown,
+        "{e}"
+    );
+    let grown = peak_rss(pid).saturating_sub(before);
+    eprintln!("replica peak RSS {} MiB -> grew by {} MiB", before >> 20, grown >> 20);
+    assert!(grown < 32 << 20, "the replica's peak memory grew by {} MiB", grown >> 20);
+
+    step("an endless body to the agent API with an operator certificate");
+    let agent = s.agents[0].address.clone();
+    let ch = cassette_common::tls::channel(&agent, &s.pki.operator().unwrap(), Role::Agent, timeouts).unwrap();
+    let start = pb::StartJobRequest { job_id: "x".into(), phase: "synthetic.sleep".into(), ..Default::default() };
+    let r = call_with_endless_body(ch, "/cassette.v1.Agent/StartJob", start)
+        .await
+        .expect("the agent API read the body before checking the caller's role: no answer within 10 s");
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+
+    step("a replica with a 2 MiB raft message limit refuses 3 MiB from a coordinator");
+    let dir = s.dir.as_ref().unwrap().path().join("limited");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("replica.json");
+    std::fs::write(&cfg, r#"{"limits": {"raft_message_bytes": 2097152}}"#).unwrap();
+    let limited = CoordinatorGroup::start(&s.pki, &dir, 1, &["--config", &cfg.display().to_string()]).unwrap();
+    let at = limited.endpoints()[0].clone();
+    s.pki.issue(Role::Coordinator, "coordinator-client", &["127.0.0.1"]).unwrap();
+    let ch =
+        cassette_common::tls::channel(&at, &s.pki.mode("coordinator-client").unwrap(), Role::Coordinator, timeouts)
+            .unwrap();
+    let e = pb::raft_transport_client::RaftTransportClient::new(ch)
+        .max_encoding_message_size(usize::MAX)
+        .send(batch(3 << 20))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e}");
+    assert!(e.message().contains("2097152"), "{e}");
+}

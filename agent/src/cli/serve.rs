@@ -75,6 +75,12 @@ pub struct ServeArgs {
     /// The node's cassandra.yaml (for the data directories of 3.11).
     #[arg(long)]
     pub cassandra_yaml: Option<PathBuf>,
+    /// Largest request the agent API decodes, in bytes (larger ones are refused unread).
+    #[arg(long, env = "CASSETTE_AGENT_MAX_REQUEST_BYTES", default_value_t = tls::ServerLimits::default().request_bytes)]
+    pub max_request_bytes: usize,
+    /// Requests (HTTP/2 streams) in flight on one connection.
+    #[arg(long, env = "CASSETTE_AGENT_MAX_CONCURRENT_STREAMS", default_value_t = tls::ServerLimits::default().concurrent_streams)]
+    pub max_concurrent_streams: u32,
     /// Jobs that run at once.
     #[arg(long, default_value_t = JobsConfig::default().max_running)]
     pub max_running_jobs: usize,
@@ -135,6 +141,12 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         }
         _ => anyhow::bail!("pass --ca, --cert and --key (or --insecure for plain text in tests)"),
     };
+    let limits =
+        tls::ServerLimits { request_bytes: args.max_request_bytes, concurrent_streams: args.max_concurrent_streams };
+    let problems = limits.problems("");
+    if !problems.is_empty() {
+        anyhow::bail!("invalid --max-request-bytes or --max-concurrent-streams: {}", problems.join("; "));
+    }
     let mut config = global.load_config()?;
     args.storage.apply(&mut config);
     args.transfer.apply(&mut config);
@@ -202,7 +214,7 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         tracing::info!("shutting down");
         stop.cancel();
     });
-    server::run(listener, tls, AgentService::new(control, jobs), shutdown.clone())
+    server::run(listener, tls, AgentService::new(control, jobs), limits, shutdown.clone())
         .await
         .context("serve the agent API")?;
     shutdown.cancel();

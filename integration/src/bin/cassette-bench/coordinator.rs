@@ -322,7 +322,7 @@ async fn run_one(args: &CoordinatorArgs, n: usize, work: &Path) -> anyhow::Resul
             .with_context(|| format!("listen on {addr}:{port} (the loopback range 127.10.0.0/16 must be usable)"))?;
         let (tls, stop) = (agent_tls.clone(), shutdown.clone());
         servers.push(tokio::spawn(async move {
-            let _ = agent_server::run(listener, tls, AgentService::new(control, jobs), stop).await;
+            let _ = agent_server::run(listener, tls, AgentService::new(control, jobs), Default::default(), stop).await;
         }));
     }
     row.agents_start_s = t.elapsed().as_secs_f64();

@@ -2,7 +2,7 @@
 //!
 //! Every certificate is issued by the deployment's own CA (`cassette certs init`) and names its
 //! **role** in a subject-alternative-name URI (`urn:cassette:role:coordinator`, `…:agent`,
-//! `…:operator`). Both ends of every connection present a certificate and verify the other's
+//! `…:operator`, `…:admin`). Both ends of every connection present a certificate and verify the other's
 //! chain against the CA:
 //!
 //! - the TLS layer accepts only certificates that chain to the CA, are within their validity and
@@ -56,13 +56,18 @@ pub enum Role {
     Coordinator,
     /// An agent on a Cassandra host.
     Agent,
-    /// A person or script using the `cassette` CLI.
+    /// A person or script using the `cassette` CLI for day-to-day work: backups, restores,
+    /// verification, listing.
     Operator,
+    /// A person using the `cassette` CLI for what removes data or changes trust: everything an
+    /// operator may do, plus purge, delete, schedules, cluster removal, replica membership and
+    /// revocation.
+    Admin,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 3] = [Role::Coordinator, Role::Agent, Role::Operator];
+    pub const ALL: [Role; 4] = [Role::Coordinator, Role::Agent, Role::Operator, Role::Admin];
 
     /// The stable name (`coordinator`, `agent`, `operator`).
     pub fn as_str(self) -> &'static str {
@@ -70,6 +75,7 @@ impl Role {
             Role::Coordinator => "coordinator",
             Role::Agent => "agent",
             Role::Operator => "operator",
+            Role::Admin => "admin",
         }
     }
 
@@ -86,6 +92,7 @@ impl Role {
             Role::Coordinator => "a coordinator",
             Role::Agent => "an agent",
             Role::Operator => "an operator",
+            Role::Admin => "an admin",
         }
     }
 }
@@ -102,7 +109,7 @@ impl std::str::FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}: expected coordinator, agent or operator"))
+            .ok_or_else(|| format!("unknown role {s:?}: expected coordinator, agent, operator or admin"))
     }
 }
 
@@ -149,6 +156,28 @@ pub fn require_role<T>(
     service: &str,
     allowed: &[Role],
 ) -> Result<PeerIdentity, tonic::Status> {
+    check_role(request, service, None, allowed)
+}
+
+/// Like [`require_role`], for one call of a service that needs more than the service does
+/// (`action` names it: "removing a replica").
+#[allow(clippy::result_large_err)]
+pub fn require_role_to<T>(
+    request: &tonic::Request<T>,
+    service: &str,
+    action: &str,
+    allowed: &[Role],
+) -> Result<PeerIdentity, tonic::Status> {
+    check_role(request, service, Some(action), allowed)
+}
+
+#[allow(clippy::result_large_err)]
+fn check_role<T>(
+    request: &tonic::Request<T>,
+    service: &str,
+    action: Option<&str>,
+    allowed: &[Role],
+) -> Result<PeerIdentity, tonic::Status> {
     let Some(peer) = request.extensions().get::<PeerIdentity>().cloned() else {
         return Err(tonic::Status::internal(format!("{service}: connection identity missing (server misconfigured)")));
     };
@@ -157,14 +186,23 @@ pub fn require_role<T>(
         Some(r) if allowed.contains(&r) => Ok(peer),
         Some(r) => {
             let wanted: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
-            tracing::warn!(%peer, service, "refused a request: wrong certificate role");
-            Err(tonic::Status::permission_denied(format!(
-                "{service} accepts only {} certificates, but this connection presented {} certificate ({:?}): use a certificate issued with `cassette certs issue --role {}`",
-                wanted.join(" or "),
-                r.with_article(),
-                peer.name,
-                wanted.first().copied().unwrap_or("operator"),
-            )))
+            let hint = wanted.first().copied().unwrap_or("operator");
+            tracing::warn!(%peer, service, action, "refused a request: wrong certificate role");
+            let msg = match action {
+                None => format!(
+                    "{service} accepts only {} certificates, but this connection presented {} certificate ({:?}): use a certificate issued with `cassette certs issue --role {hint}`",
+                    wanted.join(" or "),
+                    r.with_article(),
+                    peer.name,
+                ),
+                Some(a) => format!(
+                    "{a} needs {} certificate, but this connection presented {} certificate ({:?}): ask for one issued with `cassette certs issue --role {hint}` (docs/security.md lists what each role may do)",
+                    allowed.iter().map(|r| r.with_article()).collect::<Vec<_>>().join(" or "),
+                    r.with_article(),
+                    peer.name,
+                ),
+            };
+            Err(tonic::Status::permission_denied(msg))
         }
     }
 }

@@ -54,6 +54,13 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// Loads the material; checks the certificate has `role`.
     pub fn load(&self, role: Role) -> anyhow::Result<TlsMode> {
+        self.load_any(&[role])
+    }
+
+    /// Loads the material; checks the certificate has one of `roles` (the first is named in
+    /// errors).
+    pub fn load_any(&self, roles: &[Role]) -> anyhow::Result<TlsMode> {
+        let role = roles.first().copied().unwrap_or(Role::Operator);
         if self.insecure {
             eprintln!("{}", TlsMode::INSECURE_WARNING);
             return Ok(TlsMode::Insecure);
@@ -65,13 +72,16 @@ impl TlsArgs {
         };
         let mode = TlsMode::load(Some(&TlsPaths { ca: ca.clone(), cert: cert.clone(), key: key.clone() }), false)?;
         if let Some(c) = mode.context()
-            && c.role() != role
+            && !roles.contains(&c.role())
         {
+            let also: Vec<String> =
+                roles[1..].iter().map(|r| format!("; {} certificate works too", r.with_article())).collect();
             bail!(
-                "{} is {} certificate, but this program needs {} certificate (`cassette certs issue --role {role}`)",
+                "{} is {} certificate, but this program needs {} certificate (`cassette certs issue --role {role}`{})",
                 cert.display(),
                 c.role().with_article(),
-                role.with_article()
+                role.with_article(),
+                also.concat()
             );
         }
         Ok(mode)
@@ -149,7 +159,7 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Issue a certificate for a coordinator replica, an agent or an operator.
+    /// Issue a certificate for a coordinator replica, an agent, an operator or an admin.
     ///
     /// Writes the bundle for one host (<name>.pem, <name>.key, ca.pem) into --out (default
     /// ./<name>); the CA's key stays where it is.
@@ -162,7 +172,7 @@ pub enum CertsCommand {
         /// (default: ./<name>). Never the CA directory: it holds ca.key.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// coordinator, agent or operator.
+        /// coordinator, agent, operator or admin (docs/security.md: what each may do).
         #[arg(long)]
         role: Role,
         /// Name (certificate common name and file name).
@@ -427,7 +437,7 @@ pub async fn run_operator(cli: OperatorCli) -> anyhow::Result<i32> {
     if let OperatorCommand::Certs(c) = &cli.command {
         return run_certs(c, out);
     }
-    let tls = cli.tls.load(Role::Operator)?;
+    let tls = cli.tls.load_any(crate::service::OPERATOR_ROLES)?;
     let client = OperatorClient::new(cli.coordinator.clone(), tls, cli.wait)?;
     match cli.command {
         OperatorCommand::Certs(_) => unreachable_certs(),
@@ -480,7 +490,7 @@ fn run_certs(c: &CertsCommand, out: OutputFormat) -> anyhow::Result<i32> {
                     w.not_after,
                     out_dir.display()
                 );
-                if sans.is_empty() && *role != Role::Operator {
+                if sans.is_empty() && matches!(*role, Role::Coordinator | Role::Agent) {
                     s.push_str("\nwarning: no --san: clients verify the server's address against the certificate, so a server certificate needs every address it is reached at");
                 }
                 s

@@ -122,8 +122,10 @@ pub struct OperatorService {
 pub const OPERATOR_API: &str = "the coordinator's operator API";
 /// The raft transport's name in refusals.
 pub const RAFT_TRANSPORT: &str = "the raft transport";
-/// Roles that may call the operator API at all (each call may require more).
-pub const OPERATOR_ROLES: &[Role] = &[Role::Operator];
+/// Roles that may call the operator API at all (each call may require more: [`ADMIN_ONLY`]).
+pub const OPERATOR_ROLES: &[Role] = &[Role::Operator, Role::Admin];
+/// What an admin certificate is needed for.
+pub const ADMIN_ONLY: &[Role] = &[Role::Admin];
 
 impl OperatorService {
     /// The service over a replica.
@@ -134,6 +136,12 @@ impl OperatorService {
     #[allow(clippy::result_large_err)]
     fn check<T>(&self, r: &Request<T>) -> Result<(), Status> {
         tls::require_role(r, OPERATOR_API, OPERATOR_ROLES).map(|_| ())
+    }
+
+    /// For calls that remove data or change trust (docs/security.md has the table).
+    #[allow(clippy::result_large_err)]
+    fn admin<T>(&self, r: &Request<T>, action: &str) -> Result<(), Status> {
+        tls::require_role_to(r, OPERATOR_API, action, ADMIN_ONLY).map(|_| ())
     }
 
     #[allow(clippy::result_large_err)]
@@ -194,7 +202,7 @@ impl pb::operator_server::Operator for OperatorService {
         &self,
         request: Request<pb::AddReplicaRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.check(&request)?;
+        self.admin(&request, "adding a replica")?;
         let r = request.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("replica ids start at 1"));
@@ -221,7 +229,7 @@ impl pb::operator_server::Operator for OperatorService {
         &self,
         request: Request<pb::RemoveReplicaRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.check(&request)?;
+        self.admin(&request, "removing a replica")?;
         let id = request.into_inner().id;
         self.require_leader()?;
         let me = self.ctx.raft.status();
@@ -252,7 +260,7 @@ impl pb::operator_server::Operator for OperatorService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.check(&request)?;
+        self.admin(&request, "transferring the leadership")?;
         let to = request.into_inner().to;
         self.require_leader()?;
         if !self.ctx.raft.status().membership.voters.contains(&to) {
@@ -355,7 +363,7 @@ impl pb::operator_server::Operator for OperatorService {
         &self,
         request: Request<pb::ClusterRemoveRequest>,
     ) -> Result<Response<pb::ClusterRemoveResponse>, Status> {
-        self.check(&request)?;
+        self.admin(&request, "removing a cluster from the registry")?;
         let name = request.into_inner().name;
         self.ctx.raft.propose(&Command::RemoveCluster { name }).await.map_err(|e| match e {
             RaftError::Rejected(m) => Status::not_found(m),
@@ -384,7 +392,7 @@ impl pb::operator_server::Operator for OperatorService {
         &self,
         request: Request<pb::SetFaultsRequest>,
     ) -> Result<Response<pb::SetFaultsResponse>, Status> {
-        self.check(&request)?;
+        self.admin(&request, "fault injection")?;
         let Some(faults) = &self.ctx.faults else {
             return Err(Status::failed_precondition(
                 "fault injection is off on this replica (it is a test facility: start it with --enable-fault-injection)",
@@ -404,6 +412,11 @@ impl pb::operator_server::Operator for OperatorService {
     ) -> Result<Response<pb::OperationView>, Status> {
         use crate::executor::{StartError, plan};
         self.check(&request)?;
+        match request.get_ref().kind.as_str() {
+            plan::KIND_DELETE => self.admin(&request, "deleting a backup")?,
+            plan::KIND_PURGE => self.admin(&request, "purging backups")?,
+            _ => {}
+        }
         self.require_leader()?;
         let r = request.into_inner();
         let bad = |e: serde_json::Error| Status::invalid_argument(format!("{} request is not valid JSON: {e}", r.kind));
@@ -478,6 +491,11 @@ impl pb::operator_server::Operator for OperatorService {
     async fn schedule(&self, request: Request<pb::ScheduleRequest>) -> Result<Response<pb::ScheduleResponse>, Status> {
         use crate::schedule::{self as sch, ScheduleCommand};
         self.check(&request)?;
+        // A schedule runs backups and its retention deletes them: changing one is an admin's.
+        if !matches!(request.get_ref().action.as_str(), "list" | "show") {
+            let action = format!("changing schedules (schedule {})", request.get_ref().action);
+            self.admin(&request, &action)?;
+        }
         let r = request.into_inner();
         let raft = &self.ctx.raft;
         let propose = |c: ScheduleCommand| async move {

@@ -30,11 +30,12 @@ pub struct TestPki {
 }
 
 impl TestPki {
-    /// Creates a CA in `dir` and an operator certificate `operator`.
+    /// Creates a CA in `dir`, an operator certificate `operator` and an admin certificate `admin`.
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         certs::init_ca(dir, "test-ca", 30, false)?;
         let pki = Self { dir: dir.to_owned() };
         pki.issue(Role::Operator, "operator", &[])?;
+        pki.issue(Role::Admin, "admin", &[])?;
         Ok(pki)
     }
 
@@ -51,6 +52,11 @@ impl TestPki {
     /// The operator's material.
     pub fn operator(&self) -> anyhow::Result<TlsMode> {
         Ok(TlsMode::load(Some(&TlsPaths::in_dir(&self.dir, "operator")), false)?)
+    }
+
+    /// The admin's material (membership changes, fault injection, deletions).
+    pub fn admin(&self) -> anyhow::Result<TlsMode> {
+        Ok(TlsMode::load(Some(&TlsPaths::in_dir(&self.dir, "admin")), false)?)
     }
 
     /// `--ca/--cert/--key` arguments for `name`.
@@ -210,9 +216,10 @@ impl CoordinatorGroup {
         self.replicas.values().map(|r| r.address.clone()).collect()
     }
 
-    /// An operator client over every replica, waiting up to 10 s for a leader.
+    /// A client over every replica with the admin certificate (it may do everything, replica
+    /// membership included), waiting up to 10 s for a leader.
     pub fn client(&self) -> anyhow::Result<OperatorClient> {
-        Ok(OperatorClient::new(self.endpoints(), self.pki.operator()?, Duration::from_secs(10))?)
+        Ok(OperatorClient::new(self.endpoints(), self.pki.admin()?, Duration::from_secs(10))?)
     }
 
     /// A replica's own status (no redirect).
@@ -225,7 +232,7 @@ impl CoordinatorGroup {
     /// Sets fault injection on replica `id`.
     pub async fn faults(&self, id: u64, isolate: bool, drop_rate: f64) -> anyhow::Result<()> {
         let r = self.replicas.get(&id).context("no such replica")?;
-        let c = OperatorClient::new(vec![r.address.clone()], self.pki.operator()?, Duration::from_secs(2))?;
+        let c = OperatorClient::new(vec![r.address.clone()], self.pki.admin()?, Duration::from_secs(2))?;
         c.at(&r.address, |mut c| async move {
             c.set_faults(pb::SetFaultsRequest { isolate, drop_rate, delay_ms: 0 }).await
         })

@@ -148,10 +148,11 @@ impl Lab {
         start_cluster_in(&env, name, datacenters, seed, cluster_name)
     }
 
-    /// `cassette` with the operator's certificate; returns (exit code, stdout, stderr).
+    /// `cassette` with the admin's certificate (the lab's owner deletes, purges and schedules
+    /// too); returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let mut a: Vec<String> = vec!["--coordinator".into(), self.group.endpoints().join(",")];
-        a.extend(self.pki.args("operator"));
+        a.extend(self.pki.args("admin"));
         a.extend(args.iter().map(|s| s.to_string()));
         match cassette_cli(&a) {
             Ok(r) => r,

@@ -369,8 +369,9 @@ async fn t58_mtls_rejections_are_clear_on_both_sides() {
     let e = as_agent.call(|mut c| async move { c.cluster_list(pb::ClusterListRequest {}).await }).await.unwrap_err();
     assert!(matches!(e, ClientError::Denied { .. }), "{e}");
     assert!(
-        e.to_string()
-            .contains("accepts only operator certificates, but this connection presented an agent certificate"),
+        e.to_string().contains(
+            "accepts only operator or admin certificates, but this connection presented an agent certificate"
+        ),
         "{e}"
     );
     assert_log(|| s.coordinator_log(), "refused a request: wrong certificate role", "coordinator").await;
@@ -709,4 +710,71 @@ async fn t62_roles_are_checked_before_a_request_body_is_read() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::OutOfRange, "{e}");
     assert!(e.message().contains("2097152"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t63_admin_calls_need_an_admin_certificate() {
+    // - `cassette certs issue --role admin` makes an admin certificate, which the CLI accepts;
+    // - an operator certificate lists and reads, but every admin call (replica membership and
+    //   leadership, cluster remove, backup delete and purge, schedule changes) is refused with
+    //   PermissionDenied naming the call and the admin role, before anything is planned;
+    // - an admin certificate passes the role check of each (what it gets is about the request).
+    let s = Setup::new("t63");
+    s.group.wait_for_leader(Duration::from_secs(20), &[]).await.unwrap();
+    step("certs issue --role admin");
+    let root = s.dir.as_ref().unwrap().path().join("root");
+    let (code, out, err) = cassette_cli(&[
+        "certs".into(),
+        "issue".into(),
+        "--dir".into(),
+        s.pki.dir.display().to_string(),
+        "--out".into(),
+        root.display().to_string(),
+        "--role".into(),
+        "admin".into(),
+        "--name".into(),
+        "root".into(),
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let as_cert = |cert: &str, args: &[&str]| {
+        let mut a: Vec<String> =
+            vec!["--coordinator".into(), s.group.endpoints().join(","), "--wait".into(), "2s".into()];
+        if cert == "root" {
+            let p = cassette_common::tls::TlsPaths::in_dir(&root, "root");
+            for (flag, path) in [("--ca", p.ca), ("--cert", p.cert), ("--key", p.key)] {
+                a.extend([flag.to_owned(), path.display().to_string()]);
+            }
+        } else {
+            a.extend(s.pki.args(cert));
+        }
+        a.extend(args.iter().map(|s| s.to_string()));
+        cassette_cli(&a).unwrap()
+    };
+    step("an operator reads");
+    let (code, _, err) = as_cert("operator", &["cluster", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let admin_calls: &[&[&str]] = &[
+        &["replica", "remove", "--id", "7"],
+        &["replica", "transfer-leader", "--to", "7"],
+        &["cluster", "remove", "nosuch"],
+        &["backup", "delete", "20260101-000000-aaaa", "--cluster", "nosuch"],
+        &["backup", "purge", "--cluster", "nosuch", "--keep-last", "3"],
+        &["schedule", "create", "nightly", "--cluster", "nosuch", "--cron", "0 2 * * *", "--keep-last", "3"],
+        &["schedule", "delete", "nightly"],
+    ];
+    for call in admin_calls {
+        step(&format!("operator: {}", call.join(" ")));
+        let (code, _, err) = as_cert("operator", call);
+        assert_eq!(code, 1, "{call:?} was allowed for an operator");
+        assert!(err.contains("needs an admin certificate") && err.contains("\"operator\""), "{call:?}: {err}");
+        assert!(err.contains("cassette certs issue --role admin"), "{call:?}: {err}");
+        step(&format!("admin: {}", call.join(" ")));
+        let (_, _, err) = as_cert("root", call);
+        assert!(!err.contains("admin certificate") && !err.contains("PermissionDenied"), "{call:?}: {err}");
+    }
+    assert_log(|| s.coordinator_log(), "refused a request: wrong certificate role", "coordinator").await;
+    step("an admin reads too");
+    let (code, _, err) = as_cert("root", &["cluster", "list"]);
+    assert_eq!(code, 0, "{err}");
 }

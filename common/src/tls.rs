@@ -123,6 +123,10 @@ pub struct PeerIdentity {
     pub role: Option<Role>,
     /// The certificate's common name (empty on an insecure connection).
     pub name: String,
+    /// The DNS names and IP addresses the certificate names (its SANs).
+    pub names: Vec<String>,
+    /// The certificate's serial number (lowercase hex; empty on an insecure connection).
+    pub serial: String,
     /// The remote address.
     pub address: Option<SocketAddr>,
 }
@@ -132,6 +136,22 @@ impl PeerIdentity {
     pub fn is_insecure(&self) -> bool {
         self.role.is_none()
     }
+
+    /// Whether the certificate names `host` (an IP address or a DNS name, as in `host:port`).
+    pub fn names_host(&self, host: &str) -> bool {
+        names_host(&self.names, host)
+    }
+}
+
+/// Whether `host` is among `names` (SANs): IP addresses compared as addresses, DNS names
+/// without regard to case.
+pub fn names_host(names: &[String], host: &str) -> bool {
+    let ip = host.parse::<IpAddr>().ok();
+    names.iter().any(|n| match (ip, n.parse::<IpAddr>().ok()) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => n.eq_ignore_ascii_case(host),
+        _ => false,
+    })
 }
 
 impl fmt::Display for PeerIdentity {
@@ -607,6 +627,8 @@ pub struct CertInfo {
     pub names: Vec<String>,
     /// Whether it is a CA certificate.
     pub is_ca: bool,
+    /// Serial number, lowercase hex (what `cassette certs revoke --serial` takes).
+    pub serial: String,
 }
 
 impl CertInfo {
@@ -650,14 +672,15 @@ impl CertInfo {
             not_before: to_time(cert.validity().not_before),
             names,
             is_ca: cert.is_ca(),
+            serial: hex::encode(cert.raw_serial()),
         })
     }
 }
 
-fn role_of(cert: &CertificateDer<'_>) -> Result<(Role, String), rustls::Error> {
+fn role_of(cert: &CertificateDer<'_>) -> Result<(Role, CertInfo), rustls::Error> {
     let info = CertInfo::parse(cert).map_err(rustls::Error::General)?;
     match info.role {
-        Some(r) => Ok((r, info.common_name)),
+        Some(r) => Ok((r, info)),
         None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
             NoRole(info.common_name),
         ))))),
@@ -778,10 +801,10 @@ impl ServerCertVerifier for DynServerVerifier {
             ocsp_response,
             now,
         )?;
-        let (role, name) = role_of(end_entity)?;
+        let (role, info) = role_of(end_entity)?;
         if role != self.expect {
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(WrongRole { expected: self.expect, got: role, name }),
+                Arc::new(WrongRole { expected: self.expect, got: role, name: info.common_name }),
             ))));
         }
         Ok(ServerCertVerified::assertion())
@@ -904,7 +927,13 @@ pub fn serve_incoming(
                 let conn = match acceptor {
                     None => ServerConn {
                         io: ServerIo::Plain(stream),
-                        peer: PeerIdentity { role: None, name: String::new(), address: Some(addr) },
+                        peer: PeerIdentity {
+                            role: None,
+                            name: String::new(),
+                            names: Vec::new(),
+                            serial: String::new(),
+                            address: Some(addr),
+                        },
                     },
                     Some(acceptor) => {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream).into_fallible()).await {
@@ -924,7 +953,13 @@ pub fn serve_incoming(
                                     .peer_certificates()
                                     .and_then(|c| c.first())
                                     .and_then(|c| role_of(c).ok())
-                                    .map(|(role, name)| PeerIdentity { role: Some(role), name, address: Some(addr) });
+                                    .map(|(role, info)| PeerIdentity {
+                                        role: Some(role),
+                                        name: info.common_name,
+                                        names: info.names,
+                                        serial: info.serial,
+                                        address: Some(addr),
+                                    });
                                 let Some(peer) = peer else {
                                     tracing::warn!(peer = %addr, "TLS connection without a usable client certificate; closing");
                                     return;

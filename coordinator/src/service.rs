@@ -624,7 +624,7 @@ impl RaftService {
 #[tonic::async_trait]
 impl pb::raft_transport_server::RaftTransport for RaftService {
     async fn send(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
-        tls::require_role(&request, RAFT_TRANSPORT, &[Role::Coordinator])?;
+        let peer = tls::require_role(&request, RAFT_TRANSPORT, &[Role::Coordinator])?;
         if self.faults.get().isolate {
             return Err(Status::unavailable("replica isolated by fault injection"));
         }
@@ -643,18 +643,83 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
                 b.from, b.from_address, b.group
             )));
         }
+        let refuse = |why: String| {
+            tracing::warn!(%peer, from = b.from, address = %b.from_address, "refused raft messages: {why}");
+            Err(Status::permission_denied(why))
+        };
+        if let Err(why) = self.check_sender(&peer, &b, &ours) {
+            return refuse(why);
+        }
+        // Every message is decoded and checked before any is delivered: a batch is taken whole or not at all.
+        let mut msgs = Vec::with_capacity(b.messages.len());
+        for m in &b.messages {
+            let msg = crate::raft::node::decode_message(m)
+                .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+            if msg.from != b.from || msg.to != self.id {
+                return refuse(format!(
+                    "a raft message from replica {} to replica {} inside a batch from replica {} to replica {}: every message must be the sender's own, to this replica",
+                    msg.from, msg.to, b.from, self.id
+                ));
+            }
+            msgs.push(msg);
+        }
         self.transport.learn(b.from, &b.from_address);
-        for m in b.messages {
+        for msg in msgs {
             if self.faults.drop_one() {
                 continue;
             }
-            let msg = crate::raft::node::decode_message(&m)
-                .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
             self.input
                 .send(Input::Step(Box::new(msg)))
                 .map_err(|_| Status::unavailable("the replica is shutting down"))?;
         }
         Ok(Response::new(pb::RaftAck {}))
+    }
+}
+
+impl RaftService {
+    /// Whether the batch's sender is who its certificate and this group's membership say it
+    /// can be; the error says why not.
+    fn check_sender(&self, peer: &tls::PeerIdentity, b: &pb::RaftBatch, ours: &str) -> Result<(), String> {
+        if b.from == 0 {
+            return Err("a batch from replica 0: replica ids start at 1".into());
+        }
+        if b.from == self.id {
+            return Err(format!(
+                "a batch claims to come from replica {}, this replica itself: two replicas share an id, or someone else's certificate is in use",
+                b.from
+            ));
+        }
+        let Some(host) = tls::host_of(&b.from_address) else {
+            return Err(format!("replica {}'s address {:?} is not host:port", b.from, b.from_address));
+        };
+        // The certificate binds the sender to hosts; the membership binds ids to addresses.
+        if !peer.is_insecure() && !peer.names_host(host) {
+            return Err(format!(
+                "replica {} claims the address {}, but its certificate ({:?}, names [{}]) does not name {host}: issue each replica's certificate with --san for the address it serves on",
+                b.from,
+                b.from_address,
+                peer.name,
+                peer.names.join(", ")
+            ));
+        }
+        let member = self.transport.member_address(b.from);
+        if let Some(a) = &member
+            && *a != b.from_address
+        {
+            return Err(format!(
+                "replica {} is at {a} in this group's membership, but the batch says it comes from {}",
+                b.from, b.from_address
+            ));
+        }
+        // A replica without a group id is one that is joining: only a member (added with
+        // `cassette replica add`, so its address is known) may be.
+        if !ours.is_empty() && b.group.is_empty() && member.is_none() {
+            return Err(format!(
+                "a batch without a group id from replica {} at {}, which is not a member of this group: add it with `cassette replica add --id {} --address {}` before it joins",
+                b.from, b.from_address, b.from, b.from_address
+            ));
+        }
+        Ok(())
     }
 }
 

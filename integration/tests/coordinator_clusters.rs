@@ -778,3 +778,75 @@ async fn t63_admin_calls_need_an_admin_certificate() {
     let (code, _, err) = as_cert("root", &["cluster", "list"]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t64_raft_batches_must_match_the_senders_certificate() {
+    // A coordinator certificate alone does not make its holder any replica of the group:
+    // - a batch whose `from_address` names a host its certificate does not name is refused;
+    // - a batch claiming to come from the receiving replica itself is refused;
+    // - a batch carrying a raft message whose own `from` or `to` differs from the batch's is refused;
+    // - a batch without a group id from a replica that is not a member is refused;
+    // - a well-formed batch from a certificate that names its address is accepted.
+    let dir = tempfile::Builder::new().prefix("cassette-t64-").tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki")).unwrap();
+    let group = CoordinatorGroup::start(&pki, dir.path(), 1, &[]).unwrap();
+    group.wait_for_leader(Duration::from_secs(20), &[]).await.unwrap();
+    let coord = group.endpoints()[0].clone();
+    let v = group
+        .client()
+        .unwrap()
+        .call(|mut c| async move { c.state_get(pb::StateGetRequest { key: "meta/group".into() }).await })
+        .await
+        .unwrap();
+    let group_id = serde_json::from_str::<Value>(&v.values["meta/group"]).unwrap()["id"].as_str().unwrap().to_owned();
+    pki.issue(Role::Coordinator, "elsewhere", &["127.0.0.9"]).unwrap();
+    pki.issue(Role::Coordinator, "local", &["127.0.0.1"]).unwrap();
+    let send = |cert: &str, b: pb::RaftBatch| {
+        let ch = cassette_common::tls::channel(&coord, &pki.mode(cert).unwrap(), Role::Coordinator, Default::default())
+            .unwrap();
+        async move { pb::raft_transport_client::RaftTransportClient::new(ch).send(b).await }
+    };
+    let batch = |from: u64, from_address: &str, group: &str, messages: Vec<Vec<u8>>| pb::RaftBatch {
+        from,
+        from_address: from_address.into(),
+        to: 1,
+        messages,
+        group: group.into(),
+    };
+    // eraftpb.Message { to: 1 (field 2), from: 3 (field 3) }, hand-encoded.
+    let from3 = vec![0x10, 0x01, 0x18, 0x03];
+    let from2 = vec![0x10, 0x01, 0x18, 0x02];
+    let refused = |r: Result<tonic::Response<pb::RaftAck>, tonic::Status>, what: &str, needle: &str| {
+        let e = r.expect_err(&format!("accepted {what}"));
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{what}: {e}");
+        assert!(e.message().contains(needle), "{what}: {e}");
+    };
+    step("an address its certificate does not name");
+    refused(
+        send("elsewhere", batch(2, "127.0.0.1:7999", &group_id, vec![])).await,
+        "a batch from 127.0.0.1 with a certificate for 127.0.0.9",
+        "does not name 127.0.0.1",
+    );
+    step("claiming to be the receiver");
+    refused(send("local", batch(1, &coord, &group_id, vec![])).await, "a batch from replica 1 to replica 1", "itself");
+    step("a message inside the batch from someone else");
+    refused(
+        send("local", batch(2, "127.0.0.1:7999", &group_id, vec![from3.clone()])).await,
+        "a message from 3 in a batch from 2",
+        "from replica 3",
+    );
+    step("no group id, not a member");
+    refused(
+        send("local", batch(2, "127.0.0.1:7999", "", vec![from2.clone()])).await,
+        "an empty group id from a non-member",
+        "group id",
+    );
+    step("well-formed");
+    send("local", batch(2, "127.0.0.1:7999", &group_id, vec![from2])).await.unwrap();
+    assert_log(
+        || strip_ansi(&std::fs::read_to_string(&group.replicas[&1].log).unwrap_or_default()),
+        "refused raft messages",
+        "coordinator",
+    )
+    .await;
+}

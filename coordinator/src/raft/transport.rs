@@ -142,6 +142,11 @@ impl GrpcTransport {
         }
     }
 
+    /// The address of replica `id` in the membership this replica knows (not learnt ones).
+    pub fn member_address(&self, id: u64) -> Option<String> {
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned()
+    }
+
     fn address_of(&self, id: u64) -> Option<String> {
         self.known
             .lock()

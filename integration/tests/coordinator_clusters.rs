@@ -71,9 +71,11 @@ impl Setup {
         Self { dir: Some(dir), pki, cluster, group, agents, port }
     }
 
+    /// `cassette` with the admin certificate (t56 also removes a cluster; t63 covers what an
+    /// operator certificate may not do).
     fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let mut a: Vec<String> = vec!["--coordinator".into(), self.group.endpoints().join(",")];
-        a.extend(self.pki.args("operator"));
+        a.extend(self.pki.args("admin"));
         a.extend(args.iter().map(|s| s.to_string()));
         cassette_cli(&a).unwrap()
     }

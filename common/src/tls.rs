@@ -231,22 +231,36 @@ fn check_role<T>(
 /// request's headers and the connection's identity, not its message), so a caller with the
 /// wrong certificate costs the server no memory and no decoding. Services still call
 /// [`require_role`] (or a finer check) on the decoded request.
+///
+/// The gate also refuses a revoked certificate on a connection opened before it was revoked
+/// (handshakes check the list too, see [`TlsContext::set_revocations`]).
 #[derive(Debug, Clone)]
 pub struct RoleGate {
     service: &'static str,
     allowed: &'static [Role],
+    tls: Option<Arc<TlsContext>>,
 }
 
 impl RoleGate {
-    /// A gate for `service` (named in refusals) that lets `allowed` roles through.
-    pub fn new(service: &'static str, allowed: &'static [Role]) -> Self {
-        Self { service, allowed }
+    /// A gate for `service` (named in refusals) that lets `allowed` roles through, and no
+    /// certificate that `tls`'s revocation list names.
+    pub fn new(service: &'static str, allowed: &'static [Role], tls: &TlsMode) -> Self {
+        Self { service, allowed, tls: tls.context().cloned() }
     }
 }
 
 impl tonic::service::Interceptor for RoleGate {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        require_role(&request, self.service, self.allowed)?;
+        let peer = require_role(&request, self.service, self.allowed)?;
+        if let Some(ctx) = &self.tls
+            && let Some(why) = ctx.revocations().refusal(&peer.serial, &peer.name)
+        {
+            tracing::warn!(%peer, service = self.service, "refused a request: {why}");
+            return Err(tonic::Status::permission_denied(format!(
+                "{}: {why}: ask an admin for a new certificate (`cassette certs issue`)",
+                self.service
+            )));
+        }
         Ok(request)
     }
 }
@@ -279,6 +293,34 @@ impl ServerLimits {
             p.push(format!("{prefix}concurrent_streams must be at least 1"));
         }
         p
+    }
+}
+
+/// Certificates refused at every handshake and every call, whatever their validity: the
+/// deny list an admin builds with `cassette certs revoke`. Coordinators hold it in their
+/// replicated state; agents receive it from the leader and keep it on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Revocations {
+    /// The raft index of the newest revocation: a list with a lower version never replaces one
+    /// with a higher version.
+    pub version: u64,
+    /// Serial numbers (lowercase hex).
+    pub serials: std::collections::BTreeSet<String>,
+    /// Certificate (common) names: every certificate of that name, issued before or after.
+    pub names: std::collections::BTreeSet<String>,
+}
+
+impl Revocations {
+    /// Why a certificate with `serial` and `name` is refused, or `None` when it is not revoked.
+    pub fn refusal(&self, serial: &str, name: &str) -> Option<String> {
+        if !serial.is_empty() && self.serials.contains(&serial.to_ascii_lowercase()) {
+            return Some(format!("certificate {name:?} (serial {serial}) has been revoked"));
+        }
+        if self.names.contains(name) {
+            return Some(format!("every certificate named {name:?} has been revoked (this one has serial {serial})"));
+        }
+        None
     }
 }
 
@@ -402,6 +444,7 @@ struct Loaded {
     key: Arc<CertifiedKey>,
     role: Role,
     name: String,
+    serial: String,
     not_after: SystemTime,
     client_verifier: Arc<dyn ClientCertVerifier>,
     server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
@@ -427,6 +470,7 @@ pub struct TlsContext {
     paths: TlsPaths,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Loaded>>,
+    revoked: RwLock<Arc<Revocations>>,
 }
 
 impl fmt::Debug for TlsContext {
@@ -445,7 +489,40 @@ impl TlsContext {
     pub fn load(paths: TlsPaths) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let loaded = load(&paths, &provider)?;
-        Ok(Self { paths, provider, current: RwLock::new(Arc::new(loaded)) })
+        Ok(Self { paths, provider, current: RwLock::new(Arc::new(loaded)), revoked: RwLock::default() })
+    }
+
+    /// The revocation list in force.
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Puts `list` in force unless the one in force is newer (a higher version). Every later
+    /// handshake, in both directions, and every call through a [`RoleGate`] checks it.
+    /// Returns whether it changed.
+    pub fn set_revocations(&self, list: Revocations) -> bool {
+        let mut cur = self.revoked.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if list.version < cur.version || **cur == list {
+            return false;
+        }
+        tracing::info!(
+            version = list.version,
+            serials = list.serials.len(),
+            names = list.names.len(),
+            "revocation list updated"
+        );
+        *cur = Arc::new(list);
+        true
+    }
+
+    /// This process's serial number (lowercase hex).
+    pub fn serial(&self) -> String {
+        self.current().serial.clone()
+    }
+
+    /// A warning when this process's certificate expires within `within` (or has expired).
+    pub fn expiry_warning(&self, within: Duration) -> Option<String> {
+        expiry_warning(&self.name(), self.not_after(), within, SystemTime::now())
     }
 
     fn current(&self) -> Arc<Loaded> {
@@ -485,19 +562,38 @@ impl TlsContext {
         Ok(true)
     }
 
-    /// Runs [`Self::reload_if_changed`] every `interval` until `shutdown`.
+    /// Runs [`Self::reload_if_changed`] every `interval` until `shutdown`, and logs a warning
+    /// when this process's certificate expires within `warn_within`: at the start, after a
+    /// reload, and once a day.
     pub fn spawn_reloader(
         self: &Arc<Self>,
         interval: Duration,
+        warn_within: Duration,
         shutdown: CancellationToken,
     ) -> crate::worker::WorkerHandle {
         let ctx = Arc::clone(self);
+        let warned: Arc<std::sync::Mutex<Option<std::time::Instant>>> = Arc::default();
+        let warn = move |ctx: &TlsContext, force: bool| {
+            let mut w = warned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !force && w.is_some_and(|t| t.elapsed() < Duration::from_secs(24 * 3600)) {
+                return;
+            }
+            if let Some(m) = ctx.expiry_warning(warn_within) {
+                tracing::warn!(cert = %ctx.paths.cert.display(), "{m}");
+                *w = Some(std::time::Instant::now());
+            }
+        };
+        warn(&ctx, true);
         crate::worker::spawn_periodic("tls-reload", interval, shutdown, move |state| {
             let ctx = Arc::clone(&ctx);
+            let warn = warn.clone();
             async move {
                 match ctx.reload_if_changed() {
-                    Ok(true) => state.set(format!("reloaded {}", ctx.paths.cert.display())),
-                    Ok(false) => {}
+                    Ok(true) => {
+                        state.set(format!("reloaded {}", ctx.paths.cert.display()));
+                        warn(&ctx, true);
+                    }
+                    Ok(false) => warn(&ctx, false),
                     Err(e) => {
                         tracing::warn!(error = %e, "TLS files changed but cannot be loaded; keeping the previous certificate");
                         state.set(format!("keeping previous certificate: {e}"));
@@ -606,10 +702,30 @@ fn load(paths: &TlsPaths, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsE
         key: Arc::new(certified),
         role,
         name: info.common_name,
+        serial: info.serial,
         not_after: info.not_after,
         client_verifier,
         server_verifier,
     })
+}
+
+/// How long before its end a certificate is warned about, unless configured otherwise.
+pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// "certificate "x" expires in N days (…): renew it …" when `not_after` is within `within` of
+/// `now`, or has passed.
+pub fn expiry_warning(name: &str, not_after: SystemTime, within: Duration, now: SystemTime) -> Option<String> {
+    let when = chrono::DateTime::<chrono::Utc>::from(not_after).format("%Y-%m-%d %H:%M UTC");
+    match not_after.duration_since(now) {
+        Err(_) => Some(format!(
+            "certificate {name:?} expired on {when}: issue a new one with `cassette certs issue` and put it in place (it is reloaded without a restart)"
+        )),
+        Ok(left) if left <= within => Some(format!(
+            "certificate {name:?} expires in {} days ({when}): issue a new one with `cassette certs issue` and put it in place (it is reloaded without a restart)",
+            left.as_secs() / 86_400
+        )),
+        Ok(_) => None,
+    }
 }
 
 /// What Cassette reads from a certificate.
@@ -752,7 +868,11 @@ impl ClientCertVerifier for DynClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.ctx.current().client_verifier.verify_client_cert(end_entity, intermediates, now)?;
-        role_of(end_entity)?;
+        let (_, info) = role_of(end_entity)?;
+        if let Some(why) = self.ctx.revocations().refusal(&info.serial, &info.common_name) {
+            tracing::warn!("rejected a TLS connection: the client presented a revoked certificate: {why}");
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        }
         Ok(ClientCertVerified::assertion())
     }
     fn verify_tls12_signature(
@@ -802,6 +922,10 @@ impl ServerCertVerifier for DynServerVerifier {
             now,
         )?;
         let (role, info) = role_of(end_entity)?;
+        if let Some(why) = self.ctx.revocations().refusal(&info.serial, &info.common_name) {
+            tracing::warn!("refused a server: {why}");
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        }
         if role != self.expect {
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
                 Arc::new(WrongRole { expected: self.expect, got: role, name: info.common_name }),
@@ -1224,6 +1348,7 @@ fn rustls_error_from_text(text: &str) -> Option<rustls::Error> {
             "BadCertificate" => A::BadCertificate,
             "DecryptError" => A::DecryptError,
             "CertificateExpired" => A::CertificateExpired,
+            "CertificateRevoked" => A::CertificateRevoked,
             "CertificateUnknown" => A::CertificateUnknown,
             "UnsupportedCertificate" => A::UnsupportedCertificate,
             "AccessDenied" => A::AccessDenied,
@@ -1241,6 +1366,8 @@ fn rustls_error_from_text(text: &str) -> Option<rustls::Error> {
             C::BadSignature
         } else if detail.starts_with("certificate expired") || detail.starts_with("Expired") {
             C::Expired
+        } else if detail.starts_with("certificate revoked") || detail.starts_with("Revoked") {
+            C::Revoked
         } else if detail.starts_with("certificate not valid yet") || detail.starts_with("NotValidYet") {
             C::NotValidYet
         } else if detail.starts_with("certificate not valid for name") || detail.starts_with("NotValidForName") {
@@ -1283,6 +1410,11 @@ fn explain_rustls(e: &rustls::Error, side: Side) -> String {
         E::InvalidCertificate(C::Expired) | E::InvalidCertificate(C::ExpiredContext { .. }) => {
             format!("{them} presented an expired certificate: issue a new one with `cassette certs issue` ({e})")
         }
+        E::InvalidCertificate(C::Revoked) => {
+            format!(
+                "{them} presented a revoked certificate (`cassette certs revoke`): it needs a new certificate from `cassette certs issue`"
+            )
+        }
         E::InvalidCertificate(C::NotValidYet) | E::InvalidCertificate(C::NotValidYetContext { .. }) => {
             format!("{them} presented a certificate that is not valid yet (check the clocks): {e}")
         }
@@ -1299,6 +1431,9 @@ fn explain_rustls(e: &rustls::Error, side: Side) -> String {
                     "this end's certificate was not issued by the CA the peer trusts"
                 }
                 A::CertificateExpired => "this end's certificate has expired",
+                A::CertificateRevoked => {
+                    "this end's certificate has been revoked (`cassette certs revoke`): ask an admin for a new one"
+                }
                 A::CertificateUnknown | A::UnsupportedCertificate | A::AccessDenied => {
                     "this end's certificate is not acceptable there (wrong role or no Cassette role)"
                 }

@@ -188,10 +188,29 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Show a certificate's role, names and validity.
+    /// Show a certificate's role, names, serial and validity.
     Show {
         /// The PEM file.
         file: PathBuf,
+    },
+    /// Revoke a certificate (admin): coordinators and agents refuse it from now on.
+    ///
+    /// The deny list is replicated by the coordinators and pushed to every registered agent.
+    /// Example: cassette certs revoke --file alice/alice.pem --reason "laptop lost"
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["file", "serial", "name"])))]
+    Revoke {
+        /// The certificate file (its serial number is revoked). (--cert is this CLI's own certificate.)
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// A serial number (hex, as `cassette certs show` prints it).
+        #[arg(long)]
+        serial: Option<String>,
+        /// A certificate name: every certificate of that name, issued before or after.
+        #[arg(long)]
+        name: Option<String>,
+        /// Why (kept in the record).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -434,12 +453,17 @@ fn cert_json(w: &certs::Written) -> Value {
 /// Runs `cassette`. Returns the exit code.
 pub async fn run_operator(cli: OperatorCli) -> anyhow::Result<i32> {
     let out = cli.output;
-    if let OperatorCommand::Certs(c) = &cli.command {
+    if let OperatorCommand::Certs(c) = &cli.command
+        && !matches!(c, CertsCommand::Revoke { .. })
+    {
         return run_certs(c, out);
     }
     let tls = cli.tls.load_any(crate::service::OPERATOR_ROLES)?;
     let client = OperatorClient::new(cli.coordinator.clone(), tls, cli.wait)?;
     match cli.command {
+        OperatorCommand::Certs(CertsCommand::Revoke { file, serial, name, reason }) => {
+            revoke(&client, file, serial, name, reason, out).await
+        }
         OperatorCommand::Certs(_) => unreachable_certs(),
         OperatorCommand::Cluster(c) => run_cluster(c, &client, out).await,
         OperatorCommand::Replica(c) => run_replica(c, &client, &cli.coordinator, out).await,
@@ -453,6 +477,53 @@ pub async fn run_operator(cli: OperatorCli) -> anyhow::Result<i32> {
 
 fn unreachable_certs() -> anyhow::Result<i32> {
     bail!("internal: certs handled above")
+}
+
+async fn revoke(
+    client: &OperatorClient,
+    cert: Option<PathBuf>,
+    serial: Option<String>,
+    name: Option<String>,
+    reason: String,
+    out: OutputFormat,
+) -> anyhow::Result<i32> {
+    let (serial, name) = match (cert, serial, name) {
+        (Some(f), _, _) => {
+            let info = certs::show(&f)?.into_iter().next().context("no certificate in the file")?;
+            if info.is_ca {
+                bail!("{} is the CA certificate: revoke the certificates it issued, or make a new CA", f.display());
+            }
+            (info.serial, info.common_name)
+        }
+        (None, Some(s), n) => (s, n.unwrap_or_default()),
+        (None, None, Some(n)) => (String::new(), n),
+        (None, None, None) => bail!("name the certificate to revoke: --file FILE, --serial HEX or --name NAME"),
+    };
+    let req = pb::RevokeRequest { serial: serial.clone(), name: name.clone(), reason };
+    // Revoking is idempotent (a second revocation of the same certificate changes nothing).
+    let r = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.revoke(r).await }
+        })
+        .await?;
+    let v: Value = serde_json::from_str(&r.json)?;
+    let what = if serial.is_empty() {
+        format!("every certificate named {name:?}")
+    } else {
+        format!("certificate {name:?} (serial {serial})")
+    };
+    print(out, &v, || {
+        let mut s = format!(
+            "revoked {what}: the coordinators refuse it from now on (revocation list version {}); {} of {} agents hold the list",
+            v["version"], v["agents_updated"], v["agents_total"]
+        );
+        for f in v["agents_failed"].as_array().into_iter().flatten() {
+            s.push_str(&format!("\n  not yet: {} (retried at every health check)", f.as_str().unwrap_or_default()));
+        }
+        s
+    });
+    Ok(0)
 }
 
 fn run_certs(c: &CertsCommand, out: OutputFormat) -> anyhow::Result<i32> {
@@ -496,13 +567,14 @@ fn run_certs(c: &CertsCommand, out: OutputFormat) -> anyhow::Result<i32> {
                 s
             });
         }
+        CertsCommand::Revoke { .. } => bail!("internal: certs revoke needs the coordinator"),
         CertsCommand::Show { file } => {
             let infos = certs::show(file)?;
             let fmt_t = |t: std::time::SystemTime| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339();
             let v: Vec<Value> = infos
                 .iter()
                 .map(|i| {
-                    json!({"name": i.common_name, "role": i.role, "names": i.names, "is_ca": i.is_ca,
+                    json!({"name": i.common_name, "role": i.role, "names": i.names, "is_ca": i.is_ca, "serial": i.serial,
                         "not_before": fmt_t(i.not_before), "not_after": fmt_t(i.not_after),
                         "expired": i.not_after < std::time::SystemTime::now()})
                 })
@@ -512,7 +584,7 @@ fn run_certs(c: &CertsCommand, out: OutputFormat) -> anyhow::Result<i32> {
                     .iter()
                     .map(|i| {
                         format!(
-                            "{:?}: role {}, names [{}], valid {} .. {}{}",
+                            "{:?}: role {}, names [{}], serial {}, valid {} .. {}{}",
                             i.common_name,
                             i.role.map(|r| r.to_string()).unwrap_or_else(|| if i.is_ca {
                                 "CA".into()
@@ -520,6 +592,7 @@ fn run_certs(c: &CertsCommand, out: OutputFormat) -> anyhow::Result<i32> {
                                 "none".into()
                             }),
                             i.names.join(", "),
+                            i.serial,
                             fmt_t(i.not_before),
                             fmt_t(i.not_after),
                             if i.not_after < std::time::SystemTime::now() { " (EXPIRED)" } else { "" }
@@ -580,7 +653,16 @@ async fn run_cluster(c: ClusterCommand, client: &OperatorClient, out: OutputForm
                 })
                 .await?;
             let cluster = v.cluster.unwrap_or_default();
-            print(out, &cluster_json(&cluster), || cluster_text(&cluster));
+            let mut j = cluster_json(&cluster);
+            j["warnings"] = json!(v.warnings);
+            print(out, &j, || {
+                let mut t = cluster_text(&cluster);
+                if !v.warnings.is_empty() {
+                    t.push_str("\nwarnings:\n");
+                    t.push_str(&v.warnings.iter().map(|w| format!("  {w}")).collect::<Vec<_>>().join("\n"));
+                }
+                t
+            });
             let unhealthy = cluster.nodes.iter().any(|n| !n.agent_reachable || !n.cassandra_up);
             return Ok(if unhealthy { 2 } else { 0 });
         }

@@ -50,6 +50,12 @@ pub struct NodeHealth {
     pub checked_at_ms: u64,
     /// The agent's version.
     pub agent_version: String,
+    /// The agent's certificate name (empty when unknown).
+    #[serde(default)]
+    pub certificate_name: String,
+    /// When the agent's certificate expires (ms since the Unix epoch; 0 when unknown).
+    #[serde(default)]
+    pub certificate_not_after_ms: u64,
 }
 
 /// A node of a registered cluster and its agent.
@@ -206,6 +212,28 @@ impl Versioned for DebugRecord {
     const VERSION: u32 = 1;
 }
 
+/// A revoked certificate (`cassette certs revoke`): by serial, or every certificate of a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    /// Serial number, lowercase hex (empty when revoked by name).
+    pub serial: String,
+    /// Certificate name (by name: every certificate of it; by serial: informative, may be empty).
+    pub name: String,
+    /// Why.
+    pub reason: String,
+    /// Who (the admin certificate's name).
+    pub by: String,
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The raft index that revoked it (the list's version is the highest).
+    pub index: u64,
+}
+
+impl Versioned for RevocationRecord {
+    const KIND: &'static str = "revocation";
+    const VERSION: u32 = 1;
+}
+
 /// A change to the replicated state: the payload of a raft entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -320,6 +348,19 @@ pub enum Command {
         /// Value.
         value: String,
     },
+    /// Adds a certificate to the deny list (by serial when `serial` is set, else by name).
+    Revoke {
+        /// Serial number, lowercase hex.
+        serial: String,
+        /// Certificate name.
+        name: String,
+        /// Why.
+        reason: String,
+        /// Who.
+        by: String,
+        /// When.
+        at_ms: u64,
+    },
 }
 
 impl Versioned for Command {
@@ -383,6 +424,16 @@ pub mod keys {
     pub fn debug(key: &str) -> String {
         format!("s/debug/{key}")
     }
+    /// A revoked serial number.
+    pub fn revoked_serial(serial: &str) -> String {
+        format!("s/revoked/serial/{serial}")
+    }
+    /// A revoked certificate name.
+    pub fn revoked_name(name: &str) -> String {
+        format!("s/revoked/name/{name}")
+    }
+    /// Prefix of the deny list.
+    pub const REVOKED: &str = "s/revoked/";
 }
 
 /// Names that may appear in keys: no `/`, not empty, printable.

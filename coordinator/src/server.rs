@@ -58,6 +58,10 @@ pub struct ReplicaConfig {
     pub schedule_interval: Duration,
     /// Sizes and concurrency the gRPC server accepts.
     pub limits: ReplicaLimits,
+    /// Certificates that expire within this long are warned about: this replica's own in its
+    /// log (at start, then daily), agents' in `cassette cluster status`.
+    #[serde(with = "humantime_serde")]
+    pub cert_expiry_warning: Duration,
 }
 
 /// What a replica's gRPC server accepts.
@@ -96,6 +100,7 @@ impl Default for ReplicaConfig {
             operations: ExecutorConfig::default(),
             schedule_interval: Duration::from_secs(5),
             limits: ReplicaLimits::default(),
+            cert_expiry_warning: tls::DEFAULT_EXPIRY_WARNING,
         }
     }
 }
@@ -214,6 +219,8 @@ impl Replica {
             agents: Arc::clone(&agents),
             faults: config.fault_injection.then(|| Arc::clone(&faults)),
             probe_timeout: config.probe_timeout,
+            tls: tls.clone(),
+            cert_expiry_warning: config.cert_expiry_warning,
         };
         let operator = OperatorService::new(ctx);
         let raft_service = RaftService::new(config.id, tx.clone(), Arc::clone(&transport), faults);
@@ -256,7 +263,8 @@ async fn serve(
     let stop = shutdown.child_token();
     let mut workers: Vec<WorkerHandle> = Vec::new();
     if let Some(ctx) = tls.context() {
-        workers.push(ctx.spawn_reloader(config.tls_reload_interval, stop.clone()));
+        workers.push(ctx.spawn_reloader(config.tls_reload_interval, config.cert_expiry_warning, stop.clone()));
+        workers.push(revocation_worker(raft.clone(), Arc::clone(ctx), stop.clone()));
     }
     workers.push(health_worker(raft.clone(), agents, config.health_interval, config.probe_timeout, stop.clone()));
     workers.push(executor.spawn(stop.clone()));
@@ -278,18 +286,22 @@ async fn serve(
             }
         })
     };
-    let incoming = tls::serve_incoming(listener, tls, stop.clone());
     let limits = config.limits;
+    let (raft_gate, operator_gate) = (
+        tls::RoleGate::new(crate::service::RAFT_TRANSPORT, &[Role::Coordinator], &tls),
+        tls::RoleGate::new(crate::service::OPERATOR_API, crate::service::OPERATOR_ROLES, &tls),
+    );
+    let incoming = tls::serve_incoming(listener, tls, stop.clone());
     // The interceptors refuse a wrong role before a body is read; the decoding limits bound
     // what a right role can make the replica buffer.
     let raft_server = InterceptedService::new(
         pb::raft_transport_server::RaftTransportServer::new(raft_service)
             .max_decoding_message_size(limits.raft_message_bytes),
-        tls::RoleGate::new(crate::service::RAFT_TRANSPORT, &[Role::Coordinator]),
+        raft_gate,
     );
     let operator_server = InterceptedService::new(
         pb::operator_server::OperatorServer::new(operator).max_decoding_message_size(limits.request_bytes),
-        tls::RoleGate::new(crate::service::OPERATOR_API, crate::service::OPERATOR_ROLES),
+        operator_gate,
     );
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.concurrent_streams))
@@ -311,7 +323,27 @@ async fn serve(
     Ok(())
 }
 
-/// While this replica leads: probes every registered cluster's agents and records changes.
+/// Keeps this replica's deny list (checked at every handshake and call) equal to the
+/// replicated one: every replica applies revocations through raft and enforces them here.
+fn revocation_worker(raft: RaftHandle, ctx: Arc<tls::TlsContext>, shutdown: CancellationToken) -> WorkerHandle {
+    worker::spawn_periodic("revocations", Duration::from_millis(500), shutdown, move |state| {
+        let raft = raft.clone();
+        let ctx = Arc::clone(&ctx);
+        async move {
+            match raft.state().revocations() {
+                Ok(list) => {
+                    let v = list.version;
+                    ctx.set_revocations(list);
+                    state.set(format!("enforcing revocation list version {v}"));
+                }
+                Err(e) => state.set(format!("cannot read the revocation list: {e}")),
+            }
+        }
+    })
+}
+
+/// While this replica leads: probes every registered cluster's agents and records changes;
+/// gives the revocation list to every agent that holds an older one.
 fn health_worker(
     raft: RaftHandle,
     agents: Arc<dyn AgentClient>,
@@ -333,6 +365,17 @@ fn health_worker(
                 let Ok(nodes) = raft.state().nodes(&c.name) else { continue };
                 state.set(format!("probing {} agents of {}", nodes.len(), c.name));
                 let probes = registry::probe_all(Arc::clone(&agents), &nodes, probe_timeout).await;
+                if let Ok(list) = raft.state().revocations()
+                    && list.version > 0
+                {
+                    let behind: Vec<_> = nodes
+                        .iter()
+                        .zip(&probes)
+                        .filter(|(_, (_, id))| id.as_ref().is_some_and(|i| i.revocations_version < list.version))
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    registry::push_revocations(Arc::clone(&agents), &behind, &list, probe_timeout).await;
+                }
                 let mut changed = BTreeMap::new();
                 for (n, (h, _)) in nodes.iter().zip(probes) {
                     problems += usize::from(!h.problem.is_empty());

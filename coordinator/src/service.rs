@@ -68,6 +68,10 @@ pub struct ReplicaContext {
     pub probe_timeout: Duration,
     /// Cluster operations.
     pub executor: Arc<crate::executor::Executor>,
+    /// This replica's TLS material (its revocation list is updated at once by a revocation).
+    pub tls: cassette_common::tls::TlsMode,
+    /// Certificates expiring within this long are warned about in `cluster status`.
+    pub cert_expiry_warning: Duration,
 }
 
 impl std::fmt::Debug for ReplicaContext {
@@ -356,7 +360,14 @@ impl pb::operator_server::Operator for OperatorService {
                 }
             }
         }
-        Ok(Response::new(pb::ClusterStatusResponse { cluster: Some(registry::cluster_view(&cluster, &nodes)) }))
+        let mut warnings = registry::certificate_warnings(&nodes, self.ctx.cert_expiry_warning);
+        if let Some(w) = self.ctx.tls.context().and_then(|c| c.expiry_warning(self.ctx.cert_expiry_warning)) {
+            warnings.push(format!("coordinator replica at {}: {w}", self.ctx.address));
+        }
+        Ok(Response::new(pb::ClusterStatusResponse {
+            cluster: Some(registry::cluster_view(&cluster, &nodes)),
+            warnings,
+        }))
     }
 
     async fn cluster_remove(
@@ -589,6 +600,46 @@ impl pb::operator_server::Operator for OperatorService {
             }
         };
         Ok(Response::new(pb::ScheduleResponse { json: out.to_string() }))
+    }
+
+    async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
+        self.admin(&request, "revoking a certificate")?;
+        let by = request.extensions().get::<tls::PeerIdentity>().map(|p| p.name.clone()).unwrap_or_default();
+        let r = request.into_inner();
+        self.require_leader()?;
+        let cmd = Command::Revoke {
+            serial: r.serial.trim().to_ascii_lowercase(),
+            name: r.name.trim().to_owned(),
+            reason: r.reason,
+            by,
+            at_ms: crate::model::now_ms(),
+        };
+        self.ctx.raft.propose(&cmd).await.map_err(|e| match e {
+            RaftError::Rejected(m) => Status::invalid_argument(m),
+            e => raft_status(e),
+        })?;
+        let sm = self.ctx.raft.state();
+        let list = sm.revocations().map_err(store_status)?;
+        // This replica enforces it now; the others within half a second (their worker).
+        if let Some(c) = self.ctx.tls.context() {
+            c.set_revocations(list.clone());
+        }
+        let mut nodes = Vec::new();
+        for c in sm.clusters().map_err(store_status)? {
+            nodes.extend(sm.nodes(&c.name).map_err(store_status)?);
+        }
+        let (updated, failed) =
+            registry::push_revocations(Arc::clone(&self.ctx.agents), &nodes, &list, self.ctx.probe_timeout).await;
+        tracing::info!(serial = %r.serial, name = %r.name, version = list.version, agents = updated.len(), failed = failed.len(), "certificate revoked");
+        let records = sm.revocation_records().map_err(store_status)?;
+        let out = serde_json::json!({
+            "version": list.version,
+            "revocations": records,
+            "agents_total": nodes.len(),
+            "agents_updated": updated.len(),
+            "agents_failed": failed,
+        });
+        Ok(Response::new(pb::RevokeResponse { json: out.to_string() }))
     }
 
     async fn backup_list(

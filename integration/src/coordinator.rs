@@ -32,7 +32,8 @@ pub struct TestPki {
 impl TestPki {
     /// Creates a CA in `dir`, an operator certificate `operator` and an admin certificate `admin`.
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
-        certs::init_ca(dir, "test-ca", 30, false)?;
+        // Longer than the 30 days within which expiry is warned about: warnings mean something.
+        certs::init_ca(dir, "test-ca", 90, false)?;
         let pki = Self { dir: dir.to_owned() };
         pki.issue(Role::Operator, "operator", &[])?;
         pki.issue(Role::Admin, "admin", &[])?;
@@ -43,7 +44,7 @@ impl TestPki {
     pub fn issue(&self, role: Role, name: &str, sans: &[&str]) -> anyhow::Result<TlsPaths> {
         let paths = TlsPaths::in_dir(&self.dir, name);
         if !paths.cert.exists() {
-            let req = IssueRequest::valid_for_days(role, name, sans.iter().map(|s| s.to_string()).collect(), 30);
+            let req = IssueRequest::valid_for_days(role, name, sans.iter().map(|s| s.to_string()).collect(), 90);
             certs::issue(&self.dir, &self.dir, &req, false)?;
         }
         Ok(paths)
@@ -375,7 +376,7 @@ impl TestPki {
 
     /// Re-issues a valid certificate over `<name>.pem`/`<name>.key` (for reload tests).
     pub fn reissue(&self, role: Role, name: &str, sans: &[&str]) -> anyhow::Result<TlsPaths> {
-        let req = IssueRequest::valid_for_days(role, name, sans.iter().map(|s| s.to_string()).collect(), 30);
+        let req = IssueRequest::valid_for_days(role, name, sans.iter().map(|s| s.to_string()).collect(), 90);
         certs::issue(&self.dir, &self.dir, &req, true)?;
         Ok(TlsPaths::in_dir(&self.dir, name))
     }

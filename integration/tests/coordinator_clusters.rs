@@ -852,3 +852,87 @@ async fn t64_raft_batches_must_match_the_senders_certificate() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t65_revoked_certificates_are_refused_everywhere_and_expiry_is_warned() {
+    // - `cassette certs revoke` needs an admin certificate;
+    // - a revoked operator certificate (by its file, i.e. its serial) is refused at its next
+    //   handshake on the coordinator, and both ends say it was revoked;
+    // - a coordinator certificate revoked by name is refused by every agent (the coordinator
+    //   pushes the list), on a connection it already had open too, and still after the agent
+    //   restarts (the agent keeps the list);
+    // - `cluster status` warns about an agent certificate that expires within 30 days, naming
+    //   it and the days left, and the agent logs the same.
+    let mut s = Setup::new("t65");
+    s.group.wait_for_leader(Duration::from_secs(20), &[]).await.unwrap();
+    let seed = format!("127.0.0.1:{}", s.port);
+    let (code, v) = s.cli_json(&["cluster", "add", "prod", "--agent", &seed]);
+    assert_eq!(code, 0, "{v}");
+    let as_cert = |cert: &str, args: &[&str]| {
+        let mut a: Vec<String> =
+            vec!["--coordinator".into(), s.group.endpoints().join(","), "--wait".into(), "2s".into()];
+        a.extend(s.pki.args(cert));
+        a.extend(args.iter().map(|s| s.to_string()));
+        cassette_cli(&a).unwrap()
+    };
+    s.pki.issue(Role::Operator, "mallory", &[]).unwrap();
+    let mallory = s.pki.dir.join("mallory.pem").display().to_string();
+    let (code, _, err) = as_cert("mallory", &["cluster", "list"]);
+    assert_eq!(code, 0, "{err}");
+
+    step("an operator may not revoke");
+    let (code, _, err) = as_cert("operator", &["certs", "revoke", "--file", &mallory]);
+    assert_eq!(code, 1);
+    assert!(err.contains("needs an admin certificate"), "{err}");
+
+    step("revoke mallory's certificate by its file");
+    let (code, out, err) = as_cert("admin", &["certs", "revoke", "--file", &mallory, "--reason", "laptop stolen"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("3 of 3 agents"), "{out}");
+    let (code, _, err) = as_cert("mallory", &["cluster", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("revoked"), "{err}");
+    assert_log(|| s.coordinator_log(), "the client presented a revoked certificate", "coordinator").await;
+    assert_log(|| s.coordinator_log(), "\"mallory\"", "coordinator").await;
+    let (code, _, err) = as_cert("operator", &["cluster", "list"]);
+    assert_eq!(code, 0, "other certificates still work: {err}");
+
+    step("revoke a coordinator certificate by name: every agent refuses it");
+    s.pki.issue(Role::Coordinator, "rogue", &["127.0.0.1"]).unwrap();
+    let rogue = GrpcAgents::new(s.pki.mode("rogue").unwrap(), cassette_coordinator::agents::default_timeouts());
+    let agent = s.agents[0].address.clone();
+    rogue.describe(&agent).await.unwrap();
+    let (code, out, err) = as_cert("admin", &["certs", "revoke", "--name", "rogue"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for a in &s.agents {
+        let e = rogue.describe(&a.address).await.unwrap_err();
+        assert_eq!(e.kind, AgentErrorKind::Denied, "{} accepted a revoked certificate: {e}", a.address);
+        assert!(e.to_string().contains("revoked"), "{e}");
+    }
+    assert_log(|| s.agents[0].log_text(), "revoked", "agent").await;
+    step("after an agent restart the list still holds");
+    s.agents[0].kill9();
+    s.agents[0].restart().unwrap();
+    let fresh = GrpcAgents::new(s.pki.mode("rogue").unwrap(), cassette_coordinator::agents::default_timeouts());
+    let e = fresh.describe(&agent).await.unwrap_err();
+    assert!(e.to_string().contains("revoked"), "{e}");
+    let (code, v) = s.cli_json(&["cluster", "status", "prod"]);
+    assert_eq!(code, 0, "the coordinator itself still reaches every agent: {v}");
+
+    step("an agent certificate that expires in 10 days");
+    let req =
+        cassette_coordinator::certs::IssueRequest::valid_for_days(Role::Agent, "agent3", vec!["127.0.0.3".into()], 10);
+    cassette_coordinator::certs::issue(&s.pki.dir, &s.pki.dir, &req, true).unwrap();
+    assert_log(|| s.agents[2].log_text(), "reloaded TLS certificate", "agent").await;
+    assert_log(|| s.agents[2].log_text(), "expires in 9 days", "agent").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out, _) = s.cli(&["cluster", "status", "prod"]);
+        if out.contains("certificate \"agent3\"") {
+            assert!(out.contains("expires in 9 days") && out.contains("127.0.0.3"), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no expiry warning in:\n{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

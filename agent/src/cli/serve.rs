@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// How often the certificate files are checked for changes.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub tls_reload_interval: Duration,
+    /// Log a warning (at start, then daily) when this agent's certificate expires within this long.
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub cert_expiry_warning: Duration,
     /// Cassandra adapter settings as a JSON file (fields of CassandraConfig); flags below override it.
     #[arg(long)]
     pub cassandra_config: Option<PathBuf>,
@@ -204,7 +207,11 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
     }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
     let local = listener.local_addr()?;
-    let reloader = tls.context().map(|c| c.spawn_reloader(args.tls_reload_interval, shutdown.clone()));
+    let reloader =
+        tls.context().map(|c| c.spawn_reloader(args.tls_reload_interval, args.cert_expiry_warning, shutdown.clone()));
+    let service = AgentService::new(control, Arc::clone(&jobs))
+        .with_revocations(&tls, state_dir.join("revoked-certificates.json"))
+        .map_err(anyhow::Error::msg)?;
     // The line tests and scripts wait for.
     eprintln!("cassette-agent listening on {local}");
     tracing::info!(address = %local, phases = ?jobs.phases(), "agent serving");
@@ -214,9 +221,7 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         tracing::info!("shutting down");
         stop.cancel();
     });
-    server::run(listener, tls, AgentService::new(control, jobs), limits, shutdown.clone())
-        .await
-        .context("serve the agent API")?;
+    server::run(listener, tls, service, limits, shutdown.clone()).await.context("serve the agent API")?;
     shutdown.cancel();
     if let Some(r) = reloader {
         r.join().await;

@@ -103,6 +103,11 @@ pub struct OperatorCli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t, env = "CASSETTE_OUTPUT")]
     pub output: OutputFormat,
+    /// The id of this request when it starts an operation (backup, restore, verify, delete,
+    /// purge): running the same command again with the same id returns the operation the
+    /// first one started instead of starting another. Default: a new random id.
+    #[arg(long, global = true, env = "CASSETTE_REQUEST_ID")]
+    pub request_id: Option<String>,
     /// Log filter (also RUST_LOG).
     #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
     pub log: String,
@@ -459,7 +464,10 @@ pub async fn run_operator(cli: OperatorCli) -> anyhow::Result<i32> {
         return run_certs(c, out);
     }
     let tls = cli.tls.load_any(crate::service::OPERATOR_ROLES)?;
-    let client = OperatorClient::new(cli.coordinator.clone(), tls, cli.wait)?;
+    let mut client = OperatorClient::new(cli.coordinator.clone(), tls, cli.wait)?;
+    if let Some(id) = &cli.request_id {
+        client = client.with_request_id(id.clone());
+    }
     match cli.command {
         OperatorCommand::Certs(CertsCommand::Revoke { file, serial, name, reason }) => {
             revoke(&client, file, serial, name, reason, out).await
@@ -615,8 +623,10 @@ async fn run_cluster(c: ClusterCommand, client: &OperatorClient, out: OutputForm
                 agent_pattern: agent_pattern.unwrap_or_default(),
                 allow_unhealthy,
             };
+            // Not idempotent (a second add is refused as "already registered"): sent again only
+            // when it certainly did not run.
             let v = client
-                .call(|mut c| {
+                .call_once(|mut c| {
                     let r = req.clone();
                     async move { c.cluster_add(r).await }
                 })
@@ -669,7 +679,7 @@ async fn run_cluster(c: ClusterCommand, client: &OperatorClient, out: OutputForm
         ClusterCommand::Remove { name } => {
             let req = pb::ClusterRemoveRequest { name: name.clone() };
             client
-                .call(|mut c| {
+                .call_once(|mut c| {
                     let r = req.clone();
                     async move { c.cluster_remove(r).await }
                 })
@@ -723,7 +733,7 @@ async fn run_replica(
         ReplicaCommand::Add { id, address } => {
             let req = pb::AddReplicaRequest { id, address };
             let r = client
-                .call(|mut c| {
+                .call_once(|mut c| {
                     let r = req.clone();
                     async move { c.add_replica(r).await }
                 })
@@ -734,14 +744,14 @@ async fn run_replica(
         }
         ReplicaCommand::Remove { id } => {
             let req = pb::RemoveReplicaRequest { id };
-            let r = client.call(|mut c| async move { c.remove_replica(req).await }).await?;
+            let r = client.call_once(|mut c| async move { c.remove_replica(req).await }).await?;
             print(out, &json!({"message": r.message, "status": r.status.as_ref().map(replica_json)}), || {
                 r.message.clone()
             });
         }
         ReplicaCommand::TransferLeader { to } => {
             let req = pb::TransferLeaderRequest { to };
-            let r = client.call(|mut c| async move { c.transfer_leader(req).await }).await?;
+            let r = client.call_once(|mut c| async move { c.transfer_leader(req).await }).await?;
             print(out, &json!({"message": r.message}), || r.message.clone());
         }
     }
@@ -757,8 +767,9 @@ async fn run_debug(
     match c {
         DebugCommand::Put { name: key, value } => {
             let req = pb::DebugPutRequest { key: key.clone(), value };
+            // Not idempotent: every write counts (`writes` in the record).
             let r = client
-                .call(|mut c| {
+                .call_once(|mut c| {
                     let r = req.clone();
                     async move { c.debug_put(r).await }
                 })

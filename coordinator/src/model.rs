@@ -128,6 +128,10 @@ pub struct OperationRecord {
     pub finished_at_ms: u64,
     /// Why it failed.
     pub error: String,
+    /// The client's request id that started it (empty: none given): a start with the same id
+    /// returns this operation instead of starting another.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
 }
 
 impl Versioned for OperationRecord {
@@ -209,6 +213,18 @@ pub struct DebugRecord {
 
 impl Versioned for DebugRecord {
     const KIND: &'static str = "debug";
+    const VERSION: u32 = 1;
+}
+
+/// Which operation a client request id started (`OperationStart` with `client_request_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationRequestRecord {
+    /// The operation.
+    pub operation_id: String,
+}
+
+impl Versioned for OperationRequestRecord {
+    const KIND: &'static str = "operation_request";
     const VERSION: u32 = 1;
 }
 
@@ -434,6 +450,10 @@ pub mod keys {
     }
     /// Prefix of the deny list.
     pub const REVOKED: &str = "s/revoked/";
+    /// The operation a client request id started.
+    pub fn operation_request(request_id: &str) -> String {
+        format!("s/opreq/{request_id}")
+    }
 }
 
 /// Names that may appear in keys: no `/`, not empty, printable.

@@ -25,6 +25,16 @@ pub const LEADER_ID: &str = "x-cassette-leader-id";
 pub const LEADER_ADDRESS: &str = "x-cassette-leader-address";
 /// Metadata key present on every not-the-leader answer.
 pub const NOT_LEADER: &str = "x-cassette-not-leader";
+/// Metadata key present when a write was not confirmed in time: it may or may not be applied.
+pub const OUTCOME_UNKNOWN: &str = "x-cassette-outcome-unknown";
+
+/// The answer for a write whose outcome is unknown (`DEADLINE_EXCEEDED`, which in gRPC means
+/// the operation may have completed, with [`OUTCOME_UNKNOWN`]): `look_up` says how to find out.
+pub fn outcome_unknown(e: &RaftError, look_up: &str) -> Status {
+    let mut s = Status::deadline_exceeded(format!("{e}: {look_up}"));
+    s.metadata_mut().insert(OUTCOME_UNKNOWN, tonic::metadata::MetadataValue::from_static("1"));
+    s
+}
 
 /// Maps a raft error to a gRPC status (the one mapping at this edge).
 pub fn raft_status(e: RaftError) -> Status {
@@ -44,6 +54,10 @@ pub fn raft_status(e: RaftError) -> Status {
             s
         }
         RaftError::Rejected(_) => Status::failed_precondition(msg),
+        RaftError::OutcomeUnknown(_) => outcome_unknown(
+            &e,
+            "look at the state (`cassette debug get …`, `cassette cluster list`) before sending it again",
+        ),
         RaftError::Dropped(_) | RaftError::Busy(_) | RaftError::Timeout(_) => Status::unavailable(msg),
         RaftError::Stopped(_) => Status::unavailable(msg),
     }
@@ -394,8 +408,12 @@ impl pb::operator_server::Operator for OperatorService {
     async fn debug_put(&self, request: Request<pb::DebugPutRequest>) -> Result<Response<pb::DebugPutResponse>, Status> {
         self.check(&request)?;
         let r = request.into_inner();
+        let look_up = format!("look it up with `cassette debug get debug/{}` before writing it again", r.key);
         let index =
-            self.ctx.raft.propose(&Command::DebugPut { key: r.key, value: r.value }).await.map_err(raft_status)?;
+            self.ctx.raft.propose(&Command::DebugPut { key: r.key, value: r.value }).await.map_err(|e| match e {
+                RaftError::OutcomeUnknown(_) => outcome_unknown(&e, &look_up),
+                e => raft_status(e),
+            })?;
         Ok(Response::new(pb::DebugPutResponse { index }))
     }
 
@@ -430,26 +448,85 @@ impl pb::operator_server::Operator for OperatorService {
         }
         self.require_leader()?;
         let r = request.into_inner();
-        let bad = |e: serde_json::Error| Status::invalid_argument(format!("{} request is not valid JSON: {e}", r.kind));
-        let ex = &self.ctx.executor;
-        let started = match r.kind.as_str() {
-            plan::KIND_BACKUP => ex.start_backup(serde_json::from_str(&r.request_json).map_err(bad)?).await,
-            plan::KIND_RESTORE => ex.start_restore(serde_json::from_str(&r.request_json).map_err(bad)?).await,
-            plan::KIND_VERIFY => ex.start_reference(serde_json::from_str(&r.request_json).map_err(bad)?, false).await,
-            plan::KIND_DELETE => ex.start_reference(serde_json::from_str(&r.request_json).map_err(bad)?, true).await,
-            plan::KIND_PURGE => ex.start_purge(serde_json::from_str(&r.request_json).map_err(bad)?).await,
-            k => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown operation kind {k:?}: backup, restore, verify, delete or purge"
-                )));
+        let rid = r.client_request_id.trim().to_owned();
+        if !rid.is_empty() && (!crate::model::valid_name(&rid) || rid.len() > 128) {
+            return Err(Status::invalid_argument(format!(
+                "request id {rid:?}: use at most 128 letters, digits, '.', '_' and '-'"
+            )));
+        }
+        // A request id that started an operation already (a retry): that operation, or a
+        // refusal when it was for something else.
+        let existing = |rid: &str| -> Result<Option<crate::model::OperationRecord>, Status> {
+            if rid.is_empty() {
+                return Ok(None);
+            }
+            let sm = self.ctx.raft.state();
+            match sm.operation_for_request(rid).map_err(store_status)? {
+                None => Ok(None),
+                Some(id) => sm.operation(&id).map_err(store_status),
             }
         };
-        let id = started.map_err(|e| match e {
-            StartError::Plan(p) => Status::invalid_argument(p.to_string()),
-            StartError::Conflict(m) => Status::failed_precondition(m),
-            StartError::Raft(e) => raft_status(e),
-            StartError::Store(e) => store_status(e),
-        })?;
+        if !rid.is_empty() {
+            self.ctx.raft.read_barrier().await.map_err(raft_status)?;
+        }
+        let found = existing(&rid)?;
+        let id = if let Some(op) = found {
+            same_request(&op, &rid, &r.kind)?;
+            tracing::info!(operation = %op.id, request = %rid, "operation start retried: returning the operation it started");
+            op.id
+        } else {
+            let bad =
+                |e: serde_json::Error| Status::invalid_argument(format!("{} request is not valid JSON: {e}", r.kind));
+            let ex = &self.ctx.executor;
+            let started = match r.kind.as_str() {
+                plan::KIND_BACKUP => ex.start_backup(serde_json::from_str(&r.request_json).map_err(bad)?, &rid).await,
+                plan::KIND_RESTORE => ex.start_restore(serde_json::from_str(&r.request_json).map_err(bad)?, &rid).await,
+                plan::KIND_VERIFY => {
+                    ex.start_reference(serde_json::from_str(&r.request_json).map_err(bad)?, false, &rid).await
+                }
+                plan::KIND_DELETE => {
+                    ex.start_reference(serde_json::from_str(&r.request_json).map_err(bad)?, true, &rid).await
+                }
+                plan::KIND_PURGE => ex.start_purge(serde_json::from_str(&r.request_json).map_err(bad)?, &rid).await,
+                k => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown operation kind {k:?}: backup, restore, verify, delete or purge"
+                    )));
+                }
+            };
+            match started {
+                Ok(id) => id,
+                // Two starts with one request id raced: the second lost at apply.
+                Err(StartError::Conflict(_)) if existing(&rid)?.is_some() => {
+                    let op = existing(&rid)?.ok_or_else(|| Status::internal("request record without operation"))?;
+                    same_request(&op, &rid, &r.kind)?;
+                    op.id
+                }
+                Err(StartError::OutcomeUnknown { operation_id, source }) => {
+                    let retry = if rid.is_empty() {
+                        "(no request id was given: look for it before starting again)".to_owned()
+                    } else {
+                        format!("or send the same request again with request id {rid}, which returns it if it started")
+                    };
+                    return Err(outcome_unknown(
+                        &source,
+                        &format!(
+                            "look for operation {operation_id} with `cassette operations show {operation_id}` {retry}"
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(match e {
+                        StartError::Plan(p) => Status::invalid_argument(p.to_string()),
+                        StartError::Conflict(m) => Status::failed_precondition(m),
+                        StartError::Raft(e) => raft_status(e),
+                        StartError::Store(e) => store_status(e),
+                        StartError::OutcomeUnknown { source, .. } => raft_status(source),
+                    });
+                }
+            }
+        };
+        let ex = &self.ctx.executor;
         let op = self
             .ctx
             .raft
@@ -654,6 +731,18 @@ impl pb::operator_server::Operator for OperatorService {
             backups_json: list.iter().map(|b| serde_json::to_string(b).unwrap_or_default()).collect(),
         }))
     }
+}
+
+/// Refuses a request id reused for another kind of operation (a retry repeats the request).
+#[allow(clippy::result_large_err)]
+fn same_request(op: &crate::model::OperationRecord, rid: &str, kind: &str) -> Result<(), Status> {
+    if op.kind == kind {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "request id {rid} already started operation {} ({} of cluster {}): a retry must repeat the same request; give a new request id for a different one",
+        op.id, op.kind, op.cluster
+    )))
 }
 
 /// The raft transport service.

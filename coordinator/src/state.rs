@@ -218,6 +218,11 @@ impl StateMachine {
         self.read(&keys::debug(key))
     }
 
+    /// The operation a client request id started, if any.
+    pub fn operation_for_request(&self, request_id: &str) -> Result<Option<String>, KvError> {
+        Ok(self.read::<model::OperationRequestRecord>(&keys::operation_request(request_id))?.map(|r| r.operation_id))
+    }
+
     /// Every revoked certificate.
     pub fn revocation_records(&self) -> Result<Vec<model::RevocationRecord>, KvError> {
         self.read_prefix(keys::REVOKED)
@@ -366,6 +371,11 @@ impl StateMachine {
                 if self.operation(&operation.id)?.is_some() {
                     return reject(format!("operation {} already exists", operation.id));
                 }
+                if !operation.request_id.is_empty()
+                    && let Some(first) = self.operation_for_request(&operation.request_id)?
+                {
+                    return reject(format!("request {} already started operation {first}", operation.request_id));
+                }
                 // Operations that name the clusters they need alone are refused while another
                 // such operation runs on one of them (decided here, so two leaders cannot both
                 // accept conflicting operations).
@@ -390,6 +400,10 @@ impl StateMachine {
                     }
                 }
                 b.put(keys::operation(&operation.id), operation.encode());
+                if !operation.request_id.is_empty() {
+                    let r = model::OperationRequestRecord { operation_id: operation.id.clone() };
+                    b.put(keys::operation_request(&operation.request_id), r.encode());
+                }
                 for p in phases {
                     b.put(keys::phase(&operation.id, &p.host_id, &p.phase), p.encode());
                 }
@@ -616,6 +630,7 @@ mod tests {
             created_at_ms: 0,
             finished_at_ms: 0,
             error: String::new(),
+            request_id: String::new(),
         };
         put(&sm, 1, Command::CreateOperation { operation: op("b1", "prod"), phases: vec![] }).unwrap();
         let e = put(&sm, 2, Command::CreateOperation { operation: op("b2", "prod"), phases: vec![] }).unwrap_err();

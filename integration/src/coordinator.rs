@@ -185,8 +185,12 @@ impl CoordinatorGroup {
             "2s".into(),
         ];
         args.extend(self.pki.args(&name));
-        // CASSETTE_TEST_DEFAULT_RAFT=1 runs with the production timing (100 ms ticks) instead.
-        if std::env::var("CASSETTE_TEST_DEFAULT_RAFT").map_or(true, |v| v != "1") {
+        // CASSETTE_TEST_DEFAULT_RAFT=1 runs with the production timing (100 ms ticks) instead;
+        // a test that sets its own timing (`--election-ticks` in `extra`) gets 50 ms ticks only.
+        let own_timing = self.extra.iter().any(|a| a == "--election-ticks");
+        if own_timing {
+            args.extend(["--tick".to_owned(), "50ms".into(), "--heartbeat-ticks".into(), "2".into()]);
+        } else if std::env::var("CASSETTE_TEST_DEFAULT_RAFT").map_or(true, |v| v != "1") {
             args.extend(FAST_RAFT.iter().map(|s| s.to_string()));
         }
         args.extend(self.extra.iter().cloned());

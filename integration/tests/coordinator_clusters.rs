@@ -936,3 +936,35 @@ async fn t65_revoked_certificates_are_refused_everywhere_and_expiry_is_warned() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t66_a_retried_operation_start_returns_the_same_operation() {
+    // - `backup create --request-id R` twice starts one operation: the second answer is the
+    //   operation the first one started (as a retry after a lost answer would get);
+    // - the same request id for another kind of operation is refused, naming the first;
+    // - without --request-id every command is a new request.
+    let s = Setup::new("t66");
+    s.group.wait_for_leader(Duration::from_secs(20), &[]).await.unwrap();
+    let seed = format!("127.0.0.1:{}", s.port);
+    let (code, v) = s.cli_json(&["cluster", "add", "prod", "--agent", &seed]);
+    assert_eq!(code, 0, "{v}");
+    step("the same request twice");
+    let start = |extra: &[&str]| {
+        let mut a = vec!["backup", "create", "--cluster", "prod", "--detach"];
+        a.extend(extra);
+        let (code, v) = s.cli_json(&a);
+        assert_eq!(code, 0, "{v}");
+        v["id"].as_str().unwrap_or_else(|| panic!("no id in {v}")).to_owned()
+    };
+    let first = start(&["--request-id", "nightly-2026-12-04"]);
+    let again = start(&["--request-id", "nightly-2026-12-04"]);
+    assert_eq!(first, again, "a retried start made a second operation");
+    let (_, v) = s.cli_json(&["operations", "list", "--cluster", "prod"]);
+    let n = v.as_array().or_else(|| v["operations"].as_array()).map(|a| a.len()).unwrap_or(0);
+    assert_eq!(n, 1, "{v}");
+    step("the same request id for something else");
+    let (code, _, err) =
+        s.cli(&["--request-id", "nightly-2026-12-04", "backup", "verify", "latest", "--cluster", "prod"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nightly-2026-12-04") && err.contains(&first), "{err}");
+}

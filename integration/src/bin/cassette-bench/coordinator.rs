@@ -413,11 +413,14 @@ async fn op_view(client: &OperatorClient, id: &str) -> anyhow::Result<Value> {
 
 /// Starts a cluster backup of every node (`OperationStart`, kind `backup`).
 async fn start_op(client: &OperatorClient) -> anyhow::Result<String> {
+    // One id per start, shared by its retries.
+    let request_id = format!("bench-{:016x}", rand::random::<u64>());
     let v = client
         .call(move |mut c| {
             let req = pb::OperationStartRequest {
                 kind: "backup".into(),
                 request_json: serde_json::json!({ "cluster": "bench" }).to_string(),
+                client_request_id: request_id.clone(),
             };
             async move { c.operation_start(req).await }
         })

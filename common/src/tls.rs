@@ -615,6 +615,11 @@ impl TlsContext {
             })
             .unwrap_or_else(|_| unreachable_config());
         cfg.alpn_protocols = vec![b"h2".to_vec()];
+        // No session resumption: a resumed session skips the client certificate's verification,
+        // and every handshake must check the revocation list (connections are long-lived and
+        // few, so full handshakes cost little).
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
         Arc::new(cfg)
     }
 

@@ -989,3 +989,45 @@ async fn t66_a_retried_operation_start_returns_the_same_operation() {
     assert_eq!(code, 1);
     assert!(err.contains("nightly-2026-12-04") && err.contains(&first), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t67_concurrent_streams_per_connection_are_bounded() {
+    // - an agent started with --max-concurrent-streams 1 serves one request at a time per
+    //   connection: while a job is watched (an open stream), a second call on the same
+    //   connection waits, and is answered once the stream ends.
+    let s = Setup::new("t67");
+    let port = cassette_integration::tools::free_port().unwrap();
+    let dir = s.dir.as_ref().unwrap().path().join("bounded");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _bounded =
+        AgentProcess::start(&s.cluster, "127.0.0.1", port, &s.pki, "agent1", &dir, &["--max-concurrent-streams", "1"])
+            .unwrap();
+    let agent = format!("127.0.0.1:{port}");
+    s.pki.issue(Role::Coordinator, "coordinator-client", &["127.0.0.1"]).unwrap();
+    let agents =
+        GrpcAgents::new(s.pki.mode("coordinator-client").unwrap(), cassette_coordinator::agents::default_timeouts());
+    let job = JobRequest {
+        job_id: "long".into(),
+        phase: "synthetic.sleep".into(),
+        params: serde_json::json!({ "duration_ms": 3000, "steps": 3 }),
+        operation_id: "op-t67".into(),
+        not_before_ms: 0,
+    };
+    agents.start_job(&agent, &job).await.unwrap();
+    step("watch the job (one open stream), then describe on the same connection");
+    let mut stream = agents.watch_job(&agent, "long").await.unwrap();
+    let first = futures::StreamExt::next(&mut stream).await.unwrap().unwrap();
+    assert_eq!(first.state, pb::JobState::Running as i32);
+    let t = Instant::now();
+    let watching = tokio::spawn(async move {
+        while let Some(st) = futures::StreamExt::next(&mut stream).await {
+            st.unwrap();
+        }
+        Instant::now()
+    });
+    agents.describe(&agent).await.unwrap();
+    let answered = Instant::now();
+    let ended = watching.await.unwrap();
+    eprintln!("describe answered after {:?}; the watch ended after {:?}", answered - t, ended - t);
+    assert!(answered + Duration::from_millis(200) >= ended, "a second stream ran beside the first");
+}

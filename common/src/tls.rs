@@ -1466,12 +1466,29 @@ mod tests {
     #[test]
     fn roles_and_hosts() {
         assert_eq!("agent".parse::<Role>().unwrap(), Role::Agent);
-        assert!("admin".parse::<Role>().is_err());
+        assert_eq!("admin".parse::<Role>().unwrap(), Role::Admin);
+        assert!("root".parse::<Role>().is_err());
+        assert_eq!(Role::Admin.uri(), "urn:cassette:role:admin");
         assert_eq!(Role::Operator.uri(), "urn:cassette:role:operator");
         assert_eq!(host_of("127.0.0.2:7000"), Some("127.0.0.2"));
         assert_eq!(host_of("[::1]:7000"), Some("::1"));
         assert_eq!(host_of("node1.example.com:7000"), Some("node1.example.com"));
         assert_eq!(host_of("node1"), None);
+    }
+
+    #[test]
+    fn hosts_are_matched_against_certificate_names() {
+        let names = vec!["10.0.0.1".to_owned(), "Node1.Example".to_owned(), "::1".to_owned()];
+        assert!(names_host(&names, "10.0.0.1") && names_host(&names, "node1.example") && names_host(&names, "0::1"));
+        assert!(!names_host(&names, "10.0.0.2") && !names_host(&names, "node2.example"));
+    }
+
+    #[test]
+    fn revocations_by_serial_and_by_name() {
+        let r = Revocations { version: 3, serials: ["0a1b".to_owned()].into(), names: ["mallory".to_owned()].into() };
+        assert!(r.refusal("0A1B", "alice").unwrap().contains("serial 0A1B"));
+        assert!(r.refusal("ffff", "mallory").unwrap().contains("every certificate named \"mallory\""));
+        assert!(r.refusal("ffff", "alice").is_none());
     }
 
     #[test]
@@ -1481,6 +1498,7 @@ mod tests {
         assert!(client("received fatal alert: CertificateExpired").contains("this end's certificate has expired"));
         assert!(client("received fatal alert: CertificateRequired").contains("presented no certificate"));
         assert!(client("received fatal alert: UnknownCA").contains("not issued by the CA the peer trusts"));
+        assert!(client("received fatal alert: CertificateRevoked").contains("has been revoked"));
         assert!(
             client("invalid peer certificate: UnknownIssuer")
                 .contains("the server presented a certificate that was not issued by our CA")

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use cassette_common::tls::{self, Role, TlsMode};
+use cassette_common::tls::{self, Revocations, Role, TlsContext, TlsMode};
 use cassette_proto::v1 as pb;
 use futures::Stream;
 use tokio::net::TcpListener;
@@ -24,6 +24,10 @@ const SERVICE: &str = "the agent API";
 pub struct AgentService {
     control: Arc<dyn CassandraControl>,
     jobs: Arc<JobManager>,
+    tls: Option<Arc<TlsContext>>,
+    revocations_file: Option<PathBuf>,
+    /// Serializes updates of the revocation list (file and context).
+    revocations_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for AgentService {
@@ -35,20 +39,69 @@ impl std::fmt::Debug for AgentService {
 impl AgentService {
     /// A service over this node's adapter and job manager.
     pub fn new(control: Arc<dyn CassandraControl>, jobs: Arc<JobManager>) -> Self {
-        Self { control, jobs }
+        Self { control, jobs, tls: None, revocations_file: None, revocations_lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Enforces the revocation list the coordinator pushes with `tls` (this agent's TLS
+    /// material), keeping it in `file` across restarts; a list kept there is loaded now.
+    pub fn with_revocations(mut self, tls: &TlsMode, file: PathBuf) -> Result<Self, String> {
+        if let Some(ctx) = tls.context() {
+            if let Some(list) = read_revocations(&file)? {
+                tracing::info!(version = list.version, file = %file.display(), "revocation list loaded");
+                ctx.set_revocations(list);
+            }
+            self.tls = Some(Arc::clone(ctx));
+        }
+        self.revocations_file = Some(file);
+        Ok(self)
     }
 }
 
-/// Serves the agent API on `listener` until `shutdown`, then drains in-flight calls.
+/// The revocation list kept in `file` (`None` when there is none yet).
+pub fn read_revocations(file: &std::path::Path) -> Result<Option<Revocations>, String> {
+    match std::fs::read(file) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            format!(
+                "read the revocation list {}: {e} (remove the file to wait for the coordinator's list)",
+                file.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("read the revocation list {}: {e}", file.display())),
+    }
+}
+
+/// Writes the list durably (temporary file, fsync, rename, fsync of the directory).
+fn write_revocations(file: &std::path::Path, list: &Revocations) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = file.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(list).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Serves the agent API on `listener` until `shutdown`, then drains in-flight calls. A caller
+/// without a coordinator certificate is refused before its request is read; requests above
+/// `limits.request_bytes` are refused from their length prefix.
 pub async fn run(
     listener: TcpListener,
     tls: TlsMode,
     service: AgentService,
+    limits: tls::ServerLimits,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let server = tonic::service::interceptor::InterceptedService::new(
+        pb::agent_server::AgentServer::new(service).max_decoding_message_size(limits.request_bytes),
+        tls::RoleGate::new(SERVICE, &[Role::Coordinator], &tls),
+    );
     let incoming = tls::serve_incoming(listener, tls, shutdown.clone());
     tonic::transport::Server::builder()
-        .add_service(pb::agent_server::AgentServer::new(service))
+        .max_concurrent_streams(Some(limits.concurrent_streams))
+        .add_service(server)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }
@@ -132,6 +185,12 @@ impl pb::agent_server::Agent for AgentService {
             running_jobs: self.jobs.running() as u32,
             ..Default::default()
         };
+        if let Some(ctx) = &self.tls {
+            out.revocations_version = ctx.revocations().version;
+            out.certificate_name = ctx.name();
+            out.certificate_not_after_ms =
+                ctx.not_after().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        }
         let mut dirs: Vec<PathBuf> = Vec::new();
         match self.control.describe_node().await {
             Ok(d) => {
@@ -236,6 +295,34 @@ impl pb::agent_server::Agent for AgentService {
             (r, rx.clone())
         });
         Ok(Response::new(stream))
+    }
+
+    async fn set_revocations(
+        &self,
+        request: Request<pb::RevocationList>,
+    ) -> Result<Response<pb::RevocationAck>, Status> {
+        let peer = tls::require_role(&request, SERVICE, &[Role::Coordinator])?;
+        let r = request.into_inner();
+        let list = Revocations {
+            version: r.version,
+            serials: r.serials.into_iter().map(|s| s.to_ascii_lowercase()).collect(),
+            names: r.names.into_iter().collect(),
+        };
+        let _guard = self.revocations_lock.lock().await;
+        let held = self.tls.as_ref().map(|c| c.revocations().version).unwrap_or(0);
+        if list.version > held {
+            if let Some(file) = &self.revocations_file {
+                write_revocations(file, &list)
+                    .map_err(|e| Status::internal(format!("keep the revocation list in {}: {e}", file.display())))?;
+            }
+            if let Some(ctx) = &self.tls {
+                ctx.set_revocations(list.clone());
+            }
+            tracing::info!(%peer, version = list.version, serials = list.serials.len(), names = list.names.len(), "revocation list updated; revoked certificates are refused from now on");
+        }
+        Ok(Response::new(pb::RevocationAck {
+            version: self.tls.as_ref().map(|c| c.revocations().version).unwrap_or(list.version.max(held)),
+        }))
     }
 
     async fn cancel_job(&self, request: Request<pb::JobRequest>) -> Result<Response<pb::JobStatus>, Status> {

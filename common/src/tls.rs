@@ -2,7 +2,7 @@
 //!
 //! Every certificate is issued by the deployment's own CA (`cassette certs init`) and names its
 //! **role** in a subject-alternative-name URI (`urn:cassette:role:coordinator`, `…:agent`,
-//! `…:operator`). Both ends of every connection present a certificate and verify the other's
+//! `…:operator`, `…:admin`). Both ends of every connection present a certificate and verify the other's
 //! chain against the CA:
 //!
 //! - the TLS layer accepts only certificates that chain to the CA, are within their validity and
@@ -56,13 +56,18 @@ pub enum Role {
     Coordinator,
     /// An agent on a Cassandra host.
     Agent,
-    /// A person or script using the `cassette` CLI.
+    /// A person or script using the `cassette` CLI for day-to-day work: backups, restores,
+    /// verification, listing.
     Operator,
+    /// A person using the `cassette` CLI for what removes data or changes trust: everything an
+    /// operator may do, plus purge, delete, schedules, cluster removal, replica membership and
+    /// revocation.
+    Admin,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 3] = [Role::Coordinator, Role::Agent, Role::Operator];
+    pub const ALL: [Role; 4] = [Role::Coordinator, Role::Agent, Role::Operator, Role::Admin];
 
     /// The stable name (`coordinator`, `agent`, `operator`).
     pub fn as_str(self) -> &'static str {
@@ -70,6 +75,7 @@ impl Role {
             Role::Coordinator => "coordinator",
             Role::Agent => "agent",
             Role::Operator => "operator",
+            Role::Admin => "admin",
         }
     }
 
@@ -86,6 +92,7 @@ impl Role {
             Role::Coordinator => "a coordinator",
             Role::Agent => "an agent",
             Role::Operator => "an operator",
+            Role::Admin => "an admin",
         }
     }
 }
@@ -102,7 +109,7 @@ impl std::str::FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}: expected coordinator, agent or operator"))
+            .ok_or_else(|| format!("unknown role {s:?}: expected coordinator, agent, operator or admin"))
     }
 }
 
@@ -116,6 +123,10 @@ pub struct PeerIdentity {
     pub role: Option<Role>,
     /// The certificate's common name (empty on an insecure connection).
     pub name: String,
+    /// The DNS names and IP addresses the certificate names (its SANs).
+    pub names: Vec<String>,
+    /// The certificate's serial number (lowercase hex; empty on an insecure connection).
+    pub serial: String,
     /// The remote address.
     pub address: Option<SocketAddr>,
 }
@@ -125,6 +136,22 @@ impl PeerIdentity {
     pub fn is_insecure(&self) -> bool {
         self.role.is_none()
     }
+
+    /// Whether the certificate names `host` (an IP address or a DNS name, as in `host:port`).
+    pub fn names_host(&self, host: &str) -> bool {
+        names_host(&self.names, host)
+    }
+}
+
+/// Whether `host` is among `names` (SANs): IP addresses compared as addresses, DNS names
+/// without regard to case.
+pub fn names_host(names: &[String], host: &str) -> bool {
+    let ip = host.parse::<IpAddr>().ok();
+    names.iter().any(|n| match (ip, n.parse::<IpAddr>().ok()) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => n.eq_ignore_ascii_case(host),
+        _ => false,
+    })
 }
 
 impl fmt::Display for PeerIdentity {
@@ -149,6 +176,28 @@ pub fn require_role<T>(
     service: &str,
     allowed: &[Role],
 ) -> Result<PeerIdentity, tonic::Status> {
+    check_role(request, service, None, allowed)
+}
+
+/// Like [`require_role`], for one call of a service that needs more than the service does
+/// (`action` names it: "removing a replica").
+#[allow(clippy::result_large_err)]
+pub fn require_role_to<T>(
+    request: &tonic::Request<T>,
+    service: &str,
+    action: &str,
+    allowed: &[Role],
+) -> Result<PeerIdentity, tonic::Status> {
+    check_role(request, service, Some(action), allowed)
+}
+
+#[allow(clippy::result_large_err)]
+fn check_role<T>(
+    request: &tonic::Request<T>,
+    service: &str,
+    action: Option<&str>,
+    allowed: &[Role],
+) -> Result<PeerIdentity, tonic::Status> {
     let Some(peer) = request.extensions().get::<PeerIdentity>().cloned() else {
         return Err(tonic::Status::internal(format!("{service}: connection identity missing (server misconfigured)")));
     };
@@ -157,15 +206,121 @@ pub fn require_role<T>(
         Some(r) if allowed.contains(&r) => Ok(peer),
         Some(r) => {
             let wanted: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
-            tracing::warn!(%peer, service, "refused a request: wrong certificate role");
-            Err(tonic::Status::permission_denied(format!(
-                "{service} accepts only {} certificates, but this connection presented {} certificate ({:?}): use a certificate issued with `cassette certs issue --role {}`",
-                wanted.join(" or "),
-                r.with_article(),
-                peer.name,
-                wanted.first().copied().unwrap_or("operator"),
-            )))
+            let hint = wanted.first().copied().unwrap_or("operator");
+            tracing::warn!(%peer, service, action, "refused a request: wrong certificate role");
+            let msg = match action {
+                None => format!(
+                    "{service} accepts only {} certificates, but this connection presented {} certificate ({:?}): use a certificate issued with `cassette certs issue --role {hint}`",
+                    wanted.join(" or "),
+                    r.with_article(),
+                    peer.name,
+                ),
+                Some(a) => format!(
+                    "{a} needs {} certificate, but this connection presented {} certificate ({:?}): ask for one issued with `cassette certs issue --role {hint}` (docs/security.md lists what each role may do)",
+                    allowed.iter().map(|r| r.with_article()).collect::<Vec<_>>().join(" or "),
+                    r.with_article(),
+                    peer.name,
+                ),
+            };
+            Err(tonic::Status::permission_denied(msg))
         }
+    }
+}
+
+/// Refuses a call from the wrong role before its body is read: a tonic interceptor (it sees the
+/// request's headers and the connection's identity, not its message), so a caller with the
+/// wrong certificate costs the server no memory and no decoding. Services still call
+/// [`require_role`] (or a finer check) on the decoded request.
+///
+/// The gate also refuses a revoked certificate on a connection opened before it was revoked
+/// (handshakes check the list too, see [`TlsContext::set_revocations`]).
+#[derive(Debug, Clone)]
+pub struct RoleGate {
+    service: &'static str,
+    allowed: &'static [Role],
+    tls: Option<Arc<TlsContext>>,
+}
+
+impl RoleGate {
+    /// A gate for `service` (named in refusals) that lets `allowed` roles through, and no
+    /// certificate that `tls`'s revocation list names.
+    pub fn new(service: &'static str, allowed: &'static [Role], tls: &TlsMode) -> Self {
+        Self { service, allowed, tls: tls.context().cloned() }
+    }
+}
+
+impl tonic::service::Interceptor for RoleGate {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let peer = require_role(&request, self.service, self.allowed)?;
+        if let Some(ctx) = &self.tls
+            && let Some(why) = ctx.revocations().refusal(&peer.serial, &peer.name)
+        {
+            tracing::warn!(%peer, service = self.service, "refused a request: {why}");
+            return Err(tonic::Status::permission_denied(format!(
+                "{}: {why}: ask an admin for a new certificate (`cassette certs issue`)",
+                self.service
+            )));
+        }
+        Ok(request)
+    }
+}
+
+/// Limits of one gRPC server. Every limit is a setting; these are the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerLimits {
+    /// Largest request message a service decodes, in bytes. A larger one is refused
+    /// (`OUT_OF_RANGE`, naming the limit) from its 5-byte length prefix, before it is read.
+    pub request_bytes: usize,
+    /// Requests (HTTP/2 streams) in flight on one connection; more wait for one to end.
+    pub concurrent_streams: u32,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self { request_bytes: 4 << 20, concurrent_streams: 64 }
+    }
+}
+
+impl ServerLimits {
+    /// Every problem with these limits (`prefix` names the settings section).
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.request_bytes < 64 << 10 {
+            p.push(format!("{prefix}request_bytes must be at least 65536 (64 KiB)"));
+        }
+        if self.concurrent_streams == 0 {
+            p.push(format!("{prefix}concurrent_streams must be at least 1"));
+        }
+        p
+    }
+}
+
+/// Certificates refused at every handshake and every call, whatever their validity: the
+/// deny list an admin builds with `cassette certs revoke`. Coordinators hold it in their
+/// replicated state; agents receive it from the leader and keep it on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Revocations {
+    /// The raft index of the newest revocation: a list with a lower version never replaces one
+    /// with a higher version.
+    pub version: u64,
+    /// Serial numbers (lowercase hex).
+    pub serials: std::collections::BTreeSet<String>,
+    /// Certificate (common) names: every certificate of that name, issued before or after.
+    pub names: std::collections::BTreeSet<String>,
+}
+
+impl Revocations {
+    /// Why a certificate with `serial` and `name` is refused, or `None` when it is not revoked.
+    pub fn refusal(&self, serial: &str, name: &str) -> Option<String> {
+        if !serial.is_empty() && self.serials.contains(&serial.to_ascii_lowercase()) {
+            return Some(format!("certificate {name:?} (serial {serial}) has been revoked"));
+        }
+        if self.names.contains(name) {
+            return Some(format!("every certificate named {name:?} has been revoked (this one has serial {serial})"));
+        }
+        None
     }
 }
 
@@ -222,6 +377,36 @@ impl TlsMode {
     pub const INSECURE_WARNING: &'static str = "WARNING: --insecure: connections are plain text and NOT authenticated; anyone who can reach this port can use it. Use mutual TLS (`cassette certs`) outside of tests.";
 }
 
+/// The address a server binds: `explicit` (from `--listen` or its variable) when given, else
+/// `default`; in insecure mode without an explicit address, the loopback address on the
+/// default's port, so plain text is never offered to the network by accident. The second value
+/// is what to tell the user (print it and log it), when there is something to say.
+pub fn listen_address(
+    explicit: Option<SocketAddr>,
+    default: SocketAddr,
+    insecure: bool,
+) -> (SocketAddr, Option<String>) {
+    match (explicit, insecure) {
+        (Some(a), true) if !a.ip().is_loopback() => (
+            a,
+            Some(format!(
+                "WARNING: --insecure: plain text on {a}: anyone who can reach this address is trusted without a certificate"
+            )),
+        ),
+        (Some(a), _) => (a, None),
+        (None, false) => (default, None),
+        (None, true) => {
+            let a = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), default.port());
+            (
+                a,
+                Some(format!(
+                    "--insecure: listening on the loopback address {a} only; pass --listen <address:port> explicitly to accept plain-text connections from other hosts"
+                )),
+            )
+        }
+    }
+}
+
 /// A TLS problem, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -259,6 +444,7 @@ struct Loaded {
     key: Arc<CertifiedKey>,
     role: Role,
     name: String,
+    serial: String,
     not_after: SystemTime,
     client_verifier: Arc<dyn ClientCertVerifier>,
     server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
@@ -284,6 +470,7 @@ pub struct TlsContext {
     paths: TlsPaths,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Loaded>>,
+    revoked: RwLock<Arc<Revocations>>,
 }
 
 impl fmt::Debug for TlsContext {
@@ -302,7 +489,40 @@ impl TlsContext {
     pub fn load(paths: TlsPaths) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let loaded = load(&paths, &provider)?;
-        Ok(Self { paths, provider, current: RwLock::new(Arc::new(loaded)) })
+        Ok(Self { paths, provider, current: RwLock::new(Arc::new(loaded)), revoked: RwLock::default() })
+    }
+
+    /// The revocation list in force.
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Puts `list` in force unless the one in force is newer (a higher version). Every later
+    /// handshake, in both directions, and every call through a [`RoleGate`] checks it.
+    /// Returns whether it changed.
+    pub fn set_revocations(&self, list: Revocations) -> bool {
+        let mut cur = self.revoked.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if list.version < cur.version || **cur == list {
+            return false;
+        }
+        tracing::info!(
+            version = list.version,
+            serials = list.serials.len(),
+            names = list.names.len(),
+            "revocation list updated"
+        );
+        *cur = Arc::new(list);
+        true
+    }
+
+    /// This process's serial number (lowercase hex).
+    pub fn serial(&self) -> String {
+        self.current().serial.clone()
+    }
+
+    /// A warning when this process's certificate expires within `within` (or has expired).
+    pub fn expiry_warning(&self, within: Duration) -> Option<String> {
+        expiry_warning(&self.name(), self.not_after(), within, SystemTime::now())
     }
 
     fn current(&self) -> Arc<Loaded> {
@@ -342,19 +562,38 @@ impl TlsContext {
         Ok(true)
     }
 
-    /// Runs [`Self::reload_if_changed`] every `interval` until `shutdown`.
+    /// Runs [`Self::reload_if_changed`] every `interval` until `shutdown`, and logs a warning
+    /// when this process's certificate expires within `warn_within`: at the start, after a
+    /// reload, and once a day.
     pub fn spawn_reloader(
         self: &Arc<Self>,
         interval: Duration,
+        warn_within: Duration,
         shutdown: CancellationToken,
     ) -> crate::worker::WorkerHandle {
         let ctx = Arc::clone(self);
+        let warned: Arc<std::sync::Mutex<Option<std::time::Instant>>> = Arc::default();
+        let warn = move |ctx: &TlsContext, force: bool| {
+            let mut w = warned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !force && w.is_some_and(|t| t.elapsed() < Duration::from_secs(24 * 3600)) {
+                return;
+            }
+            if let Some(m) = ctx.expiry_warning(warn_within) {
+                tracing::warn!(cert = %ctx.paths.cert.display(), "{m}");
+                *w = Some(std::time::Instant::now());
+            }
+        };
+        warn(&ctx, true);
         crate::worker::spawn_periodic("tls-reload", interval, shutdown, move |state| {
             let ctx = Arc::clone(&ctx);
+            let warn = warn.clone();
             async move {
                 match ctx.reload_if_changed() {
-                    Ok(true) => state.set(format!("reloaded {}", ctx.paths.cert.display())),
-                    Ok(false) => {}
+                    Ok(true) => {
+                        state.set(format!("reloaded {}", ctx.paths.cert.display()));
+                        warn(&ctx, true);
+                    }
+                    Ok(false) => warn(&ctx, false),
                     Err(e) => {
                         tracing::warn!(error = %e, "TLS files changed but cannot be loaded; keeping the previous certificate");
                         state.set(format!("keeping previous certificate: {e}"));
@@ -376,6 +615,11 @@ impl TlsContext {
             })
             .unwrap_or_else(|_| unreachable_config());
         cfg.alpn_protocols = vec![b"h2".to_vec()];
+        // No session resumption: a resumed session skips the client certificate's verification,
+        // and every handshake must check the revocation list (connections are long-lived and
+        // few, so full handshakes cost little).
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
         Arc::new(cfg)
     }
 
@@ -463,10 +707,30 @@ fn load(paths: &TlsPaths, provider: &Arc<CryptoProvider>) -> Result<Loaded, TlsE
         key: Arc::new(certified),
         role,
         name: info.common_name,
+        serial: info.serial,
         not_after: info.not_after,
         client_verifier,
         server_verifier,
     })
+}
+
+/// How long before its end a certificate is warned about, unless configured otherwise.
+pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// "certificate "x" expires in N days (…): renew it …" when `not_after` is within `within` of
+/// `now`, or has passed.
+pub fn expiry_warning(name: &str, not_after: SystemTime, within: Duration, now: SystemTime) -> Option<String> {
+    let when = chrono::DateTime::<chrono::Utc>::from(not_after).format("%Y-%m-%d %H:%M UTC");
+    match not_after.duration_since(now) {
+        Err(_) => Some(format!(
+            "certificate {name:?} expired on {when}: issue a new one with `cassette certs issue` and put it in place (it is reloaded without a restart)"
+        )),
+        Ok(left) if left <= within => Some(format!(
+            "certificate {name:?} expires in {} days ({when}): issue a new one with `cassette certs issue` and put it in place (it is reloaded without a restart)",
+            left.as_secs() / 86_400
+        )),
+        Ok(_) => None,
+    }
 }
 
 /// What Cassette reads from a certificate.
@@ -484,6 +748,8 @@ pub struct CertInfo {
     pub names: Vec<String>,
     /// Whether it is a CA certificate.
     pub is_ca: bool,
+    /// Serial number, lowercase hex (what `cassette certs revoke --serial` takes).
+    pub serial: String,
 }
 
 impl CertInfo {
@@ -527,14 +793,15 @@ impl CertInfo {
             not_before: to_time(cert.validity().not_before),
             names,
             is_ca: cert.is_ca(),
+            serial: hex::encode(cert.raw_serial()),
         })
     }
 }
 
-fn role_of(cert: &CertificateDer<'_>) -> Result<(Role, String), rustls::Error> {
+fn role_of(cert: &CertificateDer<'_>) -> Result<(Role, CertInfo), rustls::Error> {
     let info = CertInfo::parse(cert).map_err(rustls::Error::General)?;
     match info.role {
-        Some(r) => Ok((r, info.common_name)),
+        Some(r) => Ok((r, info)),
         None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
             NoRole(info.common_name),
         ))))),
@@ -606,7 +873,11 @@ impl ClientCertVerifier for DynClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.ctx.current().client_verifier.verify_client_cert(end_entity, intermediates, now)?;
-        role_of(end_entity)?;
+        let (_, info) = role_of(end_entity)?;
+        if let Some(why) = self.ctx.revocations().refusal(&info.serial, &info.common_name) {
+            tracing::warn!("rejected a TLS connection: the client presented a revoked certificate: {why}");
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        }
         Ok(ClientCertVerified::assertion())
     }
     fn verify_tls12_signature(
@@ -655,10 +926,14 @@ impl ServerCertVerifier for DynServerVerifier {
             ocsp_response,
             now,
         )?;
-        let (role, name) = role_of(end_entity)?;
+        let (role, info) = role_of(end_entity)?;
+        if let Some(why) = self.ctx.revocations().refusal(&info.serial, &info.common_name) {
+            tracing::warn!("refused a server: {why}");
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        }
         if role != self.expect {
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-                Arc::new(WrongRole { expected: self.expect, got: role, name }),
+                Arc::new(WrongRole { expected: self.expect, got: role, name: info.common_name }),
             ))));
         }
         Ok(ServerCertVerified::assertion())
@@ -781,7 +1056,13 @@ pub fn serve_incoming(
                 let conn = match acceptor {
                     None => ServerConn {
                         io: ServerIo::Plain(stream),
-                        peer: PeerIdentity { role: None, name: String::new(), address: Some(addr) },
+                        peer: PeerIdentity {
+                            role: None,
+                            name: String::new(),
+                            names: Vec::new(),
+                            serial: String::new(),
+                            address: Some(addr),
+                        },
                     },
                     Some(acceptor) => {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream).into_fallible()).await {
@@ -801,7 +1082,13 @@ pub fn serve_incoming(
                                     .peer_certificates()
                                     .and_then(|c| c.first())
                                     .and_then(|c| role_of(c).ok())
-                                    .map(|(role, name)| PeerIdentity { role: Some(role), name, address: Some(addr) });
+                                    .map(|(role, info)| PeerIdentity {
+                                        role: Some(role),
+                                        name: info.common_name,
+                                        names: info.names,
+                                        serial: info.serial,
+                                        address: Some(addr),
+                                    });
                                 let Some(peer) = peer else {
                                     tracing::warn!(peer = %addr, "TLS connection without a usable client certificate; closing");
                                     return;
@@ -1066,6 +1353,7 @@ fn rustls_error_from_text(text: &str) -> Option<rustls::Error> {
             "BadCertificate" => A::BadCertificate,
             "DecryptError" => A::DecryptError,
             "CertificateExpired" => A::CertificateExpired,
+            "CertificateRevoked" => A::CertificateRevoked,
             "CertificateUnknown" => A::CertificateUnknown,
             "UnsupportedCertificate" => A::UnsupportedCertificate,
             "AccessDenied" => A::AccessDenied,
@@ -1083,6 +1371,8 @@ fn rustls_error_from_text(text: &str) -> Option<rustls::Error> {
             C::BadSignature
         } else if detail.starts_with("certificate expired") || detail.starts_with("Expired") {
             C::Expired
+        } else if detail.starts_with("certificate revoked") || detail.starts_with("Revoked") {
+            C::Revoked
         } else if detail.starts_with("certificate not valid yet") || detail.starts_with("NotValidYet") {
             C::NotValidYet
         } else if detail.starts_with("certificate not valid for name") || detail.starts_with("NotValidForName") {
@@ -1125,6 +1415,11 @@ fn explain_rustls(e: &rustls::Error, side: Side) -> String {
         E::InvalidCertificate(C::Expired) | E::InvalidCertificate(C::ExpiredContext { .. }) => {
             format!("{them} presented an expired certificate: issue a new one with `cassette certs issue` ({e})")
         }
+        E::InvalidCertificate(C::Revoked) => {
+            format!(
+                "{them} presented a revoked certificate (`cassette certs revoke`): it needs a new certificate from `cassette certs issue`"
+            )
+        }
         E::InvalidCertificate(C::NotValidYet) | E::InvalidCertificate(C::NotValidYetContext { .. }) => {
             format!("{them} presented a certificate that is not valid yet (check the clocks): {e}")
         }
@@ -1141,6 +1436,9 @@ fn explain_rustls(e: &rustls::Error, side: Side) -> String {
                     "this end's certificate was not issued by the CA the peer trusts"
                 }
                 A::CertificateExpired => "this end's certificate has expired",
+                A::CertificateRevoked => {
+                    "this end's certificate has been revoked (`cassette certs revoke`): ask an admin for a new one"
+                }
                 A::CertificateUnknown | A::UnsupportedCertificate | A::AccessDenied => {
                     "this end's certificate is not acceptable there (wrong role or no Cassette role)"
                 }
@@ -1168,12 +1466,29 @@ mod tests {
     #[test]
     fn roles_and_hosts() {
         assert_eq!("agent".parse::<Role>().unwrap(), Role::Agent);
-        assert!("admin".parse::<Role>().is_err());
+        assert_eq!("admin".parse::<Role>().unwrap(), Role::Admin);
+        assert!("root".parse::<Role>().is_err());
+        assert_eq!(Role::Admin.uri(), "urn:cassette:role:admin");
         assert_eq!(Role::Operator.uri(), "urn:cassette:role:operator");
         assert_eq!(host_of("127.0.0.2:7000"), Some("127.0.0.2"));
         assert_eq!(host_of("[::1]:7000"), Some("::1"));
         assert_eq!(host_of("node1.example.com:7000"), Some("node1.example.com"));
         assert_eq!(host_of("node1"), None);
+    }
+
+    #[test]
+    fn hosts_are_matched_against_certificate_names() {
+        let names = vec!["10.0.0.1".to_owned(), "Node1.Example".to_owned(), "::1".to_owned()];
+        assert!(names_host(&names, "10.0.0.1") && names_host(&names, "node1.example") && names_host(&names, "0::1"));
+        assert!(!names_host(&names, "10.0.0.2") && !names_host(&names, "node2.example"));
+    }
+
+    #[test]
+    fn revocations_by_serial_and_by_name() {
+        let r = Revocations { version: 3, serials: ["0a1b".to_owned()].into(), names: ["mallory".to_owned()].into() };
+        assert!(r.refusal("0A1B", "alice").unwrap().contains("serial 0A1B"));
+        assert!(r.refusal("ffff", "mallory").unwrap().contains("every certificate named \"mallory\""));
+        assert!(r.refusal("ffff", "alice").is_none());
     }
 
     #[test]
@@ -1183,6 +1498,7 @@ mod tests {
         assert!(client("received fatal alert: CertificateExpired").contains("this end's certificate has expired"));
         assert!(client("received fatal alert: CertificateRequired").contains("presented no certificate"));
         assert!(client("received fatal alert: UnknownCA").contains("not issued by the CA the peer trusts"));
+        assert!(client("received fatal alert: CertificateRevoked").contains("has been revoked"));
         assert!(
             client("invalid peer certificate: UnknownIssuer")
                 .contains("the server presented a certificate that was not issued by our CA")

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cassette_common::tls::{self, ChannelTimeouts, Role, TlsMode};
+use cassette_common::tls::{self, ChannelTimeouts, Revocations, Role, TlsMode};
 use cassette_proto::v1 as pb;
 use futures::{Stream, StreamExt};
 use tonic::Code;
@@ -140,6 +140,17 @@ pub trait AgentClient: Send + Sync {
     async fn watch_job(&self, agent: &str, job_id: &str) -> Result<JobStream, AgentError>;
     /// Asks a job to stop.
     async fn cancel_job(&self, agent: &str, job_id: &str) -> Result<pb::JobStatus, AgentError>;
+    /// Gives the agent the certificate deny list (it keeps the newest version it was given);
+    /// returns the version the agent holds. Idempotent.
+    async fn set_revocations(&self, agent: &str, list: &Revocations) -> Result<u64, AgentError> {
+        let _ = list;
+        Err(AgentError {
+            agent: agent.to_owned(),
+            op: "set the revocation list",
+            kind: AgentErrorKind::Invalid,
+            message: "this agent client cannot push revocation lists".into(),
+        })
+    }
 }
 
 /// The gRPC client: one cached channel per agent address.
@@ -229,6 +240,17 @@ impl AgentClient for GrpcAgents {
             .into_inner();
         let agent = agent.to_owned();
         Ok(Box::pin(stream.map(move |r| r.map_err(|s| AgentError::from_status(&agent, op, s)))))
+    }
+
+    async fn set_revocations(&self, agent: &str, list: &Revocations) -> Result<u64, AgentError> {
+        let op = "set the revocation list";
+        let mut c = self.client(agent, op)?;
+        let req = pb::RevocationList {
+            version: list.version,
+            serials: list.serials.iter().cloned().collect(),
+            names: list.names.iter().cloned().collect(),
+        };
+        c.set_revocations(req).await.map(|r| r.into_inner().version).map_err(|s| AgentError::from_status(agent, op, s))
     }
 
     async fn cancel_job(&self, agent: &str, job_id: &str) -> Result<pb::JobStatus, AgentError> {

@@ -3,8 +3,8 @@
 //! `init` makes a CA (`ca.pem`, `ca.key`) in a directory; `issue` makes a certificate for one
 //! role and name (`<name>.pem`, `<name>.key`, plus a copy of `ca.pem` beside them is the only
 //! other file a process needs). The role is carried as a SAN URI (see
-//! [`cassette_common::tls`]). Private keys are written with mode 0600 and never overwritten
-//! unless asked.
+//! [`cassette_common::tls`]). Private keys are written with mode 0600 from their first byte,
+//! never through a link or a file someone else created, and never overwritten unless asked.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -62,27 +62,65 @@ pub struct Written {
     pub not_after: String,
 }
 
+/// Writes `contents` to `path` without ever writing through something planted on the way.
+///
+/// The data goes to a new temporary file in the same directory, opened with `O_CREAT|O_EXCL`
+/// and `O_NOFOLLOW` under a name no one can predict, with its final mode (0600 for keys) from
+/// the first byte, synced, then moved into place: with `force` by a rename (which replaces a
+/// link at `path` instead of following it), otherwise by a hard link that fails if `path`
+/// exists in any form, a dangling link included. Directories created on the way are 0700.
 fn write_file(path: &Path, contents: &str, private: bool, force: bool) -> Result<(), CertError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if path.exists() && !force {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |op| move |source| CertError::Io { op, path: path.to_owned(), source };
+    if !force && std::fs::symlink_metadata(path).is_ok() {
         return Err(CertError::Exists(path.to_owned()));
     }
-    let io = |op| move |source| CertError::Io { op, path: path.to_owned(), source };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io("create the directory of"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io("create the directory of"))?;
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.{}.{:016x}.tmp", std::process::id(), rand::random::<u64>()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(&tmp)
+            .map_err(io("create a temporary file beside"))?;
+        f.write_all(contents.as_bytes()).map_err(io("write"))?;
+        f.sync_all().map_err(io("sync"))?;
+        if force {
+            std::fs::rename(&tmp, path).map_err(io("rename into"))
+        } else {
+            std::fs::hard_link(&tmp, path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    CertError::Exists(path.to_owned())
+                } else {
+                    CertError::Io { op: "link into place", path: path.to_owned(), source: e }
+                }
+            })
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written?;
+    // The new name is durable once its directory is.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(io("create"))?;
-    f.write_all(contents.as_bytes()).map_err(io("write"))?;
-    f.sync_all().map_err(io("sync"))?;
-    std::fs::rename(&tmp, path).map_err(io("rename into"))
+    Ok(())
+}
+
+/// Refuses (before anything is written) when one of `paths` exists in any form, a dangling
+/// link included, unless `force`.
+fn refuse_existing(paths: &[&Path], force: bool) -> Result<(), CertError> {
+    match paths.iter().find(|p| std::fs::symlink_metadata(p).is_ok()) {
+        Some(p) if !force => Err(CertError::Exists(p.to_path_buf())),
+        _ => Ok(()),
+    }
 }
 
 fn read(path: &Path) -> Result<String, CertError> {
@@ -108,13 +146,7 @@ pub fn init_ca(dir: &Path, name: &str, days: u32, force: bool) -> Result<Written
     params.not_after = now + TimeDuration::days(i64::from(days));
     let cert = params.self_signed(&key).map_err(crypto("sign the CA certificate"))?;
     let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
-    if !force {
-        for p in [&cert_path, &key_path] {
-            if p.exists() {
-                return Err(CertError::Exists(p.clone()));
-            }
-        }
-    }
+    refuse_existing(&[&cert_path, &key_path], force)?;
     write_file(&key_path, &key.serialize_pem(), true, force)?;
     write_file(&cert_path, &cert.pem(), false, force)?;
     Ok(Written {
@@ -196,16 +228,10 @@ pub fn issue_pem(ca_cert_pem: &str, ca_key_pem: &str, req: &IssueRequest) -> Res
 pub fn issue(ca_dir: &Path, out_dir: &Path, req: &IssueRequest, force: bool) -> Result<Written, CertError> {
     let (cert_pem, key_pem) = issue_pem(&read(&ca_dir.join("ca.pem"))?, &read(&ca_dir.join("ca.key"))?, req)?;
     let (cert_path, key_path) = (out_dir.join(format!("{}.pem", req.name)), out_dir.join(format!("{}.key", req.name)));
-    if !force {
-        for p in [&cert_path, &key_path] {
-            if p.exists() {
-                return Err(CertError::Exists(p.clone()));
-            }
-        }
-    }
+    refuse_existing(&[&cert_path, &key_path], force)?;
     write_file(&key_path, &key_pem, true, force)?;
     write_file(&cert_path, &cert_pem, false, force)?;
-    if out_dir != ca_dir && !out_dir.join("ca.pem").exists() {
+    if out_dir != ca_dir && std::fs::symlink_metadata(out_dir.join("ca.pem")).is_err() {
         write_file(&out_dir.join("ca.pem"), &read(&ca_dir.join("ca.pem"))?, false, false)?;
     }
     Ok(Written {
@@ -261,5 +287,54 @@ mod tests {
         assert!(ca.is_ca && ca.role.is_none());
         let bad = IssueRequest::valid_for_days(Role::Agent, "../x", vec![], 1);
         assert!(matches!(issue(dir.path(), dir.path(), &bad, false), Err(CertError::Invalid(_))));
+    }
+
+    #[test]
+    fn keys_are_never_written_through_a_planted_link_or_a_readable_file() {
+        // - a symbolic link planted where a temporary file used to be written (`node1.tmp`) is
+        //   not followed: the file it points to keeps its content and the key is a regular file;
+        // - a world-readable file planted at that name does not make the key readable: 0600;
+        // - the CA's key is written the same way.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        std::fs::create_dir(&ca).unwrap();
+        let victim_ca = dir.path().join("victim-ca");
+        std::fs::write(&victim_ca, "victim").unwrap();
+        std::os::unix::fs::symlink(&victim_ca, ca.join("ca.tmp")).unwrap();
+        init_ca(&ca, "test-ca", 10, false).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim_ca).unwrap(), "victim", "the CA key went through a link");
+        let meta = std::fs::symlink_metadata(ca.join("ca.key")).unwrap();
+        assert!(meta.file_type().is_file(), "ca.key is not a regular file: {meta:?}");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "victim").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&victim, out.join("node1.tmp")).unwrap();
+        let w = issue(&ca, &out, &IssueRequest::valid_for_days(Role::Agent, "node1", vec![], 30), false).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim", "the key went through a link");
+        let meta = std::fs::symlink_metadata(&w.key).unwrap();
+        assert!(meta.file_type().is_file(), "{} is not a regular file: {meta:?}", w.key.display());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(std::fs::read_to_string(&w.key).unwrap().contains("PRIVATE KEY"));
+
+        let planted = out.join("node2.tmp");
+        std::fs::write(&planted, "").unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let w = issue(&ca, &out, &IssueRequest::valid_for_days(Role::Agent, "node2", vec![], 30), false).unwrap();
+        assert_eq!(std::fs::metadata(&w.key).unwrap().permissions().mode() & 0o777, 0o600);
+        // Replacing with --force never follows a link at the key's own path either.
+        std::fs::remove_file(&w.key).unwrap();
+        std::os::unix::fs::symlink(&victim, &w.key).unwrap();
+        assert!(matches!(
+            issue(&ca, &out, &IssueRequest::valid_for_days(Role::Agent, "node2", vec![], 30), false),
+            Err(CertError::Exists(_))
+        ));
+        issue(&ca, &out, &IssueRequest::valid_for_days(Role::Agent, "node2", vec![], 30), true).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
+        assert!(std::fs::symlink_metadata(&w.key).unwrap().file_type().is_file());
     }
 }

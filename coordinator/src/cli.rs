@@ -54,6 +54,13 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// Loads the material; checks the certificate has `role`.
     pub fn load(&self, role: Role) -> anyhow::Result<TlsMode> {
+        self.load_any(&[role])
+    }
+
+    /// Loads the material; checks the certificate has one of `roles` (the first is named in
+    /// errors).
+    pub fn load_any(&self, roles: &[Role]) -> anyhow::Result<TlsMode> {
+        let role = roles.first().copied().unwrap_or(Role::Operator);
         if self.insecure {
             eprintln!("{}", TlsMode::INSECURE_WARNING);
             return Ok(TlsMode::Insecure);
@@ -65,13 +72,16 @@ impl TlsArgs {
         };
         let mode = TlsMode::load(Some(&TlsPaths { ca: ca.clone(), cert: cert.clone(), key: key.clone() }), false)?;
         if let Some(c) = mode.context()
-            && c.role() != role
+            && !roles.contains(&c.role())
         {
+            let also: Vec<String> =
+                roles[1..].iter().map(|r| format!("; {} certificate works too", r.with_article())).collect();
             bail!(
-                "{} is {} certificate, but this program needs {} certificate (`cassette certs issue --role {role}`)",
+                "{} is {} certificate, but this program needs {} certificate (`cassette certs issue --role {role}`{})",
                 cert.display(),
                 c.role().with_article(),
-                role.with_article()
+                role.with_article(),
+                also.concat()
             );
         }
         Ok(mode)
@@ -93,6 +103,11 @@ pub struct OperatorCli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t, env = "CASSETTE_OUTPUT")]
     pub output: OutputFormat,
+    /// The id of this request when it starts an operation (backup, restore, verify, delete,
+    /// purge): running the same command again with the same id returns the operation the
+    /// first one started instead of starting another. Default: a new random id.
+    #[arg(long, global = true, env = "CASSETTE_REQUEST_ID")]
+    pub request_id: Option<String>,
     /// Log filter (also RUST_LOG).
     #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
     pub log: String,
@@ -149,17 +164,20 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Issue a certificate for a coordinator replica, an agent or an operator.
+    /// Issue a certificate for a coordinator replica, an agent, an operator or an admin.
     ///
+    /// Writes the bundle for one host (<name>.pem, <name>.key, ca.pem) into --out (default
+    /// ./<name>); the CA's key stays where it is.
     /// Example: cassette certs issue --dir /etc/cassette/ca --role agent --name node1 --san 10.0.0.5 --san node1.dc1
     Issue {
         /// Directory of the CA (ca.pem, ca.key).
         #[arg(long)]
         dir: PathBuf,
-        /// Where to write <name>.pem and <name>.key (default: the CA directory).
+        /// Where to write <name>.pem, <name>.key and ca.pem: the bundle to copy to the host
+        /// (default: ./<name>). Never the CA directory: it holds ca.key.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// coordinator, agent or operator.
+        /// coordinator, agent, operator or admin (docs/security.md: what each may do).
         #[arg(long)]
         role: Role,
         /// Name (certificate common name and file name).
@@ -175,10 +193,29 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Show a certificate's role, names and validity.
+    /// Show a certificate's role, names, serial and validity.
     Show {
         /// The PEM file.
         file: PathBuf,
+    },
+    /// Revoke a certificate (admin): coordinators and agents refuse it from now on.
+    ///
+    /// The deny list is replicated by the coordinators and pushed to every registered agent.
+    /// Example: cassette certs revoke --file alice/alice.pem --reason "laptop lost"
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["file", "serial", "name"])))]
+    Revoke {
+        /// The certificate file (its serial number is revoked). (--cert is this CLI's own certificate.)
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// A serial number (hex, as `cassette certs show` prints it).
+        #[arg(long)]
+        serial: Option<String>,
+        /// A certificate name: every certificate of that name, issued before or after.
+        #[arg(long)]
+        name: Option<String>,
+        /// Why (kept in the record).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -421,12 +458,20 @@ fn cert_json(w: &certs::Written) -> Value {
 /// Runs `cassette`. Returns the exit code.
 pub async fn run_operator(cli: OperatorCli) -> anyhow::Result<i32> {
     let out = cli.output;
-    if let OperatorCommand::Certs(c) = &cli.command {
+    if let OperatorCommand::Certs(c) = &cli.command
+        && !matches!(c, CertsCommand::Revoke { .. })
+    {
         return run_certs(c, out);
     }
-    let tls = cli.tls.load(Role::Operator)?;
-    let client = OperatorClient::new(cli.coordinator.clone(), tls, cli.wait)?;
+    let tls = cli.tls.load_any(crate::service::OPERATOR_ROLES)?;
+    let mut client = OperatorClient::new(cli.coordinator.clone(), tls, cli.wait)?;
+    if let Some(id) = &cli.request_id {
+        client = client.with_request_id(id.clone());
+    }
     match cli.command {
+        OperatorCommand::Certs(CertsCommand::Revoke { file, serial, name, reason }) => {
+            revoke(&client, file, serial, name, reason, out).await
+        }
         OperatorCommand::Certs(_) => unreachable_certs(),
         OperatorCommand::Cluster(c) => run_cluster(c, &client, out).await,
         OperatorCommand::Replica(c) => run_replica(c, &client, &cli.coordinator, out).await,
@@ -440,6 +485,53 @@ pub async fn run_operator(cli: OperatorCli) -> anyhow::Result<i32> {
 
 fn unreachable_certs() -> anyhow::Result<i32> {
     bail!("internal: certs handled above")
+}
+
+async fn revoke(
+    client: &OperatorClient,
+    cert: Option<PathBuf>,
+    serial: Option<String>,
+    name: Option<String>,
+    reason: String,
+    out: OutputFormat,
+) -> anyhow::Result<i32> {
+    let (serial, name) = match (cert, serial, name) {
+        (Some(f), _, _) => {
+            let info = certs::show(&f)?.into_iter().next().context("no certificate in the file")?;
+            if info.is_ca {
+                bail!("{} is the CA certificate: revoke the certificates it issued, or make a new CA", f.display());
+            }
+            (info.serial, info.common_name)
+        }
+        (None, Some(s), n) => (s, n.unwrap_or_default()),
+        (None, None, Some(n)) => (String::new(), n),
+        (None, None, None) => bail!("name the certificate to revoke: --file FILE, --serial HEX or --name NAME"),
+    };
+    let req = pb::RevokeRequest { serial: serial.clone(), name: name.clone(), reason };
+    // Revoking is idempotent (a second revocation of the same certificate changes nothing).
+    let r = client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.revoke(r).await }
+        })
+        .await?;
+    let v: Value = serde_json::from_str(&r.json)?;
+    let what = if serial.is_empty() {
+        format!("every certificate named {name:?}")
+    } else {
+        format!("certificate {name:?} (serial {serial})")
+    };
+    print(out, &v, || {
+        let mut s = format!(
+            "revoked {what}: the coordinators refuse it from now on (revocation list version {}); {} of {} agents hold the list",
+            v["version"], v["agents_updated"], v["agents_total"]
+        );
+        for f in v["agents_failed"].as_array().into_iter().flatten() {
+            s.push_str(&format!("\n  not yet: {} (retried at every health check)", f.as_str().unwrap_or_default()));
+        }
+        s
+    });
+    Ok(0)
 }
 
 fn run_certs(c: &CertsCommand, out: OutputFormat) -> anyhow::Result<i32> {
@@ -457,27 +549,40 @@ fn run_certs(c: &CertsCommand, out: OutputFormat) -> anyhow::Result<i32> {
         }
         CertsCommand::Issue { dir, out: out_dir, role, name, sans, days, force } => {
             let req = certs::IssueRequest::valid_for_days(*role, name, sans.clone(), *days);
-            let w = certs::issue(dir, out_dir.as_deref().unwrap_or(dir), &req, *force)?;
+            let out_dir = out_dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            let same = |a: &std::path::Path, b: &std::path::Path| {
+                a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+            };
+            if same(&out_dir, dir) {
+                bail!(
+                    "--out {} is the CA's directory, which holds ca.key: write the bundle for a host elsewhere (the default is ./{name})",
+                    out_dir.display()
+                );
+            }
+            let w = certs::issue(dir, &out_dir, &req, *force)?;
             print(out, &cert_json(&w), || {
                 let mut s = format!(
-                    "{role} certificate {name:?}: {} and {}, valid until {}",
+                    "{role} certificate {name:?}: {} and {} (with {}), valid until {}; copy the directory {} to the host that uses it",
                     w.cert.display(),
                     w.key.display(),
-                    w.not_after
+                    out_dir.join("ca.pem").display(),
+                    w.not_after,
+                    out_dir.display()
                 );
-                if sans.is_empty() && *role != Role::Operator {
+                if sans.is_empty() && matches!(*role, Role::Coordinator | Role::Agent) {
                     s.push_str("\nwarning: no --san: clients verify the server's address against the certificate, so a server certificate needs every address it is reached at");
                 }
                 s
             });
         }
+        CertsCommand::Revoke { .. } => bail!("internal: certs revoke needs the coordinator"),
         CertsCommand::Show { file } => {
             let infos = certs::show(file)?;
             let fmt_t = |t: std::time::SystemTime| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339();
             let v: Vec<Value> = infos
                 .iter()
                 .map(|i| {
-                    json!({"name": i.common_name, "role": i.role, "names": i.names, "is_ca": i.is_ca,
+                    json!({"name": i.common_name, "role": i.role, "names": i.names, "is_ca": i.is_ca, "serial": i.serial,
                         "not_before": fmt_t(i.not_before), "not_after": fmt_t(i.not_after),
                         "expired": i.not_after < std::time::SystemTime::now()})
                 })
@@ -487,7 +592,7 @@ fn run_certs(c: &CertsCommand, out: OutputFormat) -> anyhow::Result<i32> {
                     .iter()
                     .map(|i| {
                         format!(
-                            "{:?}: role {}, names [{}], valid {} .. {}{}",
+                            "{:?}: role {}, names [{}], serial {}, valid {} .. {}{}",
                             i.common_name,
                             i.role.map(|r| r.to_string()).unwrap_or_else(|| if i.is_ca {
                                 "CA".into()
@@ -495,6 +600,7 @@ fn run_certs(c: &CertsCommand, out: OutputFormat) -> anyhow::Result<i32> {
                                 "none".into()
                             }),
                             i.names.join(", "),
+                            i.serial,
                             fmt_t(i.not_before),
                             fmt_t(i.not_after),
                             if i.not_after < std::time::SystemTime::now() { " (EXPIRED)" } else { "" }
@@ -517,8 +623,10 @@ async fn run_cluster(c: ClusterCommand, client: &OperatorClient, out: OutputForm
                 agent_pattern: agent_pattern.unwrap_or_default(),
                 allow_unhealthy,
             };
+            // Not idempotent (a second add is refused as "already registered"): sent again only
+            // when it certainly did not run.
             let v = client
-                .call(|mut c| {
+                .call_once(|mut c| {
                     let r = req.clone();
                     async move { c.cluster_add(r).await }
                 })
@@ -555,14 +663,23 @@ async fn run_cluster(c: ClusterCommand, client: &OperatorClient, out: OutputForm
                 })
                 .await?;
             let cluster = v.cluster.unwrap_or_default();
-            print(out, &cluster_json(&cluster), || cluster_text(&cluster));
+            let mut j = cluster_json(&cluster);
+            j["warnings"] = json!(v.warnings);
+            print(out, &j, || {
+                let mut t = cluster_text(&cluster);
+                if !v.warnings.is_empty() {
+                    t.push_str("\nwarnings:\n");
+                    t.push_str(&v.warnings.iter().map(|w| format!("  {w}")).collect::<Vec<_>>().join("\n"));
+                }
+                t
+            });
             let unhealthy = cluster.nodes.iter().any(|n| !n.agent_reachable || !n.cassandra_up);
             return Ok(if unhealthy { 2 } else { 0 });
         }
         ClusterCommand::Remove { name } => {
             let req = pb::ClusterRemoveRequest { name: name.clone() };
             client
-                .call(|mut c| {
+                .call_once(|mut c| {
                     let r = req.clone();
                     async move { c.cluster_remove(r).await }
                 })
@@ -616,7 +733,7 @@ async fn run_replica(
         ReplicaCommand::Add { id, address } => {
             let req = pb::AddReplicaRequest { id, address };
             let r = client
-                .call(|mut c| {
+                .call_once(|mut c| {
                     let r = req.clone();
                     async move { c.add_replica(r).await }
                 })
@@ -627,14 +744,14 @@ async fn run_replica(
         }
         ReplicaCommand::Remove { id } => {
             let req = pb::RemoveReplicaRequest { id };
-            let r = client.call(|mut c| async move { c.remove_replica(req).await }).await?;
+            let r = client.call_once(|mut c| async move { c.remove_replica(req).await }).await?;
             print(out, &json!({"message": r.message, "status": r.status.as_ref().map(replica_json)}), || {
                 r.message.clone()
             });
         }
         ReplicaCommand::TransferLeader { to } => {
             let req = pb::TransferLeaderRequest { to };
-            let r = client.call(|mut c| async move { c.transfer_leader(req).await }).await?;
+            let r = client.call_once(|mut c| async move { c.transfer_leader(req).await }).await?;
             print(out, &json!({"message": r.message}), || r.message.clone());
         }
     }
@@ -650,8 +767,9 @@ async fn run_debug(
     match c {
         DebugCommand::Put { name: key, value } => {
             let req = pb::DebugPutRequest { key: key.clone(), value };
+            // Not idempotent: every write counts (`writes` in the record).
             let r = client
-                .call(|mut c| {
+                .call_once(|mut c| {
                     let r = req.clone();
                     async move { c.debug_put(r).await }
                 })
@@ -719,9 +837,10 @@ pub struct ServeArgs {
     /// Settings file (JSON, fields of ReplicaConfig); flags and CASSETTE_* variables override it.
     #[arg(long, env = "CASSETTE_COORDINATOR_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to listen on (raft transport and operator API).
-    #[arg(long, env = "CASSETTE_COORDINATOR_LISTEN", default_value = "127.0.0.1:7070")]
-    pub listen: SocketAddr,
+    /// Address to listen on (raft transport and operator API; default 127.0.0.1:7070, with
+    /// --insecure always loopback unless given).
+    #[arg(long, env = "CASSETTE_COORDINATOR_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// Address others reach this replica at (default: --listen).
     #[arg(long, env = "CASSETTE_COORDINATOR_ADVERTISE")]
     pub advertise: Option<String>,
@@ -798,6 +917,11 @@ fn parse_peers(peers: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
 /// Runs `cassette-coordinator`.
 pub async fn run_coordinator(cli: CoordinatorCli) -> anyhow::Result<i32> {
     let CoordinatorCommand::Serve(a) = cli.command;
+    let (listen, listen_note) = cassette_common::tls::listen_address(
+        a.listen,
+        SocketAddr::new(std::net::IpAddr::from([127, 0, 0, 1]), 7070),
+        a.tls.insecure,
+    );
     let mut cfg: ReplicaConfig = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
@@ -811,7 +935,7 @@ pub async fn run_coordinator(cli: CoordinatorCli) -> anyhow::Result<i32> {
     cfg.advertise = a
         .advertise
         .clone()
-        .unwrap_or_else(|| if cfg.advertise.is_empty() { a.listen.to_string() } else { cfg.advertise.clone() });
+        .unwrap_or_else(|| if cfg.advertise.is_empty() { listen.to_string() } else { cfg.advertise.clone() });
     if let Some(v) = &a.state_dir {
         cfg.state_dir = v.clone();
     }
@@ -882,7 +1006,11 @@ pub async fn run_coordinator(cli: CoordinatorCli) -> anyhow::Result<i32> {
         Bootstrap::NewGroup(peers)
     };
     let tls = a.tls.load(Role::Coordinator)?;
-    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listen on {}", a.listen))?;
+    if let Some(n) = listen_note {
+        eprintln!("{n}");
+        tracing::warn!("{n}");
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
     let local = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let replica = Replica::start(listener, cfg.clone(), bootstrap, tls, shutdown.clone()).await?;

@@ -233,6 +233,7 @@ mod tests {
             created_at_ms: 1,
             finished_at_ms: 0,
             error: String::new(),
+            request_id: String::new(),
         };
         raft.propose(&Command::CreateOperation { operation: op, phases: vec![phase.clone()] }).await.unwrap();
         let agent = CheckingAgent { raft: raft.clone(), jobs: Mutex::new(BTreeMap::new()), starts: Mutex::new(vec![]) };

@@ -103,6 +103,14 @@ pub enum StartError {
     /// Raft (not the leader, no quorum).
     #[error(transparent)]
     Raft(RaftError),
+    /// The operation's record was proposed but not confirmed in time: it may exist or not.
+    #[error("operation {operation_id}: {source}")]
+    OutcomeUnknown {
+        /// The id it was proposed under.
+        operation_id: String,
+        /// The raft error ([`RaftError::OutcomeUnknown`]).
+        source: RaftError,
+    },
     /// The state could not be read.
     #[error(transparent)]
     Store(#[from] KvError),
@@ -113,7 +121,7 @@ impl StartError {
     pub fn retry(&self) -> Retry {
         match self {
             Self::Plan(_) | Self::Conflict(_) => Retry::Never,
-            Self::Raft(e) => e.retry(),
+            Self::Raft(e) | Self::OutcomeUnknown { source: e, .. } => e.retry(),
             Self::Store(_) => Retry::Backoff,
         }
     }
@@ -186,7 +194,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Starts a cluster backup; returns the operation id (the schedules call this).
 pub async fn start_backup(ex: &Executor, spec: BackupSpec) -> Result<String, StartError> {
-    ex.start_backup(spec).await
+    ex.start_backup(spec, "").await
 }
 
 impl Executor {
@@ -253,12 +261,19 @@ impl Executor {
         });
     }
 
-    async fn create(&self, kind: &str, plan: Plan) -> Result<String, StartError> {
-        self.create_as(kind, plan, None).await
+    async fn create(&self, kind: &str, plan: Plan, request_id: &str) -> Result<String, StartError> {
+        self.create_as(kind, plan, None, request_id).await
     }
 
-    /// Records the operation under `fixed` (when given) or a new id.
-    async fn create_as(&self, kind: &str, plan: Plan, fixed: Option<&str>) -> Result<String, StartError> {
+    /// Records the operation under `fixed` (when given) or a new id; `request_id` (may be
+    /// empty) is the client's, which the state machine refuses to start twice.
+    async fn create_as(
+        &self,
+        kind: &str,
+        plan: Plan,
+        fixed: Option<&str>,
+        request_id: &str,
+    ) -> Result<String, StartError> {
         let id = format!("{kind}-{}", plan.backup_id.to_lowercase());
         let id = if let Some(f) = fixed {
             f.to_owned()
@@ -282,10 +297,14 @@ impl Executor {
             created_at_ms: now_ms(),
             finished_at_ms: 0,
             error: String::new(),
+            request_id: request_id.to_owned(),
         };
         match self.raft.propose(&Command::CreateOperation { operation: op, phases }).await {
             Ok(_) => {}
             Err(RaftError::Rejected(m)) => return Err(StartError::Conflict(m)),
+            Err(e @ RaftError::OutcomeUnknown(_)) => {
+                return Err(StartError::OutcomeUnknown { operation_id: id, source: e });
+            }
             Err(e) => return Err(StartError::Raft(e)),
         }
         tracing::info!(operation = %id, kind, cluster = %plan.cluster, nodes = plan.nodes.len(), "operation planned");
@@ -304,14 +323,14 @@ impl Executor {
         Ok((c, sm.nodes(name)?))
     }
 
-    /// Plans and starts a cluster backup.
-    pub async fn start_backup(&self, spec: BackupSpec) -> Result<String, StartError> {
+    /// Plans and starts a cluster backup (`request_id`: the client's, may be empty).
+    pub async fn start_backup(&self, spec: BackupSpec, request_id: &str) -> Result<String, StartError> {
         let (cluster, nodes) = self.cluster(&spec.cluster).await?;
         let newest = self.raft.state().backups(&cluster.name)?.into_iter().map(|b| b.id).max();
         let newest = newest.and_then(|b| b.parse::<cassette_common::ids::BackupId>().ok());
         let id = cassette_common::ids::BackupId::generate_after(chrono::Utc::now(), newest.as_ref());
         let plan = plan::plan_backup(&cluster, &nodes, &spec, id.as_str())?;
-        self.create(plan::KIND_BACKUP, plan).await
+        self.create(plan::KIND_BACKUP, plan, request_id).await
     }
 
     /// Starts a cluster backup under a given operation id, idempotently: when the operation
@@ -329,7 +348,7 @@ impl Executor {
         let newest = newest.and_then(|b| b.parse::<cassette_common::ids::BackupId>().ok());
         let id = cassette_common::ids::BackupId::generate_after(chrono::Utc::now(), newest.as_ref());
         let plan = plan::plan_backup(&cluster, &nodes, &spec, id.as_str())?;
-        match self.create_as(plan::KIND_BACKUP, plan, Some(operation_id)).await {
+        match self.create_as(plan::KIND_BACKUP, plan, Some(operation_id), "").await {
             Err(StartError::Conflict(m)) if m.contains(&format!("operation {operation_id} already exists")) => {
                 Ok(operation_id.to_owned())
             }
@@ -340,7 +359,7 @@ impl Executor {
     /// Plans and starts a purge: the retention rules (and departed nodes) of `spec` applied by
     /// one reachable agent of the cluster for the whole cluster. The backups of running
     /// operations are protected; the cluster's ring comes from the registry.
-    pub async fn start_purge(&self, mut spec: PurgeSpec) -> Result<String, StartError> {
+    pub async fn start_purge(&self, mut spec: PurgeSpec, request_id: &str) -> Result<String, StartError> {
         let (cluster, nodes) = self.cluster(&spec.cluster).await?;
         if spec.keep_last.is_none() && spec.keep_within.is_none() && spec.departed.is_empty() {
             return Err(PlanError(
@@ -393,11 +412,11 @@ impl Executor {
             purge: Some(spec),
             ..Plan::default()
         };
-        self.create(plan::KIND_PURGE, plan).await
+        self.create(plan::KIND_PURGE, plan, request_id).await
     }
 
     /// Plans and starts a restore.
-    pub async fn start_restore(&self, spec: RestoreSpec) -> Result<String, StartError> {
+    pub async fn start_restore(&self, spec: RestoreSpec, request_id: &str) -> Result<String, StartError> {
         let (_, _) = self.cluster(&spec.cluster).await?;
         let backups = self.raft.state().backups(&spec.cluster)?;
         let backup = plan::select_backup(&backups, &spec.cluster, &spec.backup)?.clone();
@@ -413,11 +432,16 @@ impl Executor {
         let target_name = spec.target_cluster.clone().unwrap_or_else(|| spec.cluster.clone());
         let (target, nodes) = self.cluster(&target_name).await?;
         let plan = plan::plan_restore(&backup, &source, &target, &nodes, &spec)?;
-        self.create(plan::KIND_RESTORE, plan).await
+        self.create(plan::KIND_RESTORE, plan, request_id).await
     }
 
     /// Plans and starts a verification (`delete`: false) or a removal (`delete`: true) of a backup.
-    pub async fn start_reference(&self, spec: BackupRefSpec, delete: bool) -> Result<String, StartError> {
+    pub async fn start_reference(
+        &self,
+        spec: BackupRefSpec,
+        delete: bool,
+        request_id: &str,
+    ) -> Result<String, StartError> {
         let (cluster, nodes) = self.cluster(&spec.cluster).await?;
         let backups = self.raft.state().backups(&spec.cluster)?;
         let backup = plan::select_backup(&backups, &spec.cluster, &spec.backup)?.clone();
@@ -442,7 +466,7 @@ impl Executor {
             reference: Some(spec),
             ..Plan::default()
         };
-        self.create(kind, plan).await
+        self.create(kind, plan, request_id).await
     }
 
     async fn drive(&self, id: &str, cancel: &CancellationToken) -> Result<(), Stop> {
@@ -1423,6 +1447,7 @@ mod tests {
             created_at_ms: 1,
             finished_at_ms: 0,
             error: String::new(),
+            request_id: String::new(),
         };
         let mut done = pending("op", "h1", ph::BACKUP_UPLOAD);
         done.state = RunState::Succeeded;

@@ -50,6 +50,12 @@ pub struct NodeHealth {
     pub checked_at_ms: u64,
     /// The agent's version.
     pub agent_version: String,
+    /// The agent's certificate name (empty when unknown).
+    #[serde(default)]
+    pub certificate_name: String,
+    /// When the agent's certificate expires (ms since the Unix epoch; 0 when unknown).
+    #[serde(default)]
+    pub certificate_not_after_ms: u64,
 }
 
 /// A node of a registered cluster and its agent.
@@ -122,6 +128,10 @@ pub struct OperationRecord {
     pub finished_at_ms: u64,
     /// Why it failed.
     pub error: String,
+    /// The client's request id that started it (empty: none given): a start with the same id
+    /// returns this operation instead of starting another.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
 }
 
 impl Versioned for OperationRecord {
@@ -203,6 +213,40 @@ pub struct DebugRecord {
 
 impl Versioned for DebugRecord {
     const KIND: &'static str = "debug";
+    const VERSION: u32 = 1;
+}
+
+/// Which operation a client request id started (`OperationStart` with `client_request_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationRequestRecord {
+    /// The operation.
+    pub operation_id: String,
+}
+
+impl Versioned for OperationRequestRecord {
+    const KIND: &'static str = "operation_request";
+    const VERSION: u32 = 1;
+}
+
+/// A revoked certificate (`cassette certs revoke`): by serial, or every certificate of a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    /// Serial number, lowercase hex (empty when revoked by name).
+    pub serial: String,
+    /// Certificate name (by name: every certificate of it; by serial: informative, may be empty).
+    pub name: String,
+    /// Why.
+    pub reason: String,
+    /// Who (the admin certificate's name).
+    pub by: String,
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The raft index that revoked it (the list's version is the highest).
+    pub index: u64,
+}
+
+impl Versioned for RevocationRecord {
+    const KIND: &'static str = "revocation";
     const VERSION: u32 = 1;
 }
 
@@ -320,6 +364,19 @@ pub enum Command {
         /// Value.
         value: String,
     },
+    /// Adds a certificate to the deny list (by serial when `serial` is set, else by name).
+    Revoke {
+        /// Serial number, lowercase hex.
+        serial: String,
+        /// Certificate name.
+        name: String,
+        /// Why.
+        reason: String,
+        /// Who.
+        by: String,
+        /// When.
+        at_ms: u64,
+    },
 }
 
 impl Versioned for Command {
@@ -382,6 +439,20 @@ pub mod keys {
     /// A diagnostic value.
     pub fn debug(key: &str) -> String {
         format!("s/debug/{key}")
+    }
+    /// A revoked serial number.
+    pub fn revoked_serial(serial: &str) -> String {
+        format!("s/revoked/serial/{serial}")
+    }
+    /// A revoked certificate name.
+    pub fn revoked_name(name: &str) -> String {
+        format!("s/revoked/name/{name}")
+    }
+    /// Prefix of the deny list.
+    pub const REVOKED: &str = "s/revoked/";
+    /// The operation a client request id started.
+    pub fn operation_request(request_id: &str) -> String {
+        format!("s/opreq/{request_id}")
     }
 }
 

@@ -106,6 +106,8 @@ pub async fn probe(
         Ok(id) => {
             h.agent_reachable = true;
             h.agent_version = id.agent_version.clone();
+            h.certificate_name = id.certificate_name.clone();
+            h.certificate_not_after_ms = id.certificate_not_after_ms;
             h.cassandra_up = id.cassandra_up;
             if let Some(d) = id.disks.iter().min_by_key(|d| d.free_bytes) {
                 h.disk_free_bytes = d.free_bytes;
@@ -247,6 +249,61 @@ pub fn cluster_view(c: &ClusterRecord, nodes: &[NodeRecord]) -> pb::ClusterView 
     }
 }
 
+/// Gives `list` to the agents of `nodes` (at most [`PROBE_CONCURRENCY`] at once); returns the
+/// agents that hold it now and, for the others, why not.
+pub async fn push_revocations(
+    agents: Arc<dyn AgentClient>,
+    nodes: &[NodeRecord],
+    list: &cassette_common::tls::Revocations,
+    timeout: Duration,
+) -> (Vec<String>, Vec<String>) {
+    let list = Arc::new(list.clone());
+    let addresses: Vec<String> = nodes.iter().map(|n| n.agent_address.clone()).collect();
+    let results: Vec<(String, Result<u64, String>)> = futures::stream::iter(addresses.into_iter().map(|address| {
+        let agents = Arc::clone(&agents);
+        let list = Arc::clone(&list);
+        async move {
+            let r = match tokio::time::timeout(timeout, agents.set_revocations(&address, &list)).await {
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Ok(v)) if v < list.version => Err(format!("it holds version {v}, older than {}", list.version)),
+                Ok(Ok(_)) => Ok(list.version),
+            };
+            (address, r)
+        }
+    }))
+    .buffer_unordered(PROBE_CONCURRENCY)
+    .collect()
+    .await;
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for (a, r) in results {
+        match r {
+            Ok(_) => ok.push(a),
+            Err(e) => {
+                tracing::warn!(agent = %a, error = %e, "could not give the revocation list to an agent; retrying at the next health check");
+                failed.push(format!("{a}: {e}"));
+            }
+        }
+    }
+    (ok, failed)
+}
+
+/// Warnings about agents' certificates that expire within `within` (or have expired), one
+/// sentence each naming the node.
+pub fn certificate_warnings(nodes: &[NodeRecord], within: Duration) -> Vec<String> {
+    let now = std::time::SystemTime::now();
+    nodes
+        .iter()
+        .filter(|n| n.health.certificate_not_after_ms > 0)
+        .filter_map(|n| {
+            let end = std::time::UNIX_EPOCH + Duration::from_millis(n.health.certificate_not_after_ms);
+            cassette_common::tls::expiry_warning(&n.health.certificate_name, end, within, now)
+                .map(|w| format!("agent {} of node {}: {w}", n.agent_address, n.address))
+        })
+        .collect()
+}
+
 /// Whether two observations differ in a way worth recording through raft (reachability, state,
 /// problem, or free space by more than 1%): periodic checks do not fill the log with timestamps.
 pub fn health_changed(old: &NodeHealth, new: &NodeHealth) -> bool {
@@ -254,6 +311,7 @@ pub fn health_changed(old: &NodeHealth, new: &NodeHealth) -> bool {
         || old.cassandra_up != new.cassandra_up
         || old.problem != new.problem
         || old.agent_version != new.agent_version
+        || old.certificate_not_after_ms != new.certificate_not_after_ms
         || old.disk_free_bytes.abs_diff(new.disk_free_bytes) > old.disk_total_bytes.max(new.disk_total_bytes) / 100
 }
 

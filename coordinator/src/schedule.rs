@@ -779,7 +779,7 @@ impl BackupLauncher for ExecutorLauncher {
             protect,
             ..Default::default()
         };
-        let id = self.executor.start_purge(spec).await.map_err(|e| e.to_string())?;
+        let id = self.executor.start_purge(spec, "").await.map_err(|e| e.to_string())?;
         let deadline = tokio::time::Instant::now() + RETENTION_WAIT;
         loop {
             let op = sm.operation(&id).map_err(|e| e.to_string())?;

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cassette_common::tls::{self, TlsMode};
+use cassette_common::tls::{self, Role, TlsMode};
 use cassette_common::worker::{self, WorkerHandle};
 use cassette_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::agents::{AgentClient, GrpcAgents};
 use crate::executor::{Executor, ExecutorConfig};
@@ -57,6 +58,33 @@ pub struct ReplicaConfig {
     /// How often the leader looks for due backup schedules.
     #[serde(with = "humantime_serde")]
     pub schedule_interval: Duration,
+    /// Sizes and concurrency the gRPC server accepts.
+    pub limits: ReplicaLimits,
+    /// Certificates that expire within this long are warned about: this replica's own in its
+    /// log (at start, then daily), agents' in `cassette cluster status`.
+    #[serde(with = "humantime_serde")]
+    pub cert_expiry_warning: Duration,
+}
+
+/// What a replica's gRPC server accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicaLimits {
+    /// Largest operator API request, in bytes.
+    pub request_bytes: usize,
+    /// Largest raft batch, in bytes. A snapshot travels in one message, so this bounds the
+    /// replicated state a new or lagging replica can receive: raise it (on every replica) if a
+    /// replica logs that its raft messages are refused as too large.
+    pub raft_message_bytes: usize,
+    /// Requests (HTTP/2 streams) in flight on one connection.
+    pub concurrent_streams: u32,
+}
+
+impl Default for ReplicaLimits {
+    fn default() -> Self {
+        let d = tls::ServerLimits::default();
+        Self { request_bytes: d.request_bytes, raft_message_bytes: 256 << 20, concurrent_streams: d.concurrent_streams }
+    }
 }
 
 impl Default for ReplicaConfig {
@@ -73,6 +101,8 @@ impl Default for ReplicaConfig {
             fault_injection: false,
             operations: ExecutorConfig::default(),
             schedule_interval: Duration::from_secs(5),
+            limits: ReplicaLimits::default(),
+            cert_expiry_warning: tls::DEFAULT_EXPIRY_WARNING,
         }
     }
 }
@@ -98,6 +128,20 @@ impl ReplicaConfig {
         }
         if self.schedule_interval < Duration::from_millis(100) {
             p.push("schedule_interval must be at least 100ms".into());
+        }
+        p.extend(
+            tls::ServerLimits {
+                request_bytes: self.limits.request_bytes,
+                concurrent_streams: self.limits.concurrent_streams,
+            }
+            .problems("limits."),
+        );
+        // A full append (raft.max_size_per_msg) plus the batch's framing must fit.
+        if (self.limits.raft_message_bytes as u64) < self.raft.max_size_per_msg.saturating_add(64 << 10) {
+            p.push(format!(
+                "limits.raft_message_bytes ({}) must exceed raft.max_size_per_msg ({}) by at least 64 KiB",
+                self.limits.raft_message_bytes, self.raft.max_size_per_msg
+            ));
         }
         if self.health_interval < Duration::from_secs(1) {
             p.push("health_interval must be at least 1s".into());
@@ -151,8 +195,14 @@ impl Replica {
         let kv = Kv::open(&config.state_dir.join("db"))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let faults = Arc::new(Faults::default());
-        let transport =
-            GrpcTransport::new(config.id, config.advertise.clone(), tls.clone(), tx.clone(), Arc::clone(&faults));
+        let transport = GrpcTransport::new(
+            config.id,
+            config.advertise.clone(),
+            tls.clone(),
+            tx.clone(),
+            Arc::clone(&faults),
+            config.limits.raft_message_bytes,
+        );
         let (raft, join) = RaftNode::start(
             config.id,
             kv.clone(),
@@ -171,6 +221,8 @@ impl Replica {
             agents: Arc::clone(&agents),
             faults: config.fault_injection.then(|| Arc::clone(&faults)),
             probe_timeout: config.probe_timeout,
+            tls: tls.clone(),
+            cert_expiry_warning: config.cert_expiry_warning,
         };
         let operator = OperatorService::new(ctx);
         let raft_service = RaftService::new(config.id, tx.clone(), Arc::clone(&transport), faults);
@@ -213,7 +265,8 @@ async fn serve(
     let stop = shutdown.child_token();
     let mut workers: Vec<WorkerHandle> = Vec::new();
     if let Some(ctx) = tls.context() {
-        workers.push(ctx.spawn_reloader(config.tls_reload_interval, stop.clone()));
+        workers.push(ctx.spawn_reloader(config.tls_reload_interval, config.cert_expiry_warning, stop.clone()));
+        workers.push(revocation_worker(raft.clone(), Arc::clone(ctx), stop.clone()));
     }
     workers.push(health_worker(raft.clone(), agents, config.health_interval, config.probe_timeout, stop.clone()));
     workers.push(executor.spawn(stop.clone()));
@@ -235,14 +288,27 @@ async fn serve(
             }
         })
     };
+    let limits = config.limits;
+    let (raft_gate, operator_gate) = (
+        tls::RoleGate::new(crate::service::RAFT_TRANSPORT, &[Role::Coordinator], &tls),
+        tls::RoleGate::new(crate::service::OPERATOR_API, crate::service::OPERATOR_ROLES, &tls),
+    );
     let incoming = tls::serve_incoming(listener, tls, stop.clone());
+    // The interceptors refuse a wrong role before a body is read; the decoding limits bound
+    // what a right role can make the replica buffer.
+    let raft_server = InterceptedService::new(
+        pb::raft_transport_server::RaftTransportServer::new(raft_service)
+            .max_decoding_message_size(limits.raft_message_bytes),
+        raft_gate,
+    );
+    let operator_server = InterceptedService::new(
+        pb::operator_server::OperatorServer::new(operator).max_decoding_message_size(limits.request_bytes),
+        operator_gate,
+    );
     let result = tonic::transport::Server::builder()
-        .add_service(
-            pb::raft_transport_server::RaftTransportServer::new(raft_service)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(pb::operator_server::OperatorServer::new(operator))
+        .max_concurrent_streams(Some(limits.concurrent_streams))
+        .add_service(raft_server)
+        .add_service(operator_server)
         .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
         .await;
     stop.cancel();
@@ -259,7 +325,27 @@ async fn serve(
     Ok(())
 }
 
-/// While this replica leads: probes every registered cluster's agents and records changes.
+/// Keeps this replica's deny list (checked at every handshake and call) equal to the
+/// replicated one: every replica applies revocations through raft and enforces them here.
+fn revocation_worker(raft: RaftHandle, ctx: Arc<tls::TlsContext>, shutdown: CancellationToken) -> WorkerHandle {
+    worker::spawn_periodic("revocations", Duration::from_millis(500), shutdown, move |state| {
+        let raft = raft.clone();
+        let ctx = Arc::clone(&ctx);
+        async move {
+            match raft.state().revocations() {
+                Ok(list) => {
+                    let v = list.version;
+                    ctx.set_revocations(list);
+                    state.set(format!("enforcing revocation list version {v}"));
+                }
+                Err(e) => state.set(format!("cannot read the revocation list: {e}")),
+            }
+        }
+    })
+}
+
+/// While this replica leads: probes every registered cluster's agents and records changes;
+/// gives the revocation list to every agent that holds an older one.
 fn health_worker(
     raft: RaftHandle,
     agents: Arc<dyn AgentClient>,
@@ -281,6 +367,17 @@ fn health_worker(
                 let Ok(nodes) = raft.state().nodes(&c.name) else { continue };
                 state.set(format!("probing {} agents of {}", nodes.len(), c.name));
                 let probes = registry::probe_all(Arc::clone(&agents), &nodes, probe_timeout).await;
+                if let Ok(list) = raft.state().revocations()
+                    && list.version > 0
+                {
+                    let behind: Vec<_> = nodes
+                        .iter()
+                        .zip(&probes)
+                        .filter(|(_, (_, id))| id.as_ref().is_some_and(|i| i.revocations_version < list.version))
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    registry::push_revocations(Arc::clone(&agents), &behind, &list, probe_timeout).await;
+                }
                 let mut changed = BTreeMap::new();
                 for (n, (h, _)) in nodes.iter().zip(probes) {
                     problems += usize::from(!h.problem.is_empty());

@@ -25,6 +25,16 @@ pub const LEADER_ID: &str = "x-cassette-leader-id";
 pub const LEADER_ADDRESS: &str = "x-cassette-leader-address";
 /// Metadata key present on every not-the-leader answer.
 pub const NOT_LEADER: &str = "x-cassette-not-leader";
+/// Metadata key present when a write was not confirmed in time: it may or may not be applied.
+pub const OUTCOME_UNKNOWN: &str = "x-cassette-outcome-unknown";
+
+/// The answer for a write whose outcome is unknown (`DEADLINE_EXCEEDED`, which in gRPC means
+/// the operation may have completed, with [`OUTCOME_UNKNOWN`]): `look_up` says how to find out.
+pub fn outcome_unknown(e: &RaftError, look_up: &str) -> Status {
+    let mut s = Status::deadline_exceeded(format!("{e}: {look_up}"));
+    s.metadata_mut().insert(OUTCOME_UNKNOWN, tonic::metadata::MetadataValue::from_static("1"));
+    s
+}
 
 /// Maps a raft error to a gRPC status (the one mapping at this edge).
 pub fn raft_status(e: RaftError) -> Status {
@@ -44,6 +54,10 @@ pub fn raft_status(e: RaftError) -> Status {
             s
         }
         RaftError::Rejected(_) => Status::failed_precondition(msg),
+        RaftError::OutcomeUnknown(_) => outcome_unknown(
+            &e,
+            "look at the state (`cassette debug get …`, `cassette cluster list`) before sending it again",
+        ),
         RaftError::Dropped(_) | RaftError::Busy(_) | RaftError::Timeout(_) => Status::unavailable(msg),
         RaftError::Stopped(_) => Status::unavailable(msg),
     }
@@ -68,6 +82,10 @@ pub struct ReplicaContext {
     pub probe_timeout: Duration,
     /// Cluster operations.
     pub executor: Arc<crate::executor::Executor>,
+    /// This replica's TLS material (its revocation list is updated at once by a revocation).
+    pub tls: cassette_common::tls::TlsMode,
+    /// Certificates expiring within this long are warned about in `cluster status`.
+    pub cert_expiry_warning: Duration,
 }
 
 impl std::fmt::Debug for ReplicaContext {
@@ -118,7 +136,14 @@ pub struct OperatorService {
     ctx: ReplicaContext,
 }
 
-const OPERATOR_API: &str = "the coordinator's operator API";
+/// The operator API's name in refusals.
+pub const OPERATOR_API: &str = "the coordinator's operator API";
+/// The raft transport's name in refusals.
+pub const RAFT_TRANSPORT: &str = "the raft transport";
+/// Roles that may call the operator API at all (each call may require more: [`ADMIN_ONLY`]).
+pub const OPERATOR_ROLES: &[Role] = &[Role::Operator, Role::Admin];
+/// What an admin certificate is needed for.
+pub const ADMIN_ONLY: &[Role] = &[Role::Admin];
 
 impl OperatorService {
     /// The service over a replica.
@@ -128,7 +153,13 @@ impl OperatorService {
 
     #[allow(clippy::result_large_err)]
     fn check<T>(&self, r: &Request<T>) -> Result<(), Status> {
-        tls::require_role(r, OPERATOR_API, &[Role::Operator]).map(|_| ())
+        tls::require_role(r, OPERATOR_API, OPERATOR_ROLES).map(|_| ())
+    }
+
+    /// For calls that remove data or change trust (docs/security.md has the table).
+    #[allow(clippy::result_large_err)]
+    fn admin<T>(&self, r: &Request<T>, action: &str) -> Result<(), Status> {
+        tls::require_role_to(r, OPERATOR_API, action, ADMIN_ONLY).map(|_| ())
     }
 
     #[allow(clippy::result_large_err)]
@@ -189,7 +220,7 @@ impl pb::operator_server::Operator for OperatorService {
         &self,
         request: Request<pb::AddReplicaRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.check(&request)?;
+        self.admin(&request, "adding a replica")?;
         let r = request.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("replica ids start at 1"));
@@ -216,7 +247,7 @@ impl pb::operator_server::Operator for OperatorService {
         &self,
         request: Request<pb::RemoveReplicaRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.check(&request)?;
+        self.admin(&request, "removing a replica")?;
         let id = request.into_inner().id;
         self.require_leader()?;
         let me = self.ctx.raft.status();
@@ -247,7 +278,7 @@ impl pb::operator_server::Operator for OperatorService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.check(&request)?;
+        self.admin(&request, "transferring the leadership")?;
         let to = request.into_inner().to;
         self.require_leader()?;
         if !self.ctx.raft.status().membership.voters.contains(&to) {
@@ -343,14 +374,21 @@ impl pb::operator_server::Operator for OperatorService {
                 }
             }
         }
-        Ok(Response::new(pb::ClusterStatusResponse { cluster: Some(registry::cluster_view(&cluster, &nodes)) }))
+        let mut warnings = registry::certificate_warnings(&nodes, self.ctx.cert_expiry_warning);
+        if let Some(w) = self.ctx.tls.context().and_then(|c| c.expiry_warning(self.ctx.cert_expiry_warning)) {
+            warnings.push(format!("coordinator replica at {}: {w}", self.ctx.address));
+        }
+        Ok(Response::new(pb::ClusterStatusResponse {
+            cluster: Some(registry::cluster_view(&cluster, &nodes)),
+            warnings,
+        }))
     }
 
     async fn cluster_remove(
         &self,
         request: Request<pb::ClusterRemoveRequest>,
     ) -> Result<Response<pb::ClusterRemoveResponse>, Status> {
-        self.check(&request)?;
+        self.admin(&request, "removing a cluster from the registry")?;
         let name = request.into_inner().name;
         self.ctx.raft.propose(&Command::RemoveCluster { name }).await.map_err(|e| match e {
             RaftError::Rejected(m) => Status::not_found(m),
@@ -370,8 +408,12 @@ impl pb::operator_server::Operator for OperatorService {
     async fn debug_put(&self, request: Request<pb::DebugPutRequest>) -> Result<Response<pb::DebugPutResponse>, Status> {
         self.check(&request)?;
         let r = request.into_inner();
+        let look_up = format!("look it up with `cassette debug get debug/{}` before writing it again", r.key);
         let index =
-            self.ctx.raft.propose(&Command::DebugPut { key: r.key, value: r.value }).await.map_err(raft_status)?;
+            self.ctx.raft.propose(&Command::DebugPut { key: r.key, value: r.value }).await.map_err(|e| match e {
+                RaftError::OutcomeUnknown(_) => outcome_unknown(&e, &look_up),
+                e => raft_status(e),
+            })?;
         Ok(Response::new(pb::DebugPutResponse { index }))
     }
 
@@ -379,7 +421,7 @@ impl pb::operator_server::Operator for OperatorService {
         &self,
         request: Request<pb::SetFaultsRequest>,
     ) -> Result<Response<pb::SetFaultsResponse>, Status> {
-        self.check(&request)?;
+        self.admin(&request, "fault injection")?;
         let Some(faults) = &self.ctx.faults else {
             return Err(Status::failed_precondition(
                 "fault injection is off on this replica (it is a test facility: start it with --enable-fault-injection)",
@@ -399,28 +441,92 @@ impl pb::operator_server::Operator for OperatorService {
     ) -> Result<Response<pb::OperationView>, Status> {
         use crate::executor::{StartError, plan};
         self.check(&request)?;
+        match request.get_ref().kind.as_str() {
+            plan::KIND_DELETE => self.admin(&request, "deleting a backup")?,
+            plan::KIND_PURGE => self.admin(&request, "purging backups")?,
+            _ => {}
+        }
         self.require_leader()?;
         let r = request.into_inner();
-        let bad = |e: serde_json::Error| Status::invalid_argument(format!("{} request is not valid JSON: {e}", r.kind));
-        let ex = &self.ctx.executor;
-        let started = match r.kind.as_str() {
-            plan::KIND_BACKUP => ex.start_backup(serde_json::from_str(&r.request_json).map_err(bad)?).await,
-            plan::KIND_RESTORE => ex.start_restore(serde_json::from_str(&r.request_json).map_err(bad)?).await,
-            plan::KIND_VERIFY => ex.start_reference(serde_json::from_str(&r.request_json).map_err(bad)?, false).await,
-            plan::KIND_DELETE => ex.start_reference(serde_json::from_str(&r.request_json).map_err(bad)?, true).await,
-            plan::KIND_PURGE => ex.start_purge(serde_json::from_str(&r.request_json).map_err(bad)?).await,
-            k => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown operation kind {k:?}: backup, restore, verify, delete or purge"
-                )));
+        let rid = r.client_request_id.trim().to_owned();
+        if !rid.is_empty() && (!crate::model::valid_name(&rid) || rid.len() > 128) {
+            return Err(Status::invalid_argument(format!(
+                "request id {rid:?}: use at most 128 letters, digits, '.', '_' and '-'"
+            )));
+        }
+        // A request id that started an operation already (a retry): that operation, or a
+        // refusal when it was for something else.
+        let existing = |rid: &str| -> Result<Option<crate::model::OperationRecord>, Status> {
+            if rid.is_empty() {
+                return Ok(None);
+            }
+            let sm = self.ctx.raft.state();
+            match sm.operation_for_request(rid).map_err(store_status)? {
+                None => Ok(None),
+                Some(id) => sm.operation(&id).map_err(store_status),
             }
         };
-        let id = started.map_err(|e| match e {
-            StartError::Plan(p) => Status::invalid_argument(p.to_string()),
-            StartError::Conflict(m) => Status::failed_precondition(m),
-            StartError::Raft(e) => raft_status(e),
-            StartError::Store(e) => store_status(e),
-        })?;
+        if !rid.is_empty() {
+            self.ctx.raft.read_barrier().await.map_err(raft_status)?;
+        }
+        let found = existing(&rid)?;
+        let id = if let Some(op) = found {
+            same_request(&op, &rid, &r.kind)?;
+            tracing::info!(operation = %op.id, request = %rid, "operation start retried: returning the operation it started");
+            op.id
+        } else {
+            let bad =
+                |e: serde_json::Error| Status::invalid_argument(format!("{} request is not valid JSON: {e}", r.kind));
+            let ex = &self.ctx.executor;
+            let started = match r.kind.as_str() {
+                plan::KIND_BACKUP => ex.start_backup(serde_json::from_str(&r.request_json).map_err(bad)?, &rid).await,
+                plan::KIND_RESTORE => ex.start_restore(serde_json::from_str(&r.request_json).map_err(bad)?, &rid).await,
+                plan::KIND_VERIFY => {
+                    ex.start_reference(serde_json::from_str(&r.request_json).map_err(bad)?, false, &rid).await
+                }
+                plan::KIND_DELETE => {
+                    ex.start_reference(serde_json::from_str(&r.request_json).map_err(bad)?, true, &rid).await
+                }
+                plan::KIND_PURGE => ex.start_purge(serde_json::from_str(&r.request_json).map_err(bad)?, &rid).await,
+                k => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown operation kind {k:?}: backup, restore, verify, delete or purge"
+                    )));
+                }
+            };
+            match started {
+                Ok(id) => id,
+                // Two starts with one request id raced: the second lost at apply.
+                Err(StartError::Conflict(_)) if existing(&rid)?.is_some() => {
+                    let op = existing(&rid)?.ok_or_else(|| Status::internal("request record without operation"))?;
+                    same_request(&op, &rid, &r.kind)?;
+                    op.id
+                }
+                Err(StartError::OutcomeUnknown { operation_id, source }) => {
+                    let retry = if rid.is_empty() {
+                        "(no request id was given: look for it before starting again)".to_owned()
+                    } else {
+                        format!("or send the same request again with request id {rid}, which returns it if it started")
+                    };
+                    return Err(outcome_unknown(
+                        &source,
+                        &format!(
+                            "look for operation {operation_id} with `cassette operations show {operation_id}` {retry}"
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(match e {
+                        StartError::Plan(p) => Status::invalid_argument(p.to_string()),
+                        StartError::Conflict(m) => Status::failed_precondition(m),
+                        StartError::Raft(e) => raft_status(e),
+                        StartError::Store(e) => store_status(e),
+                        StartError::OutcomeUnknown { source, .. } => raft_status(source),
+                    });
+                }
+            }
+        };
+        let ex = &self.ctx.executor;
         let op = self
             .ctx
             .raft
@@ -473,6 +579,11 @@ impl pb::operator_server::Operator for OperatorService {
     async fn schedule(&self, request: Request<pb::ScheduleRequest>) -> Result<Response<pb::ScheduleResponse>, Status> {
         use crate::schedule::{self as sch, ScheduleCommand};
         self.check(&request)?;
+        // A schedule runs backups and its retention deletes them: changing one is an admin's.
+        if !matches!(request.get_ref().action.as_str(), "list" | "show") {
+            let action = format!("changing schedules (schedule {})", request.get_ref().action);
+            self.admin(&request, &action)?;
+        }
         let r = request.into_inner();
         let raft = &self.ctx.raft;
         let propose = |c: ScheduleCommand| async move {
@@ -568,6 +679,46 @@ impl pb::operator_server::Operator for OperatorService {
         Ok(Response::new(pb::ScheduleResponse { json: out.to_string() }))
     }
 
+    async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
+        self.admin(&request, "revoking a certificate")?;
+        let by = request.extensions().get::<tls::PeerIdentity>().map(|p| p.name.clone()).unwrap_or_default();
+        let r = request.into_inner();
+        self.require_leader()?;
+        let cmd = Command::Revoke {
+            serial: r.serial.trim().to_ascii_lowercase(),
+            name: r.name.trim().to_owned(),
+            reason: r.reason,
+            by,
+            at_ms: crate::model::now_ms(),
+        };
+        self.ctx.raft.propose(&cmd).await.map_err(|e| match e {
+            RaftError::Rejected(m) => Status::invalid_argument(m),
+            e => raft_status(e),
+        })?;
+        let sm = self.ctx.raft.state();
+        let list = sm.revocations().map_err(store_status)?;
+        // This replica enforces it now; the others within half a second (their worker).
+        if let Some(c) = self.ctx.tls.context() {
+            c.set_revocations(list.clone());
+        }
+        let mut nodes = Vec::new();
+        for c in sm.clusters().map_err(store_status)? {
+            nodes.extend(sm.nodes(&c.name).map_err(store_status)?);
+        }
+        let (updated, failed) =
+            registry::push_revocations(Arc::clone(&self.ctx.agents), &nodes, &list, self.ctx.probe_timeout).await;
+        tracing::info!(serial = %r.serial, name = %r.name, version = list.version, agents = updated.len(), failed = failed.len(), "certificate revoked");
+        let records = sm.revocation_records().map_err(store_status)?;
+        let out = serde_json::json!({
+            "version": list.version,
+            "revocations": records,
+            "agents_total": nodes.len(),
+            "agents_updated": updated.len(),
+            "agents_failed": failed,
+        });
+        Ok(Response::new(pb::RevokeResponse { json: out.to_string() }))
+    }
+
     async fn backup_list(
         &self,
         request: Request<pb::BackupListRequest>,
@@ -580,6 +731,18 @@ impl pb::operator_server::Operator for OperatorService {
             backups_json: list.iter().map(|b| serde_json::to_string(b).unwrap_or_default()).collect(),
         }))
     }
+}
+
+/// Refuses a request id reused for another kind of operation (a retry repeats the request).
+#[allow(clippy::result_large_err)]
+fn same_request(op: &crate::model::OperationRecord, rid: &str, kind: &str) -> Result<(), Status> {
+    if op.kind == kind {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "request id {rid} already started operation {} ({} of cluster {}): a retry must repeat the same request; give a new request id for a different one",
+        op.id, op.kind, op.cluster
+    )))
 }
 
 /// The raft transport service.
@@ -601,7 +764,7 @@ impl RaftService {
 #[tonic::async_trait]
 impl pb::raft_transport_server::RaftTransport for RaftService {
     async fn send(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::RaftAck>, Status> {
-        tls::require_role(&request, "the raft transport", &[Role::Coordinator])?;
+        let peer = tls::require_role(&request, RAFT_TRANSPORT, &[Role::Coordinator])?;
         if self.faults.get().isolate {
             return Err(Status::unavailable("replica isolated by fault injection"));
         }
@@ -620,18 +783,83 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
                 b.from, b.from_address, b.group
             )));
         }
+        let refuse = |why: String| {
+            tracing::warn!(%peer, from = b.from, address = %b.from_address, "refused raft messages: {why}");
+            Err(Status::permission_denied(why))
+        };
+        if let Err(why) = self.check_sender(&peer, &b, &ours) {
+            return refuse(why);
+        }
+        // Every message is decoded and checked before any is delivered: a batch is taken whole or not at all.
+        let mut msgs = Vec::with_capacity(b.messages.len());
+        for m in &b.messages {
+            let msg = crate::raft::node::decode_message(m)
+                .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+            if msg.from != b.from || msg.to != self.id {
+                return refuse(format!(
+                    "a raft message from replica {} to replica {} inside a batch from replica {} to replica {}: every message must be the sender's own, to this replica",
+                    msg.from, msg.to, b.from, self.id
+                ));
+            }
+            msgs.push(msg);
+        }
         self.transport.learn(b.from, &b.from_address);
-        for m in b.messages {
+        for msg in msgs {
             if self.faults.drop_one() {
                 continue;
             }
-            let msg = crate::raft::node::decode_message(&m)
-                .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
             self.input
                 .send(Input::Step(Box::new(msg)))
                 .map_err(|_| Status::unavailable("the replica is shutting down"))?;
         }
         Ok(Response::new(pb::RaftAck {}))
+    }
+}
+
+impl RaftService {
+    /// Whether the batch's sender is who its certificate and this group's membership say it
+    /// can be; the error says why not.
+    fn check_sender(&self, peer: &tls::PeerIdentity, b: &pb::RaftBatch, ours: &str) -> Result<(), String> {
+        if b.from == 0 {
+            return Err("a batch from replica 0: replica ids start at 1".into());
+        }
+        if b.from == self.id {
+            return Err(format!(
+                "a batch claims to come from replica {}, this replica itself: two replicas share an id, or someone else's certificate is in use",
+                b.from
+            ));
+        }
+        let Some(host) = tls::host_of(&b.from_address) else {
+            return Err(format!("replica {}'s address {:?} is not host:port", b.from, b.from_address));
+        };
+        // The certificate binds the sender to hosts; the membership binds ids to addresses.
+        if !peer.is_insecure() && !peer.names_host(host) {
+            return Err(format!(
+                "replica {} claims the address {}, but its certificate ({:?}, names [{}]) does not name {host}: issue each replica's certificate with --san for the address it serves on",
+                b.from,
+                b.from_address,
+                peer.name,
+                peer.names.join(", ")
+            ));
+        }
+        let member = self.transport.member_address(b.from);
+        if let Some(a) = &member
+            && *a != b.from_address
+        {
+            return Err(format!(
+                "replica {} is at {a} in this group's membership, but the batch says it comes from {}",
+                b.from, b.from_address
+            ));
+        }
+        // A replica without a group id is one that is joining: only a member (added with
+        // `cassette replica add`, so its address is known) may be.
+        if !ours.is_empty() && b.group.is_empty() && member.is_none() {
+            return Err(format!(
+                "a batch without a group id from replica {} at {}, which is not a member of this group: add it with `cassette replica add --id {} --address {}` before it joins",
+                b.from, b.from_address, b.from, b.from_address
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -218,6 +218,30 @@ impl StateMachine {
         self.read(&keys::debug(key))
     }
 
+    /// The operation a client request id started, if any.
+    pub fn operation_for_request(&self, request_id: &str) -> Result<Option<String>, KvError> {
+        Ok(self.read::<model::OperationRequestRecord>(&keys::operation_request(request_id))?.map(|r| r.operation_id))
+    }
+
+    /// Every revoked certificate.
+    pub fn revocation_records(&self) -> Result<Vec<model::RevocationRecord>, KvError> {
+        self.read_prefix(keys::REVOKED)
+    }
+
+    /// The deny list every replica and agent enforces (version: the newest revocation's index).
+    pub fn revocations(&self) -> Result<cassette_common::tls::Revocations, KvError> {
+        let mut r = cassette_common::tls::Revocations::default();
+        for rec in self.revocation_records()? {
+            r.version = r.version.max(rec.index);
+            if rec.serial.is_empty() {
+                r.names.insert(rec.name);
+            } else {
+                r.serials.insert(rec.serial);
+            }
+        }
+        Ok(r)
+    }
+
     /// Raw records as JSON (their data part), by exact key or by prefix (ending in `/`), with
     /// keys shown without the internal `s/` prefix. For diagnostics.
     pub fn dump(&self, key_or_prefix: &str) -> Result<BTreeMap<String, String>, KvError> {
@@ -347,6 +371,11 @@ impl StateMachine {
                 if self.operation(&operation.id)?.is_some() {
                     return reject(format!("operation {} already exists", operation.id));
                 }
+                if !operation.request_id.is_empty()
+                    && let Some(first) = self.operation_for_request(&operation.request_id)?
+                {
+                    return reject(format!("request {} already started operation {first}", operation.request_id));
+                }
                 // Operations that name the clusters they need alone are refused while another
                 // such operation runs on one of them (decided here, so two leaders cannot both
                 // accept conflicting operations).
@@ -371,6 +400,10 @@ impl StateMachine {
                     }
                 }
                 b.put(keys::operation(&operation.id), operation.encode());
+                if !operation.request_id.is_empty() {
+                    let r = model::OperationRequestRecord { operation_id: operation.id.clone() };
+                    b.put(keys::operation_request(&operation.request_id), r.encode());
+                }
                 for p in phases {
                     b.put(keys::phase(&operation.id, &p.host_id, &p.phase), p.encode());
                 }
@@ -468,6 +501,33 @@ impl StateMachine {
                 }
                 let writes = self.debug(key)?.map(|d| d.writes).unwrap_or(0) + 1;
                 b.put(keys::debug(key), DebugRecord { value: value.clone(), writes, index }.encode());
+            }
+            Command::Revoke { serial, name, reason, by, at_ms } => {
+                let serial = serial.to_ascii_lowercase();
+                if serial.is_empty() && name.is_empty() {
+                    return reject("name the certificate to revoke: --file, --serial or --name".into());
+                }
+                if !serial.is_empty() && (serial.len() > 64 || !serial.chars().all(|c| c.is_ascii_hexdigit())) {
+                    return reject(format!(
+                        "serial {serial:?} is not a certificate serial number (hex digits, as `cassette certs show` prints it)"
+                    ));
+                }
+                if serial.is_empty() && !model::valid_name(name) {
+                    return reject(format!("invalid certificate name {name:?}"));
+                }
+                let key = if serial.is_empty() { keys::revoked_name(name) } else { keys::revoked_serial(&serial) };
+                // Revoking twice keeps the first record (and the list's version).
+                if self.tree.get(key.as_bytes())?.is_none() {
+                    let rec = model::RevocationRecord {
+                        serial,
+                        name: name.clone(),
+                        reason: reason.clone(),
+                        by: by.clone(),
+                        at_ms: *at_ms,
+                        index,
+                    };
+                    b.put(key, rec.encode());
+                }
             }
         }
         Ok(Ok(()))
@@ -570,6 +630,7 @@ mod tests {
             created_at_ms: 0,
             finished_at_ms: 0,
             error: String::new(),
+            request_id: String::new(),
         };
         put(&sm, 1, Command::CreateOperation { operation: op("b1", "prod"), phases: vec![] }).unwrap();
         let e = put(&sm, 2, Command::CreateOperation { operation: op("b2", "prod"), phases: vec![] }).unwrap_err();

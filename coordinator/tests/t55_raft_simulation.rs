@@ -225,7 +225,7 @@ async fn run(seed: u64) {
                 // Refused before it entered the log: safe to retry elsewhere.
                 Err(RaftError::NotLeader { .. }) => {}
                 // The entry may or may not commit: never retried under the same key.
-                Err(RaftError::Dropped(_) | RaftError::Timeout(_)) => {
+                Err(RaftError::Dropped(_) | RaftError::Timeout(_) | RaftError::OutcomeUnknown(_)) => {
                     unknown.push(key);
                     break;
                 }

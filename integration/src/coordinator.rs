@@ -30,11 +30,13 @@ pub struct TestPki {
 }
 
 impl TestPki {
-    /// Creates a CA in `dir` and an operator certificate `operator`.
+    /// Creates a CA in `dir`, an operator certificate `operator` and an admin certificate `admin`.
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
-        certs::init_ca(dir, "test-ca", 30, false)?;
+        // Longer than the 30 days within which expiry is warned about: warnings mean something.
+        certs::init_ca(dir, "test-ca", 90, false)?;
         let pki = Self { dir: dir.to_owned() };
         pki.issue(Role::Operator, "operator", &[])?;
+        pki.issue(Role::Admin, "admin", &[])?;
         Ok(pki)
     }
 
@@ -42,7 +44,7 @@ impl TestPki {
     pub fn issue(&self, role: Role, name: &str, sans: &[&str]) -> anyhow::Result<TlsPaths> {
         let paths = TlsPaths::in_dir(&self.dir, name);
         if !paths.cert.exists() {
-            let req = IssueRequest::valid_for_days(role, name, sans.iter().map(|s| s.to_string()).collect(), 30);
+            let req = IssueRequest::valid_for_days(role, name, sans.iter().map(|s| s.to_string()).collect(), 90);
             certs::issue(&self.dir, &self.dir, &req, false)?;
         }
         Ok(paths)
@@ -51,6 +53,11 @@ impl TestPki {
     /// The operator's material.
     pub fn operator(&self) -> anyhow::Result<TlsMode> {
         Ok(TlsMode::load(Some(&TlsPaths::in_dir(&self.dir, "operator")), false)?)
+    }
+
+    /// The admin's material (membership changes, fault injection, deletions).
+    pub fn admin(&self) -> anyhow::Result<TlsMode> {
+        Ok(TlsMode::load(Some(&TlsPaths::in_dir(&self.dir, "admin")), false)?)
     }
 
     /// `--ca/--cert/--key` arguments for `name`.
@@ -178,8 +185,12 @@ impl CoordinatorGroup {
             "2s".into(),
         ];
         args.extend(self.pki.args(&name));
-        // CASSETTE_TEST_DEFAULT_RAFT=1 runs with the production timing (100 ms ticks) instead.
-        if std::env::var("CASSETTE_TEST_DEFAULT_RAFT").map_or(true, |v| v != "1") {
+        // CASSETTE_TEST_DEFAULT_RAFT=1 runs with the production timing (100 ms ticks) instead;
+        // a test that sets its own timing (`--election-ticks` in `extra`) gets 50 ms ticks only.
+        let own_timing = self.extra.iter().any(|a| a == "--election-ticks");
+        if own_timing {
+            args.extend(["--tick".to_owned(), "50ms".into(), "--heartbeat-ticks".into(), "2".into()]);
+        } else if std::env::var("CASSETTE_TEST_DEFAULT_RAFT").map_or(true, |v| v != "1") {
             args.extend(FAST_RAFT.iter().map(|s| s.to_string()));
         }
         args.extend(self.extra.iter().cloned());
@@ -210,9 +221,10 @@ impl CoordinatorGroup {
         self.replicas.values().map(|r| r.address.clone()).collect()
     }
 
-    /// An operator client over every replica, waiting up to 10 s for a leader.
+    /// A client over every replica with the admin certificate (it may do everything, replica
+    /// membership included), waiting up to 10 s for a leader.
     pub fn client(&self) -> anyhow::Result<OperatorClient> {
-        Ok(OperatorClient::new(self.endpoints(), self.pki.operator()?, Duration::from_secs(10))?)
+        Ok(OperatorClient::new(self.endpoints(), self.pki.admin()?, Duration::from_secs(10))?)
     }
 
     /// A replica's own status (no redirect).
@@ -225,7 +237,7 @@ impl CoordinatorGroup {
     /// Sets fault injection on replica `id`.
     pub async fn faults(&self, id: u64, isolate: bool, drop_rate: f64) -> anyhow::Result<()> {
         let r = self.replicas.get(&id).context("no such replica")?;
-        let c = OperatorClient::new(vec![r.address.clone()], self.pki.operator()?, Duration::from_secs(2))?;
+        let c = OperatorClient::new(vec![r.address.clone()], self.pki.admin()?, Duration::from_secs(2))?;
         c.at(&r.address, |mut c| async move {
             c.set_faults(pb::SetFaultsRequest { isolate, drop_rate, delay_ms: 0 }).await
         })
@@ -368,7 +380,7 @@ impl TestPki {
 
     /// Re-issues a valid certificate over `<name>.pem`/`<name>.key` (for reload tests).
     pub fn reissue(&self, role: Role, name: &str, sans: &[&str]) -> anyhow::Result<TlsPaths> {
-        let req = IssueRequest::valid_for_days(role, name, sans.iter().map(|s| s.to_string()).collect(), 30);
+        let req = IssueRequest::valid_for_days(role, name, sans.iter().map(|s| s.to_string()).collect(), 90);
         certs::issue(&self.dir, &self.dir, &req, true)?;
         Ok(TlsPaths::in_dir(&self.dir, name))
     }

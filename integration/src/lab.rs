@@ -151,14 +151,15 @@ impl Lab {
         start_cluster_in(&env, name, datacenters, seed, cluster_name)
     }
 
-    /// `cassette` with the operator's certificate; returns (exit code, stdout, stderr).
+    /// `cassette` with the admin's certificate (the lab's owner deletes, purges and schedules
+    /// too); returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        operator_cli(&self.group, &self.pki, args)
+        admin_cli(&self.group, &self.pki, args)
     }
 
     /// `cassette … --output json`, parsed.
     pub fn cli_json(&self, args: &[&str]) -> (i32, Value, String) {
-        operator_cli_json(&self.group, &self.pki, args)
+        admin_cli_json(&self.group, &self.pki, args)
     }
 
     /// Registers `c` (the main cluster when None) as `name`.
@@ -210,10 +211,11 @@ impl Drop for Lab {
     }
 }
 
-/// `cassette` against `group` with the operator's certificate; returns (exit code, stdout, stderr).
-pub fn operator_cli(group: &CoordinatorGroup, pki: &TestPki, args: &[&str]) -> (i32, String, String) {
+/// `cassette` against `group` with the admin's certificate (the lab's owner also deletes, purges
+/// and schedules); returns (exit code, stdout, stderr).
+pub fn admin_cli(group: &CoordinatorGroup, pki: &TestPki, args: &[&str]) -> (i32, String, String) {
     let mut a: Vec<String> = vec!["--coordinator".into(), group.endpoints().join(",")];
-    a.extend(pki.args("operator"));
+    a.extend(pki.args("admin"));
     a.extend(args.iter().map(|s| s.to_string()));
     match cassette_cli(&a) {
         Ok(r) => r,
@@ -221,11 +223,11 @@ pub fn operator_cli(group: &CoordinatorGroup, pki: &TestPki, args: &[&str]) -> (
     }
 }
 
-/// [`operator_cli`] with `--output json`, parsed.
-pub fn operator_cli_json(group: &CoordinatorGroup, pki: &TestPki, args: &[&str]) -> (i32, Value, String) {
+/// [`admin_cli`] with `--output json`, parsed.
+pub fn admin_cli_json(group: &CoordinatorGroup, pki: &TestPki, args: &[&str]) -> (i32, Value, String) {
     let mut a = args.to_vec();
     a.extend(["--output", "json"]);
-    let (code, out, err) = operator_cli(group, pki, &a);
+    let (code, out, err) = admin_cli(group, pki, &a);
     let v = serde_json::from_str(&out).unwrap_or_else(|e| Value::String(format!("not JSON ({e}): {out}")));
     (code, v, err)
 }
@@ -239,7 +241,7 @@ pub async fn wait_operation(
 ) -> anyhow::Result<Value> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let (_, v, _) = operator_cli_json(group, pki, &["operations", "show", id]);
+        let (_, v, _) = admin_cli_json(group, pki, &["operations", "show", id]);
         if matches!(v["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
             return Ok(v);
         }

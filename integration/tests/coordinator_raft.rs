@@ -371,3 +371,45 @@ async fn t54b_a_replica_of_another_group_is_refused() {
     assert!(read_all(&c).await.keys().all(|k| k.starts_with("debug/a-") || k.starts_with("debug/b-")));
     assert_all_present(&read_all(&c).await, &keys);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t55b_a_write_that_timed_out_is_reported_as_outcome_unknown_and_not_retried() {
+    // - a leader that lost its followers accepts a write it cannot commit; when the write's
+    //   time is up the CLI says its outcome is unknown, names what to look up, and does not
+    //   send it again (it used to retry it as "unavailable" until --wait, proposing it again
+    //   each time);
+    // - after healing, the key was written at most once.
+    let w = Workdir::new("t55b");
+    let pki = TestPki::new(&w.path().join("pki")).unwrap();
+    let cfg = w.path().join("replica.json");
+    std::fs::write(&cfg, r#"{"request_timeout": "1s"}"#).unwrap();
+    // A 3 s election timeout: the isolated leader keeps leading well past the write's 1 s.
+    let extra = ["--election-ticks", "60", "--config", cfg.to_str().unwrap()];
+    let g = CoordinatorGroup::start(&pki, w.path(), 3, &extra).unwrap();
+    let leader = guard(&g, g.wait_for_leader(Duration::from_secs(30), &[]).await);
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    step("isolate both followers, then write at the leader");
+    for f in &followers {
+        g.faults(*f, true, 0.0).await.unwrap();
+    }
+    let mut a = vec!["--coordinator".to_owned(), g.replicas[&leader].address.clone(), "--wait".into(), "8s".into()];
+    a.extend(pki.args("operator"));
+    a.extend(["debug".into(), "put".into(), "once".into(), "1".into()]);
+    let t = Instant::now();
+    let (code, _, err) = cassette_integration::coordinator::cassette_cli(&a).unwrap();
+    let took = t.elapsed();
+    eprintln!("the CLI answered after {took:?}: {err}");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("outcome is unknown"), "{err}");
+    assert!(err.contains("cassette debug get debug/once"), "{err}");
+    assert!(took < Duration::from_secs(4), "the CLI retried a write whose outcome was unknown ({took:?})");
+    step("heal: the key was written at most once");
+    for f in &followers {
+        g.faults(*f, false, 0.0).await.unwrap();
+    }
+    guard(&g, g.wait_for_leader(Duration::from_secs(30), &[]).await);
+    let state = read_all(&g.client().unwrap()).await;
+    if let Some(v) = state.get("debug/once") {
+        assert_eq!(v["writes"], 1, "written more than once: {v}");
+    }
+}

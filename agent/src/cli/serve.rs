@@ -12,11 +12,14 @@ use cassette_agent::jobs::{JobManager, JobsConfig, PhaseRunner};
 use cassette_agent::ops::OpSettings;
 use cassette_agent::server::{self, AgentService};
 use cassette_agent::storage::{Environment, Repository};
-use cassette_common::tls::{Role, TlsMode, TlsPaths};
+use cassette_common::tls::{self, Role, TlsMode, TlsPaths};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::{GlobalArgs, StorageArgs, TransferArgs};
+
+/// Where the agent listens unless told otherwise (with TLS).
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 7079);
 
 /// Serve the agent API to the coordinator (mutual TLS).
 ///
@@ -34,10 +37,11 @@ pub struct ServeArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub transfer: TransferArgs,
-    /// Address to listen on. The coordinator reaches each node's agent at an address pattern
-    /// such as `{address}:7079` (`cassette cluster add --agent-pattern`).
-    #[arg(long, default_value = "0.0.0.0:7079", env = "CASSETTE_AGENT_LISTEN")]
-    pub listen: SocketAddr,
+    /// Address to listen on (default 0.0.0.0:7079; with --insecure 127.0.0.1:7079 unless given).
+    /// The coordinator reaches each node's agent at an address pattern such as `{address}:7079`
+    /// (`cassette cluster add --agent-pattern`).
+    #[arg(long, env = "CASSETTE_AGENT_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// CA certificate (PEM) that issued the coordinators' certificates.
     #[arg(long, env = "CASSETTE_TLS_CA", required_unless_present = "insecure")]
     pub ca: Option<PathBuf>,
@@ -53,6 +57,9 @@ pub struct ServeArgs {
     /// How often the certificate files are checked for changes.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub tls_reload_interval: Duration,
+    /// Log a warning (at start, then daily) when this agent's certificate expires within this long.
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub cert_expiry_warning: Duration,
     /// Cassandra adapter settings as a JSON file (fields of CassandraConfig); flags below override it.
     #[arg(long)]
     pub cassandra_config: Option<PathBuf>,
@@ -71,6 +78,12 @@ pub struct ServeArgs {
     /// The node's cassandra.yaml (for the data directories of 3.11).
     #[arg(long)]
     pub cassandra_yaml: Option<PathBuf>,
+    /// Largest request the agent API decodes, in bytes (larger ones are refused unread).
+    #[arg(long, env = "CASSETTE_AGENT_MAX_REQUEST_BYTES", default_value_t = tls::ServerLimits::default().request_bytes)]
+    pub max_request_bytes: usize,
+    /// Requests (HTTP/2 streams) in flight on one connection.
+    #[arg(long, env = "CASSETTE_AGENT_MAX_CONCURRENT_STREAMS", default_value_t = tls::ServerLimits::default().concurrent_streams)]
+    pub max_concurrent_streams: u32,
     /// Jobs that run at once.
     #[arg(long, default_value_t = JobsConfig::default().max_running)]
     pub max_running_jobs: usize,
@@ -131,6 +144,12 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         }
         _ => anyhow::bail!("pass --ca, --cert and --key (or --insecure for plain text in tests)"),
     };
+    let limits =
+        tls::ServerLimits { request_bytes: args.max_request_bytes, concurrent_streams: args.max_concurrent_streams };
+    let problems = limits.problems("");
+    if !problems.is_empty() {
+        anyhow::bail!("invalid --max-request-bytes or --max-concurrent-streams: {}", problems.join("; "));
+    }
     let mut config = global.load_config()?;
     args.storage.apply(&mut config);
     args.transfer.apply(&mut config);
@@ -181,10 +200,18 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         shutdown.clone(),
     )
     .with_context(|| format!("open the job records in {}", jobs_dir.display()))?;
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+    let (listen, note) = tls::listen_address(args.listen, DEFAULT_LISTEN, args.insecure);
+    if let Some(n) = note {
+        eprintln!("{n}");
+        tracing::warn!("{n}");
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
     let local = listener.local_addr()?;
-    let reloader = tls.context().map(|c| c.spawn_reloader(args.tls_reload_interval, shutdown.clone()));
+    let reloader =
+        tls.context().map(|c| c.spawn_reloader(args.tls_reload_interval, args.cert_expiry_warning, shutdown.clone()));
+    let service = AgentService::new(control, Arc::clone(&jobs))
+        .with_revocations(&tls, state_dir.join("revoked-certificates.json"))
+        .map_err(anyhow::Error::msg)?;
     // The line tests and scripts wait for.
     eprintln!("cassette-agent listening on {local}");
     tracing::info!(address = %local, phases = ?jobs.phases(), "agent serving");
@@ -194,9 +221,7 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<i32> {
         tracing::info!("shutting down");
         stop.cancel();
     });
-    server::run(listener, tls, AgentService::new(control, jobs), shutdown.clone())
-        .await
-        .context("serve the agent API")?;
+    server::run(listener, tls, service, limits, shutdown.clone()).await.context("serve the agent API")?;
     shutdown.cancel();
     if let Some(r) = reloader {
         r.join().await;

@@ -195,7 +195,12 @@ pub enum OperationsCommand {
 }
 
 async fn start(client: &OperatorClient, kind: &str, request: Value) -> anyhow::Result<Value> {
-    let req = pb::OperationStartRequest { kind: kind.into(), request_json: request.to_string() };
+    let req = pb::OperationStartRequest {
+        kind: kind.into(),
+        request_json: request.to_string(),
+        client_request_id: client.request_id().to_owned(),
+    };
+    // Idempotent thanks to the request id: a retry returns the operation the first try started.
     let v = client
         .call(|mut c| {
             let r = req.clone();

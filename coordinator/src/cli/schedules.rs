@@ -92,12 +92,13 @@ async fn call(client: &OperatorClient, action: &str, name: &str, request: Value)
         name: name.into(),
         request_json: if request.is_null() { String::new() } else { request.to_string() },
     };
-    let v = client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.schedule(r).await }
-        })
-        .await?;
+    let f = |mut c: cassette_proto::v1::operator_client::OperatorClient<tonic::transport::Channel>| {
+        let r = req.clone();
+        async move { c.schedule(r).await }
+    };
+    // create (without --replace) and delete refuse a second time: sent again only when they
+    // certainly did not run; reads, pause/resume and run-now (a slot claims once) are idempotent.
+    let v = if matches!(action, "create" | "delete") { client.call_once(f).await? } else { client.call(f).await? };
     Ok(serde_json::from_str(&v.json)?)
 }
 
@@ -216,7 +217,9 @@ pub async fn run(c: ScheduleCommand, client: &OperatorClient, out: OutputFormat)
             print(out, &v, || format!("deleted schedule {name} (its backups stay)"));
         }
         ScheduleCommand::RunNow { name, slot } => {
-            let req = slot.map_or(Value::Null, |s| json!({ "slot_ms": s }));
+            // The slot is fixed here, so that a retry claims the same one (once).
+            let slot = slot.unwrap_or_else(crate::model::now_ms);
+            let req = json!({ "slot_ms": slot });
             let v = call(client, "run-now", &name, req).await?;
             print(out, &v, || {
                 format!(

@@ -112,9 +112,16 @@ pub enum RaftError {
     /// Another membership change is still in progress.
     #[error("{0}")]
     Busy(String),
-    /// No answer in time (e.g. the leader lost its quorum).
+    /// No answer in time (e.g. the leader lost its quorum) to a request that changes nothing
+    /// (a read barrier).
     #[error("no answer from the raft group within {0:?} (is a majority of replicas up?)")]
     Timeout(Duration),
+    /// A proposal was not confirmed in time: it is in the leader's log and may still commit, or
+    /// be lost. Look it up before sending it again (unless it is idempotent).
+    #[error(
+        "the raft group did not confirm the write within {0:?}: its outcome is unknown (it may still be applied; is a majority of replicas up?)"
+    )]
+    OutcomeUnknown(Duration),
     /// The replica is shutting down or has stopped.
     #[error("the replica's raft loop has stopped{}", if .0.is_empty() { String::new() } else { format!(": {}", .0) })]
     Stopped(String),
@@ -126,7 +133,9 @@ impl RaftError {
         match self {
             Self::NotLeader { .. } => Retry::Now,
             Self::Rejected(_) => Retry::Never,
-            Self::Dropped(_) | Self::Busy(_) | Self::Timeout(_) => Retry::Backoff,
+            // Retrying an outcome-unknown write is right only for idempotent commands (the
+            // executor's are: keyed by operation, node and phase); callers decide.
+            Self::Dropped(_) | Self::Busy(_) | Self::Timeout(_) | Self::OutcomeUnknown(_) => Retry::Backoff,
             Self::Stopped(_) => Retry::Never,
         }
     }
@@ -291,12 +300,15 @@ impl RaftHandle {
         &self.sm
     }
 
-    async fn ask(&self, make: impl FnOnce(Reply) -> Input) -> Result<u64, RaftError> {
+    /// Sends a request to the loop and waits for its answer; `writes`: a timeout leaves the
+    /// outcome unknown (the entry may be in the log), otherwise it is a plain timeout.
+    async fn ask(&self, writes: bool, make: impl FnOnce(Reply) -> Input) -> Result<u64, RaftError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).map_err(|_| RaftError::Stopped(self.status().fatal.unwrap_or_default()))?;
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(RaftError::Stopped(self.status().fatal.unwrap_or_default())),
+            Err(_) if writes => Err(RaftError::OutcomeUnknown(self.request_timeout)),
             Err(_) => Err(RaftError::Timeout(self.request_timeout)),
         }
     }
@@ -305,7 +317,7 @@ impl RaftHandle {
     pub async fn propose(&self, cmd: &Command) -> Result<u64, RaftError> {
         let bytes = cmd.encode();
         let start = std::time::Instant::now();
-        let r = self.ask(|r| Input::Propose(bytes, r)).await;
+        let r = self.ask(true, |r| Input::Propose(bytes, r)).await;
         if r.is_ok() {
             self.latency.record(start.elapsed());
         }
@@ -319,13 +331,13 @@ impl RaftHandle {
 
     /// Changes the membership; returns when the change is applied here. Only on the leader.
     pub async fn change_membership(&self, change: MembershipChange) -> Result<u64, RaftError> {
-        self.ask(|r| Input::ChangeMembership(change, r)).await
+        self.ask(true, |r| Input::ChangeMembership(change, r)).await
     }
 
     /// Returns once this replica is confirmed leader by a quorum and has applied everything
     /// committed before the call: reads of the local state machine after it are linearizable.
     pub async fn read_barrier(&self) -> Result<u64, RaftError> {
-        self.ask(Input::ReadIndex).await
+        self.ask(false, Input::ReadIndex).await
     }
 
     /// Asks raft to hand leadership to `to`.

@@ -86,6 +86,8 @@ pub struct GrpcTransport {
     known: Mutex<BTreeMap<u64, String>>,
     group: Arc<Mutex<String>>,
     queue_len: usize,
+    /// Largest batch sent (the receiver's limit, `limits.raft_message_bytes`).
+    max_message_bytes: usize,
 }
 
 impl std::fmt::Debug for GrpcTransport {
@@ -95,8 +97,16 @@ impl std::fmt::Debug for GrpcTransport {
 }
 
 impl GrpcTransport {
-    /// A transport for replica `id` serving at `address`. Must be created inside a tokio runtime.
-    pub fn new(id: u64, address: String, tls: TlsMode, node: Sender<Input>, faults: Arc<Faults>) -> Arc<Self> {
+    /// A transport for replica `id` serving at `address`, sending batches of at most
+    /// `max_message_bytes`. Must be created inside a tokio runtime.
+    pub fn new(
+        id: u64,
+        address: String,
+        tls: TlsMode,
+        node: Sender<Input>,
+        faults: Arc<Faults>,
+        max_message_bytes: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
             id,
             address,
@@ -109,6 +119,7 @@ impl GrpcTransport {
             known: Mutex::new(BTreeMap::new()),
             group: Arc::new(Mutex::new(String::new())),
             queue_len: 4096,
+            max_message_bytes,
         })
     }
 
@@ -129,6 +140,11 @@ impl GrpcTransport {
                 l.insert(id, address.to_owned());
             }
         }
+    }
+
+    /// The address of replica `id` in the membership this replica knows (not learnt ones).
+    pub fn member_address(&self, id: u64) -> Option<String> {
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned()
     }
 
     fn address_of(&self, id: u64) -> Option<String> {
@@ -170,8 +186,7 @@ impl GrpcTransport {
             to: id,
             address: address.clone(),
             client: pb::raft_transport_client::RaftTransportClient::new(channel)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
+                .max_encoding_message_size(self.max_message_bytes),
             node: self.node.clone(),
             faults: Arc::clone(&self.faults),
             group: Arc::clone(&self.group),
@@ -272,8 +287,13 @@ impl PeerSender {
                 }
                 Err(status) => {
                     if !failing {
-                        let why = tls::explain_transport_error(&status, tls::Side::Client)
+                        let mut why = tls::explain_transport_error(&status, tls::Side::Client)
                             .unwrap_or_else(|| status.message().to_owned());
+                        if status.code() == tonic::Code::OutOfRange {
+                            why.push_str(
+                                " (a batch, e.g. a snapshot, is larger than limits.raft_message_bytes: raise it on every replica)",
+                            );
+                        }
                         tracing::warn!(peer = self.to, address = %self.address, error = %why, "cannot send raft messages");
                         failing = true;
                     }

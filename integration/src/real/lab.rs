@@ -1,6 +1,6 @@
 //! A whole installation around real Cassandra clusters, as processes: a storage server, one or
 //! more [`RealCluster`]s with `cassette-agent serve` next to every node (mutual TLS), a
-//! coordinator group, and the `cassette` CLI with an operator certificate.
+//! coordinator group, and the `cassette` CLI with an admin certificate.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{ClusterSpec, Install, RealCluster, Series};
 use crate::coordinator::{AgentProcess, CoordinatorGroup, TestPki, free_port_on};
-use crate::lab::{operator_cli_json, wait_operation};
+use crate::lab::{admin_cli_json, wait_operation};
 use crate::node::NodeEnv;
 use crate::servers::{Backend, StorageServer};
 
@@ -109,9 +109,9 @@ impl RealLab {
         Ok(index)
     }
 
-    /// `cassette … --output json` with the operator's certificate.
+    /// `cassette … --output json` with the admin's certificate.
     pub fn cli_json(&self, args: &[&str]) -> (i32, Value, String) {
-        operator_cli_json(&self.group, &self.pki, args)
+        admin_cli_json(&self.group, &self.pki, args)
     }
 
     /// `cassette …` that must succeed; its JSON.

@@ -325,7 +325,7 @@ async fn run_one(args: &CoordinatorArgs, n: usize, work: &Path) -> anyhow::Resul
             .with_context(|| format!("listen on {addr}:{port} (the loopback range 127.10.0.0/16 must be usable)"))?;
         let (tls, stop) = (agent_tls.clone(), shutdown.clone());
         servers.push(tokio::spawn(async move {
-            let _ = agent_server::run(listener, tls, AgentService::new(control, jobs), stop).await;
+            let _ = agent_server::run(listener, tls, AgentService::new(control, jobs), Default::default(), stop).await;
         }));
     }
     row.agents_start_s = t.elapsed().as_secs_f64();
@@ -416,11 +416,14 @@ async fn op_view(client: &OperatorClient, id: &str) -> anyhow::Result<Value> {
 
 /// Starts a cluster backup of every node (`OperationStart`, kind `backup`).
 async fn start_op(client: &OperatorClient) -> anyhow::Result<String> {
+    // One id per start, shared by its retries.
+    let request_id = format!("bench-{:016x}", rand::random::<u64>());
     let v = client
         .call(move |mut c| {
             let req = pb::OperationStartRequest {
                 kind: "backup".into(),
                 request_json: serde_json::json!({ "cluster": "bench" }).to_string(),
+                client_request_id: request_id.clone(),
             };
             async move { c.operation_start(req).await }
         })

@@ -543,7 +543,8 @@ mod tests {
 
         let d = EntitySelection::default();
         assert!(d.matches("shop", "users") && d.matches("system_auth", "roles"));
-        assert!(!d.matches("system", "local") && !d.matches("system_schema", "tables"));
+        // system_schema is backed up by default: it rebuilds a cluster from nothing (--new-cluster).
+        assert!(!d.matches("system", "local") && d.matches("system_schema", "tables"));
         assert!(!d.matches("system_views", "settings"));
         let sys = EntitySelection { system_keyspaces: true, ..Default::default() };
         assert!(sys.matches("system", "local") && sys.matches("system_schema", "tables"));

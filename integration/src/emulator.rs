@@ -142,7 +142,9 @@ pub fn create_cluster(state_dir: &Path, spec: &ClusterSpec) -> anyhow::Result<Cl
         cluster_name: spec.cluster_name.clone(),
         version: spec.version,
         partitioner: "org.apache.cassandra.dht.Murmur3Partitioner".into(),
-        snitch: if spec.datacenters.len() > 1 {
+        // SimpleSnitch knows only `datacenter1`; any other datacenter name needs a snitch that
+        // reads it (the harness's real nodes use GossipingPropertyFileSnitch).
+        snitch: if spec.datacenters.len() > 1 || spec.datacenters.iter().any(|(d, _)| d != "datacenter1") {
             "org.apache.cassandra.locator.GossipingPropertyFileSnitch".into()
         } else {
             "org.apache.cassandra.locator.SimpleSnitch".into()
@@ -222,6 +224,9 @@ pub fn create_cluster(state_dir: &Path, spec: &ClusterSpec) -> anyhow::Result<Cl
         let replication = match ks {
             "system" | "system_schema" => BTreeMap::from([("LocalStrategy".to_owned(), 1)]),
             "system_auth" => BTreeMap::from([("replication_factor".to_owned(), 1)]),
+            // As Cassandra creates them (SimpleStrategy 3 and 2, seen on 4.0.19, 4.1.10, 5.0.9).
+            "system_distributed" => BTreeMap::from([("replication_factor".to_owned(), 3)]),
+            "system_traces" => BTreeMap::from([("replication_factor".to_owned(), 2)]),
             _ => dc_rf.clone(),
         };
         let k = c.keyspaces.entry(ks.to_owned()).or_insert(Keyspace { replication, tables: BTreeMap::new() });

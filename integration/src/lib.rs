@@ -5,6 +5,8 @@
 //!   front ends); the `cassandra-emulator` binary is its command line.
 //! - [`harness`]: emulated clusters in temporary directories with wrapper scripts, and the
 //!   [`cassette_agent::cassandra::CassandraConfig`] that points the agent's adapter at a node.
+//! - [`fidelity`]: the script of adapter commands played on real nodes (recorded) and on the
+//!   emulator (compared with the recordings).
 //! - [`fixtures`]: locating the real Cassandra files in `shared/fixtures`.
 //! - [`tools`]: where external programs are and what to do when one is missing.
 //! - [`process`]: child processes stopped by pid, killed with the test.
@@ -25,6 +27,7 @@ pub mod conformance;
 pub mod coordinator;
 pub mod data;
 pub mod emulator;
+pub mod fidelity;
 pub mod fixtures;
 pub mod gate;
 pub mod harness;

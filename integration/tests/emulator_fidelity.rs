@@ -141,8 +141,11 @@ fn t12_info_keys_and_format_per_version() {
             "Key Cache",
             "Row Cache",
             "Counter Cache",
-            "Chunk Cache",
         ]);
+        // Real 4.0.19/4.1.10/5.0.9 with default settings print no Chunk Cache (integration/fidelity/).
+        if v == Version::V311 {
+            expected.push("Chunk Cache");
+        }
         if v >= Version::V40 {
             expected.push("Network Cache");
         }
@@ -468,8 +471,13 @@ fn t33_clearsnapshot_rules_per_version() {
             assert!(c.nodetool(&["listsnapshots"]).stdout.contains("There are no snapshots"));
             continue;
         }
-        assert_eq!(bare.code, 2);
-        assert!(bare.stderr.starts_with("error: Specify snapshot name or --all\n"));
+        if v == Version::V50 {
+            // A usage error on 5.0 (recorded on 5.0.9), an error of the command on 4.x.
+            assert_eq!((bare.code, bare.stdout.lines().next()), (1, Some("nodetool: Specify snapshot name or --all")));
+        } else {
+            assert_eq!(bare.code, 2);
+            assert!(bare.stderr.starts_with("error: Specify snapshot name or --all\n"));
+        }
         let both = c.nodetool(&["clearsnapshot", "-t", "a", "--all"]);
         assert!(both.stderr.starts_with("error: Specify only one of snapshot name or --all\n"));
         let one = c.nodetool(&["clearsnapshot", "-t", "a", "shop"]);
@@ -835,4 +843,26 @@ fn t65_fixture_copies_keep_their_version_in_the_name() {
     // The next generation continues the table's sequence whatever the version.
     let out = c.admin(&["write-sstables", "shop.users"]).unwrap();
     assert!(out.trim_end().ends_with("/nb-2-big"), "{out}");
+}
+
+/// The emulator against what real Cassandra printed: the script of every nodetool and cqlsh
+/// command the adapter runs (integration/src/fidelity.rs), played on the emulator of each series
+/// and compared, normalized, with the recordings `real_fidelity` made on real 4.0, 4.1 and 5.0
+/// nodes (`integration/fidelity/<series>.txt`). Any difference fails.
+#[test]
+fn t70_emulator_matches_the_recordings_of_real_nodes() {
+    use cassette_integration::fidelity::{self, EmulatorTarget};
+    let mut failures = Vec::new();
+    for v in [Version::V40, Version::V41, Version::V50] {
+        let path = fidelity::recording_path(v.short());
+        let recorded = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let c = cluster(&fidelity::emulator_spec(v));
+        let scratch = tempfile::tempdir().unwrap();
+        let recs = fidelity::play(&mut EmulatorTarget { cluster: &c, scratch: scratch.path().to_owned() });
+        let text = fidelity::render(v.short(), "emulator", &recs);
+        if let Some(d) = fidelity::compare(&recorded, &text) {
+            failures.push(format!("=== {v:?} differs from {}:\n{d}", path.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -177,6 +177,26 @@ fn schema_change(c: &mut Cluster, s: &str, lower: &str) -> Result<(), (&'static 
     if lower.starts_with("create type") {
         return Ok(());
     }
+    if lower.starts_with("create keyspace") {
+        let rest = s[15..].trim_start();
+        let rest =
+            if rest.len() >= 14 && rest[..14].eq_ignore_ascii_case("if not exists ") { &rest[14..] } else { rest };
+        let name = unquote(rest.split_whitespace().next().unwrap_or_default()).to_ascii_lowercase();
+        if c.keyspaces.contains_key(&name) {
+            return if if_not_exists {
+                Ok(())
+            } else {
+                Err(("AlreadyExists", format!("Keyspace {name} already exists")))
+            };
+        }
+        // The replication factor: the last number of the replication map.
+        let rf = lower
+            .rsplit(|ch: char| !ch.is_ascii_digit())
+            .find(|w| !w.is_empty())
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(1);
+        return super::create_keyspace(c, &name, rf).map_err(|e| invalid(format!("{e:#}")));
+    }
     if lower.starts_with("create table") {
         let (ks, t) = object_name(s, lower, "create table").ok_or_else(|| invalid(format!("cannot read {s}")))?;
         if c.table(&ks, &t).is_some() {
@@ -285,7 +305,13 @@ fn execute_one(c: &mut Cluster, node: usize, stmt: &str, page: Option<usize>) ->
         };
         let (ks, t) = (unquote(ks), unquote(t));
         if c.table(&ks, &t).is_none() {
-            return error("InvalidRequest", 2200, "Invalid query", &format!("unconfigured table {t}"));
+            // 3.11 says "unconfigured table"; 4.0+ (seen on 4.0.19, 4.1.10, 5.0.9) says this.
+            let msg = if c.version >= Version::V40 {
+                format!("table {t} does not exist")
+            } else {
+                format!("unconfigured table {t}")
+            };
+            return error("InvalidRequest", 2200, "Invalid query", &msg);
         }
         let alive = c.nodes.iter().filter(|n| n.up).count();
         if alive < c.nodes.len() {
@@ -300,6 +326,21 @@ fn execute_one(c: &mut Cluster, node: usize, stmt: &str, page: Option<usize>) ->
         }
         if let Err(e) = ops::truncate(c, &ks, &t) {
             return error("ServerError", 0, "Server error", &format!("{e:#}"));
+        }
+        return Outcome::default();
+    }
+    if lower.starts_with("insert into") {
+        let Some((ks, t)) = object_name(s, &lower, "insert into") else {
+            return error("SyntaxException", 2000, "Syntax error in CQL query", &format!("cannot read {s}"));
+        };
+        if c.table(&ks, &t).is_none() {
+            return error("InvalidRequest", 2200, "Invalid query", &format!("table {t} does not exist"));
+        }
+        // One row in the memtable of every node (the emulator holds no row values).
+        for n in 0..c.nodes.len() {
+            if let Err(e) = ops::insert(c, n, &ks, &t, 1) {
+                return error("ServerError", 0, "Server error", &format!("{e:#}"));
+            }
         }
         return Outcome::default();
     }

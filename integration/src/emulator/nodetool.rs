@@ -351,7 +351,11 @@ fn info(c: &Cluster, node: usize, all_tokens: bool) -> String {
             .into(),
     ));
     lines.push(("Counter Cache".into(), "entries 0, size 0 bytes, capacity 24 MiB, 0 hits, 0 requests, NaN recent hit rate, 7200 save period in seconds".into()));
-    lines.push(("Chunk Cache".into(), "entries 20, size 1.25 MiB, capacity 211 MiB, 138 misses, 898 requests, 0.846 recent hit rate, NaN microseconds miss latency".into()));
+    // Real 4.0.19, 4.1.10 and 5.0.9 print no "Chunk Cache" line with the default file cache
+    // settings; 3.11's line is from the research samples (it cannot run here). Nothing reads it.
+    if v == Version::V311 {
+        lines.push(("Chunk Cache".into(), "entries 20, size 1.25 MiB, capacity 211 MiB, 138 misses, 898 requests, 0.846 recent hit rate, NaN microseconds miss latency".into()));
+    }
     if v >= Version::V40 {
         lines.push(("Network Cache".into(), "size 8 MiB, overflow size: 0 bytes, capacity 16 MiB".into()));
     }
@@ -836,6 +840,10 @@ fn clear_snapshot(c: &mut Cluster, node: usize, args: &[String]) -> OpResult<Out
     let older_ts = p.value("older-than-timestamp");
     if v >= Version::V40 {
         if tag.is_none() && !all && older.is_none() && older_ts.is_none() {
+            // 5.0 refuses it as a usage error (exit 1, on stdout), 4.x from the command (exit 2).
+            if v >= Version::V50 {
+                return Err(Fail::Usage("Specify snapshot name or --all".into()));
+            }
             return Err(Fail::Server("Specify snapshot name or --all".into()));
         }
         if tag.is_some() && all {

@@ -1,8 +1,8 @@
-//! The adapter against a real Cassandra node. Runs only when `CASSETTE_REAL_CASSANDRA` is set;
-//! otherwise every test prints why it is skipped and passes.
+//! The adapter against a real Cassandra node: a 4.1 node the harness starts, or, with
+//! `CASSETTE_REAL_CASSANDRA` set, an existing node (e.g. an operator's test node):
 //!
 //! Variables read:
-//! - `CASSETTE_REAL_CASSANDRA`: anything non-empty enables the suite.
+//! - `CASSETTE_REAL_CASSANDRA`: anything non-empty uses the node they describe.
 //! - `CASSETTE_NODETOOL`, `CASSETTE_CQLSH`: the tools (default `nodetool`, `cqlsh` from `PATH`).
 //! - `CASSETTE_CASSANDRA_HOST`: JMX and CQL host (default `127.0.0.1`).
 //! - `CASSETTE_JMX_PORT` (default 7199), `CASSETTE_CQL_PORT` (default 9042).
@@ -22,31 +22,33 @@ use cassette_agent::cassandra::{
     CassandraConfig, CassandraControl, ClearSnapshotRequest, ClearTarget, FlushRequest, NodetoolControl,
     SnapshotRequest, SnapshotScope,
 };
+use cassette_integration::real::{ClusterSpec, Install, RealCluster, Series};
 
-fn config() -> Option<CassandraConfig> {
+/// The node: the one `CASSETTE_REAL_CASSANDRA` points at, or else a real 4.1 node started by the
+/// harness (`RealCluster`; a loud skip, or a failure in CI, when it is not installed).
+fn config() -> Option<(CassandraConfig, Option<RealCluster>)> {
     if std::env::var("CASSETTE_REAL_CASSANDRA").map(|v| v.is_empty()).unwrap_or(true) {
-        // Straight to stderr: the test harness captures eprintln!, and a skip must be visible.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: set CASSETTE_REAL_CASSANDRA=1 (and CASSETTE_NODETOOL, CASSETTE_CQLSH, ...) to run against a real Cassandra node"
-        );
-        return None;
+        let install = Install::require(Series::V41, "real_cassandra")?;
+        let cluster = RealCluster::start_new(&install, &ClusterSpec::single("adapter")).unwrap();
+        return Some((cluster.cassandra_config(0), Some(cluster)));
     }
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let host = var("CASSETTE_CASSANDRA_HOST").unwrap_or_else(|| "127.0.0.1".into());
-    Some(CassandraConfig {
-        nodetool: var("CASSETTE_NODETOOL").map(PathBuf::from).unwrap_or_else(|| "nodetool".into()),
-        cqlsh: var("CASSETTE_CQLSH").map(PathBuf::from).unwrap_or_else(|| "cqlsh".into()),
-        jmx_host: host.clone(),
-        cql_host: host,
-        jmx_port: var("CASSETTE_JMX_PORT").map(|p| p.parse().unwrap()).unwrap_or(7199),
-        cql_port: var("CASSETTE_CQL_PORT").map(|p| p.parse().unwrap()).unwrap_or(9042),
-        jmx_password_file: var("CASSETTE_JMX_PASSWORD_FILE").map(PathBuf::from),
-        cql_credentials_file: var("CASSETTE_CQL_CREDENTIALS_FILE").map(PathBuf::from),
-        cassandra_yaml: var("CASSETTE_CASSANDRA_YAML").map(PathBuf::from),
-        ..CassandraConfig::default()
-    })
+    Some((
+        CassandraConfig {
+            nodetool: var("CASSETTE_NODETOOL").map(PathBuf::from).unwrap_or_else(|| "nodetool".into()),
+            cqlsh: var("CASSETTE_CQLSH").map(PathBuf::from).unwrap_or_else(|| "cqlsh".into()),
+            jmx_host: host.clone(),
+            cql_host: host,
+            jmx_port: var("CASSETTE_JMX_PORT").map(|p| p.parse().unwrap()).unwrap_or(7199),
+            cql_port: var("CASSETTE_CQL_PORT").map(|p| p.parse().unwrap()).unwrap_or(9042),
+            jmx_password_file: var("CASSETTE_JMX_PASSWORD_FILE").map(PathBuf::from),
+            cql_credentials_file: var("CASSETTE_CQL_CREDENTIALS_FILE").map(PathBuf::from),
+            cassandra_yaml: var("CASSETTE_CASSANDRA_YAML").map(PathBuf::from),
+            ..CassandraConfig::default()
+        },
+        None,
+    ))
 }
 
 fn cql(cfg: &CassandraConfig, stmt: &str) {
@@ -59,7 +61,7 @@ fn cql(cfg: &CassandraConfig, stmt: &str) {
 
 #[tokio::test]
 async fn real_node_identity_topology_and_snapshot_cycle() {
-    let Some(cfg) = config() else { return };
+    let Some((cfg, _cluster)) = config() else { return };
     eprintln!("--- step describe");
     let ctl = NodetoolControl::new(cfg.clone()).unwrap();
     let d = ctl.describe_node().await.unwrap();

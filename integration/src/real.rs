@@ -788,7 +788,7 @@ mod tests {
         assert_eq!(token(0, 1), i64::MIN);
         assert_eq!(token(0, 3), i64::MIN);
         assert_eq!(token(1, 3), -3074457345618258603);
-        assert_eq!(token(2, 3), 3074457345618258601);
+        assert_eq!(token(2, 3), 3074457345618258602);
     }
 
     #[test]

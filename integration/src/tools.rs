@@ -137,6 +137,16 @@ pub fn workspace_binary(package: &str, binary: &str) -> PathBuf {
         return p.clone();
     }
     let exe = std::env::current_exe().unwrap_or_default();
+    // scripts/sandbox.sh built every binary in one cargo invocation (one feature set); building
+    // them again one by one would compile the dependencies a second time.
+    if std::env::var("CASSETTE_PREBUILT_BINARIES").is_ok_and(|v| v == "1")
+        && let Some(dir) = exe.parent()
+        && dir.join(binary).is_file()
+    {
+        let p = dir.join(binary);
+        built.insert(binary.to_owned(), p.clone());
+        return p;
+    }
     // target/<profile>/deps/<test> or target/<profile>/<bin>
     let profile_dir = exe
         .ancestors()

@@ -63,3 +63,25 @@ fn t91_coordinator_benchmark_runs_with_five_agents() {
     assert!(out.contains("\n| 5 |"), "no row for 5 agents:\n{out}");
     assert!(out.contains("operation succeeded"), "the failover operation did not succeed:\n{out}");
 }
+
+#[test]
+fn t92_real_node_benchmark_runs_on_a_small_real_node() {
+    // A real Cassandra 5.0 node with 32 MiB written through CQL: the table and the time from
+    // restore to queryable rows come out (figures are not checked: see docs/benchmarks.md).
+    for tool in [Tool::S3sFs, Tool::Rclone] {
+        if let Found::Skip = require(tool, "t92") {
+            return;
+        }
+    }
+    if cassette_integration::real::Install::require(cassette_integration::real::Series::V50, "t92").is_none() {
+        return;
+    }
+    let out = bench(&["node", "--cassandra", "real", "--size", "32MiB", "--json"]);
+    for row in
+        ["| cassette-agent | backup |", "| cassette-agent | restore |", "| rclone copy --transfers 8 | restore |"]
+    {
+        assert!(out.contains(row), "no row {row} in:\n{out}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&out[out.find("\n{").unwrap()..]).unwrap();
+    assert!(json["queryable_seconds"].as_f64().unwrap() > 0.0, "{json}");
+}

@@ -69,7 +69,9 @@ fn scenario(env: &NodeEnv, version: Version, big: bool) {
     step("first backup");
     let r1 = env.agent_ok(&["backup", "--tag", "first"]);
     let a = live_files(&roots, "shop");
-    let auth = live_files(&roots, "system_auth");
+    // system_auth (roles) and system_schema (what rebuilds a cluster from nothing) come along.
+    let mut auth = live_files(&roots, "system_auth");
+    auth.extend(live_files(&roots, "system_schema"));
     assert_eq!(u(&r1, "files_total") as usize, a.len() + auth.len(), "{r1}");
     assert!(r1["snapshot_cleared"].as_bool().unwrap());
     assert!(r1["manifest_key"].as_str().unwrap().ends_with(".json"));

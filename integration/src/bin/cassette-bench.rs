@@ -34,6 +34,8 @@ use serde::Serialize;
 mod coordinator;
 #[path = "cassette-bench/node.rs"]
 mod node;
+#[path = "cassette-bench/real_node.rs"]
+mod real_node;
 
 #[derive(Debug, Parser)]
 #[command(name = "cassette-bench", about = "Benchmarks that print tables, Cassette side by side with other tools")]

@@ -52,9 +52,20 @@ impl RealLab {
     /// Storage, a coordinator group of `replicas`, and a first cluster of `series` started with
     /// its agents. `Ok(None)`: something is missing and the test may skip (a message was printed).
     pub fn start(name: &str, series: Series, spec: &ClusterSpec, replicas: u64) -> anyhow::Result<Option<Self>> {
+        Self::start_on(name, series, spec, replicas, Backend::S3sFs)
+    }
+
+    /// [`RealLab::start`] with another storage backend.
+    pub fn start_on(
+        name: &str,
+        series: Series,
+        spec: &ClusterSpec,
+        replicas: u64,
+        backend: Backend,
+    ) -> anyhow::Result<Option<Self>> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let Some(install) = Install::require(series, name) else { return Ok(None) };
-        let Some(storage) = StorageServer::start(Backend::S3sFs, name)? else { return Ok(None) };
+        let Some(storage) = StorageServer::start(backend, name)? else { return Ok(None) };
         let dir = tempfile::Builder::new().prefix(&format!("cassette-{name}-")).tempdir()?;
         let path = dir.path().to_owned();
         let pki = TestPki::new(&path.join("pki"))?;

@@ -85,6 +85,20 @@ pub struct NodeArgs {
     /// Keep the generated node and server files (for inspection).
     #[arg(long)]
     keep: bool,
+    /// Which Cassandra: the emulator (the default: generated SSTables, every tool side by side),
+    /// or a real 5.0 node holding `--size` written through CQL (cassette-agent and rclone, and
+    /// the time from restore to queryable rows).
+    #[arg(long, value_enum, default_value = "emulator")]
+    cassandra: CassandraKind,
+}
+
+/// `--cassandra`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CassandraKind {
+    /// The emulator.
+    Emulator,
+    /// A real Cassandra 5.0 node from .tools/cassandra (scripts/install.sh cassandra).
+    Real,
 }
 
 /// One timed step of one tool.
@@ -214,6 +228,9 @@ impl Node {
 }
 
 pub fn node(args: NodeArgs) -> anyhow::Result<()> {
+    if args.cassandra == CassandraKind::Real {
+        return super::real_node::run(args.size, args.json);
+    }
     if args.sstables < 20 {
         bail!("--sstables must be at least 20 (got {})", args.sstables);
     }
